@@ -1,0 +1,67 @@
+"""`mtl eval`: recompute per-task metrics of a run's checkpoint."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tabulate import tabulate
+
+from mtlcli.cli._common import err_console, handle_errors, out_console
+from mtlcli.errors import MtlError
+from mtlcli.evaluation import evaluate as evaluate_model
+from mtlcli.io import write_json_atomic
+from mtlcli.recipe import validate
+from mtlcli.runs import BEST, LAST, read_run
+from mtlcli.trainer import device_splits, load_checkpoint, load_dataset, make_model, resolve_device, tasks_of
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+
+
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
+@handle_errors
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `mtl train`.")],
+    split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.test,
+    checkpoint: Annotated[Checkpoint, typer.Option(help="best (by validation) or last.")] = Checkpoint.best,
+    data_dir: Annotated[str | None, typer.Option(help="Prepared-data directory [default: the run's, $MTL_DATA_DIR or ./data].")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Evaluate a checkpoint; prints a table and writes eval-<split>-<checkpoint>.json in the run."""
+    run = read_run(run_dir)
+    recipe = validate(run.recipe, source=str(run.path / "recipe.yaml"))
+    dev = resolve_device(device)
+    state = load_checkpoint(run.path / (BEST if checkpoint is Checkpoint.best else LAST), dev)
+    dataset = load_dataset(recipe, Path(data_dir) if data_dir else None)
+    model = make_model(recipe, dataset).to(dev)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise MtlError(f"{run.path}: checkpoint does not fit the run's model ({str(exc).splitlines()[0]})") from None
+    tasks = tasks_of(recipe)
+    columns = [dataset.task_names.index(t.name) for t in tasks]
+    split_data = device_splits(recipe, dataset, dev)[split.value]
+    metrics = evaluate_model(model, tasks, columns, split_data, batch_size=recipe.train.eval_batch_size)
+    epoch = int(state["position"]["epoch"]) - 1
+    result = {"run": str(run.path), "split": split.value, "checkpoint": checkpoint.value, "epoch": epoch, "metrics": metrics}
+    target = run.path / f"eval-{split.value}-{checkpoint.value}.json"
+    write_json_atomic(target, result)
+    if as_json:
+        out_console.print_json(json.dumps(result))
+    else:
+        rows = [[task, *(f"{v:.4f}" if k == "loss" else f"{v:.2f}" for k, v in m.items())] for task, m in metrics.items()]
+        headers = ["task", *next(iter(metrics.values())).keys()]
+        out_console.print(f"{run.path.name}: {split.value} split, {checkpoint.value} checkpoint (epoch {epoch})")
+        out_console.print(tabulate(rows, headers=headers, tablefmt="simple"))
+    err_console.print(f"wrote {target}")

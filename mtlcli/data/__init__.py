@@ -1,0 +1,1 @@
+"""Datasets: raw sources, construction (`mtl prepare`) and loading prepared splits."""

@@ -1,0 +1,81 @@
+"""Gradients with respect to the shared representation z (the MGDA-UB trick, Sener & Koltun 2018 §3.3).
+
+One backward through each (small) head gives dL_t/dz over the full [batch x features] tensor and the
+head's own parameter gradients; the encoder then gets ONE backward with sum_t alpha_t dL_t/dz, which
+equals the encoder gradient of sum_t alpha_t L_t.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mtlcli.methods.base import Step
+
+HeadGrads = Literal["weighted", "raw"]
+
+
+@dataclass
+class RepresentationGrads:
+    """Per-task gradients: `z_grads` [T, numel(z)] and each head's own parameter gradients."""
+
+    z_grads: Tensor
+    head_grads: list[list[Tensor | None]]
+
+    def gram(self) -> Tensor:
+        return self.z_grads @ self.z_grads.T
+
+
+def representation_grads(step: Step) -> RepresentationGrads:
+    """dL_t/dz (flattened, batch kept) and dL_t/dtheta_t for every task; touches no encoder node."""
+    z_grads = []
+    head_grads: list[list[Tensor | None]] = []
+    for t, params in enumerate(step.task_parameters()):
+        grads = torch.autograd.grad(step.losses[t], [step.z, *params], retain_graph=True, allow_unused=True)
+        gz = grads[0] if grads[0] is not None else torch.zeros_like(step.z)
+        z_grads.append(gz.reshape(-1))
+        head_grads.append(list(grads[1:]))
+    return RepresentationGrads(torch.stack(z_grads), head_grads)
+
+
+def apply_representation_update(
+    step: Step, grads: RepresentationGrads, weights: Tensor, *, head_grads: HeadGrads = "weighted"
+) -> None:
+    """Heads get weights_t * dL_t/dtheta_t ('weighted', the authors' code) or dL_t/dtheta_t ('raw',
+    the paper's Algorithm 2); the encoder gets one backward of sum_t weights_t dL_t/dz."""
+    weights = weights.detach()
+    for t, (params, grads_t) in enumerate(zip(step.task_parameters(), grads.head_grads, strict=True)):
+        scale = weights[t] if head_grads == "weighted" else None
+        for p, g in zip(params, grads_t, strict=True):
+            if g is None:
+                continue
+            _accumulate(p, g * scale if scale is not None else g)
+    combined = (weights.to(grads.z_grads.dtype) @ grads.z_grads).reshape(step.z.shape)
+    step.z.backward(combined)
+
+
+def _accumulate(param: nn.Parameter, grad: Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad.detach().clone()
+    else:
+        param.grad.add_(grad)
+
+
+def normalize_gram(gram: Tensor, losses: Tensor, normalization: str) -> Tensor:
+    """Gram matrix of g_t / c_t with c_t = 1, ||g_t||, L_t or L_t ||g_t|| ('none', 'l2', 'loss', 'loss+')."""
+    if normalization == "none":
+        return gram
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    if normalization == "l2":
+        scale = norms
+    elif normalization == "loss":
+        scale = losses.detach().to(gram.dtype)
+    elif normalization == "loss+":
+        scale = losses.detach().to(gram.dtype) * norms
+    else:
+        raise ValueError(f"unknown normalization {normalization!r}")
+    scale = scale.clamp_min(torch.finfo(gram.dtype).tiny)
+    return gram / (scale[:, None] * scale[None, :])

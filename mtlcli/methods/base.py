@@ -1,0 +1,81 @@
+"""What every weighting method sees at a training step, and the protocol it implements.
+
+The trainer does the forward pass and then hands a `Step` to the method; the method puts the
+gradients on the parameters (by a weighted backward, or by assembling them from per-task gradients)
+and returns the loss weights it used, for logging. Composition: methods hold their options and any
+learnable state; they never subclass the model or the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from mtlcli.models import MultiTaskModel
+
+
+class Options(BaseModel):
+    """Base of every method's options: unknown options are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class Step:
+    """One training step after the forward pass.
+
+    `losses[t]` is task t's (loss_scale-multiplied) loss, `z` the shared representation with its
+    graph attached, `model` the network whose parameters the method must give gradients to.
+    """
+
+    model: MultiTaskModel
+    z: Tensor
+    losses: Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.losses.shape[0])
+
+    def task_parameters(self) -> list[list[nn.Parameter]]:
+        return [self.model.task_parameters(name) for name in self.model.task_names]
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A multi-task weighting method (one module under `mtlcli.methods`)."""
+
+    name: ClassVar[str]
+
+    def backward(self, step: Step) -> Tensor:
+        """Give every parameter its gradient for this step; return the task weights [T] (detached)."""
+        ...
+
+    def parameters(self) -> list[nn.Parameter]:
+        """Learnable parameters of the method itself (optimised with the model), if any."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Stateless:
+    """Mixin-free helper: the default state hooks of a method without learnable state."""
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+def weighted_backward(losses: Tensor, weights: Tensor) -> None:
+    """One backward pass of sum_t weights_t * losses_t through the whole network."""
+    torch.sum(weights.detach() * losses).backward()

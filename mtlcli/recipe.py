@@ -1,0 +1,331 @@
+"""Recipes: YAML files validated as a whole before anything heavy runs.
+
+Every problem is reported at once with its key path ("optim.lr: must be > 0, got -1"); unknown
+keys are rejected with a suggestion; method options are validated by the method's own schema.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mtlcli.data.multimnist import SPECS, TASKS
+from mtlcli.errors import MtlError, RecipeError
+from mtlcli.tasks import LOSSES, METRICS
+
+DATASET_NAMES = tuple(SPECS)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Section):
+    name: Literal[DATASET_NAMES]  # type: ignore[valid-type]
+    dir: str | None = Field(None, description="prepared-data dir; null: --data-dir, $MTL_DATA_DIR or ./data")
+    size: int | None = Field(None, ge=16, le=36, description="expected image side; null: whatever was prepared")
+    mean: float = 0.1307
+    std: float = Field(0.3081, gt=0)
+
+
+class ModelConfig(Section):
+    encoder: Literal["multilenet"] = "multilenet"
+    hidden: int = Field(50, gt=0)
+    dropout: float = Field(0.5, ge=0, lt=1)
+
+
+class TaskConfig(Section):
+    name: str
+    loss: Literal[tuple(LOSSES)] = "cross_entropy"  # type: ignore[valid-type]
+    metrics: list[Literal[tuple(METRICS)]] = Field(default_factory=lambda: ["accuracy"], min_length=1)  # type: ignore[valid-type]
+    loss_scale: float = Field(1.0, gt=0)
+
+
+class MethodConfig(BaseModel):
+    """`name` plus that method's options (validated against the method's schema)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SchedulerConfig(Section):
+    name: Literal["step", "none"] = "step"
+    step_size: int = Field(30, gt=0)
+    gamma: float = Field(0.5, gt=0, le=1)
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(100, gt=0)
+    batch_size: int = Field(256, gt=0)
+    eval_batch_size: int = Field(2048, gt=0)
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {value!r}")
+
+
+class OutputConfig(Section):
+    dir: str = "results"
+
+
+class Recipe(Section):
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tasks: list[TaskConfig] = Field(min_length=1)
+    method: MethodConfig
+    optim: OptimConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _tasks_match_data(self) -> Recipe:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: names must be unique, got {names}")
+        return self
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+_FRIENDLY = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "missing": "required",
+    "too_short": "needs at least {min_length} item(s)",
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "model_attributes_type": "must be a mapping",
+}
+
+
+def describe_error(err: dict[str, Any]) -> str:
+    """A short message for one pydantic error: what is expected and what was found."""
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "literal_error":
+        message = f"must be one of {ctx.get('expected', '').replace(chr(39), '')}"
+    elif kind in _FRIENDLY:
+        message = _FRIENDLY[kind].format(**ctx)
+    elif kind == "value_error":
+        message = str(ctx.get("error", err["msg"]))
+        return message
+    else:
+        message = err["msg"][0].lower() + err["msg"][1:]
+    if kind != "missing" and "input" in err:
+        message += f", got {_show(err['input'])}"
+    return message
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+    text = text.removesuffix("\n...").removesuffix(" ...")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
+    """Field names of the section that holds the key at `loc` (for did-you-mean suggestions)."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", (annotation,))
+        model = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def _format_problem(loc: tuple[str | int, ...], message: str) -> str:
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    return f"{path}: {message}"
+
+
+def validate(raw: Any, *, source: str = "recipe") -> Recipe:
+    """Validate a parsed recipe, raising RecipeError with every problem found."""
+    if not isinstance(raw, dict):
+        kind = type(raw).__name__ if raw is not None else "nothing"
+        raise RecipeError(source, [f"(top level): must be a mapping of sections (data, tasks, method, ...), got {kind}"])
+    problems: list[str] = []
+    recipe: Recipe | None = None
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            if err["type"] == "extra_forbidden":
+                key = str(loc[-1])
+                close = difflib.get_close_matches(key, _fields_at(loc), n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(_format_problem(loc, f"unknown key{hint}"))
+            elif err["type"] == "value_error" and not loc:
+                problems.append(str((err.get("ctx") or {}).get("error", err["msg"])))
+            else:
+                problems.append(_format_problem(loc, describe_error(err)))
+    problems.extend(_method_problems(raw.get("method")))
+    problems.extend(_task_problems(raw))
+    if problems:
+        raise RecipeError(source, problems)
+    assert recipe is not None
+    return recipe
+
+
+def _method_problems(method: Any) -> list[str]:
+    from mtlcli.methods import REGISTRY, option_problems
+
+    if not isinstance(method, dict) or not isinstance(method.get("name"), str):
+        return []
+    name = method["name"]
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return [f"method.name: unknown method {name!r}{hint}; choose one of: {', '.join(REGISTRY)}"]
+    options = {k: v for k, v in method.items() if k != "name"}
+    return [_format_problem(("method", *loc), msg) for loc, msg in option_problems(name, options)]
+
+
+def _task_problems(raw: dict[str, Any]) -> list[str]:
+    data, tasks = raw.get("data"), raw.get("tasks")
+    if not isinstance(data, dict) or data.get("name") not in SPECS or not isinstance(tasks, list):
+        return []
+    problems = []
+    for i, task in enumerate(tasks):
+        if isinstance(task, dict) and isinstance(task.get("name"), str) and task["name"] not in TASKS:
+            problems.append(
+                f"tasks.{i}.name: {task['name']!r} is not a task of {data['name']} (its tasks: {', '.join(TASKS)})"
+            )
+    return problems
+
+
+def parse_yaml(text: str, *, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise MtlError(f"{where}: broken YAML: {exc.problem or exc}", hint="fix the YAML syntax") from None
+    except yaml.YAMLError as exc:
+        raise MtlError(f"{source}: broken YAML: {exc}") from None
+
+
+def read_recipe_file(path: Path) -> Any:
+    path = Path(path)
+    if path.is_dir():
+        raise MtlError(f"{path} is a directory, not a recipe", hint="pass a YAML file such as recipes/multifashion.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MtlError(f"recipe {path} does not exist", hint="see recipes/ for the shipped recipes") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MtlError(f"cannot read recipe {path}: {exc}") from None
+    return parse_yaml(text, source=str(path))
+
+
+def parse_set(assignment: str) -> tuple[list[str], Any]:
+    """`key.path=value` -> (['key', 'path'], value parsed as YAML)."""
+    if "=" not in assignment:
+        raise MtlError(f"--set {assignment!r}: expected key.path=value", hint="e.g. --set optim.lr=0.01")
+    key, _, value = assignment.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise MtlError(f"--set {assignment!r}: empty key in {key!r}")
+    return parts, parse_yaml(value, source=f"--set {key}")
+
+
+def set_path(raw: dict[str, Any], parts: list[str], value: Any) -> None:
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = _child(node, part)
+        if nxt is None:
+            nxt = {}
+            _assign(node, part, nxt, parts[: i + 1])
+        node = nxt
+    _assign(node, parts[-1], value, parts)
+
+
+def _child(node: Any, part: str) -> Any:
+    if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        return node[int(part)]
+    if isinstance(node, dict):
+        return node.get(part)
+    return None
+
+
+def _assign(node: Any, part: str, value: Any, path: list[str]) -> None:
+    if isinstance(node, list):
+        if not part.isdigit() or int(part) >= len(node):
+            raise MtlError(f"--set {'.'.join(path)}: {part!r} is not an index of that list (0..{len(node) - 1})")
+        node[int(part)] = value
+    elif isinstance(node, dict):
+        node[part] = value
+    else:
+        raise MtlError(f"--set {'.'.join(path)}: {'.'.join(path[:-1])} is not a mapping")
+
+
+def load(
+    path: Path | None = None,
+    *,
+    raw: dict[str, Any] | None = None,
+    method: str | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    out: str | None = None,
+    data_dir: str | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+) -> Recipe:
+    """Read a recipe, apply CLI overrides and `--set key.path=value` assignments, validate it all."""
+    if raw is None:
+        if path is None:
+            raise MtlError("no recipe given", hint="pass a recipe, e.g. recipes/multifashion.yaml")
+        raw = read_recipe_file(path)
+    source = str(path) if path is not None else "recipe"
+    if not isinstance(raw, dict):
+        return validate(raw, source=source)
+    if method is not None:
+        current = raw.get("method")
+        if not (isinstance(current, dict) and current.get("name") == method):
+            raw["method"] = {"name": method}  # options of another method do not carry over
+    for key, value in (("epochs", epochs), ("seed", seed), ("device", device)):
+        if value is not None:
+            set_path(raw, ["train", key], value)
+    if out is not None:
+        set_path(raw, ["output", "dir"], out)
+    if data_dir is not None:
+        set_path(raw, ["data", "dir"], data_dir)
+    for assignment in sets:
+        set_path(raw, *parse_set(assignment))
+    return validate(raw, source=source)

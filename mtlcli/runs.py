@@ -1,0 +1,105 @@
+"""Run directories: created atomically with unique names, and self-describing.
+
+A run directory holds `recipe.yaml` (the resolved recipe), `metrics.jsonl` (one line per epoch),
+`best.pt` / `last.pt` checkpoints and, once training has finished, `summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtlcli.errors import RunError
+from mtlcli.io import read_jsonl, write_text_atomic
+
+RECIPE = "recipe.yaml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+BEST = "best.pt"
+LAST = "last.pt"
+
+
+def create_run_dir(out_dir: Path, method: str, seed: int) -> Path:
+    """Make `out_dir/<method>-s<seed>-<6 hex>`; mkdir is atomic, so concurrent runs never collide."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        path = out_dir / f"{method}-s{seed}-{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RunError(f"could not create a unique run directory in {out_dir}")
+
+
+def write_recipe(run_dir: Path, recipe: dict[str, Any]) -> None:
+    header = f"# resolved recipe of this run; run again: mtl train {run_dir / RECIPE}\n"
+    write_text_atomic(run_dir / RECIPE, header + yaml.safe_dump(recipe, sort_keys=False))
+
+
+@dataclass
+class Run:
+    """A run directory as read back: its recipe, per-epoch metrics and summary (when complete)."""
+
+    path: Path
+    recipe: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None and self.summary.get("status") == "complete"
+
+    @property
+    def method(self) -> str:
+        return str(self.recipe["method"]["name"])
+
+    @property
+    def dataset(self) -> str:
+        return str(self.recipe["data"]["name"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.recipe["train"]["seed"])
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t["name"] for t in self.recipe["tasks"]]
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RECIPE).is_file() and (path / METRICS).exists()
+
+
+def read_run(path: Path) -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path} does not exist", hint="pass a run directory written by `mtl train`")
+    if not is_run_dir(path):
+        raise RunError(f"{path} is not a run directory (no {RECIPE} and {METRICS})", hint="pass a directory written by `mtl train`")
+    try:
+        recipe = yaml.safe_load((path / RECIPE).read_text())
+        metrics = read_jsonl(path / METRICS)
+        summary = json.loads((path / SUMMARY).read_text()) if (path / SUMMARY).is_file() else None
+    except (OSError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is damaged: {exc}") from None
+    if not isinstance(recipe, dict):
+        raise RunError(f"{path / RECIPE} is not a recipe")
+    return Run(path=path, recipe=recipe, metrics=metrics, summary=summary)
+
+
+def find_runs(roots: list[Path]) -> list[Path]:
+    """Every run directory under `roots` (recursively), sorted."""
+    found: set[Path] = set()
+    for root in roots:
+        if not root.exists():
+            raise RunError(f"{root} does not exist")
+        if is_run_dir(root):
+            found.add(root)
+        found.update(p.parent for p in root.rglob(RECIPE) if is_run_dir(p.parent))
+    return sorted(found)
