@@ -97,6 +97,7 @@ def make_model(recipe: Recipe, dataset: PreparedDataset) -> MultiTaskModel:
         input_size=int(dataset.meta["size"]),
         dropout=recipe.model.dropout,
         hidden=recipe.model.hidden,
+        independent=methods.needs_independent_networks(recipe.method.name),
     )
 
 
@@ -214,8 +215,7 @@ class Trainer:
         seed_everything(r.train.seed)
         self.model = make_model(r, self.dataset).to(self.device)
         self.method: Method = methods.build(r.method.name, **r.method.options)
-        for p in self.method.parameters():
-            p.data = p.data.to(self.device)
+        self.method.setup(len(self.tasks), self.device)
         self.optimizer = make_optimizer(r, [*self.model.parameters(), *self.method.parameters()])
         self.scheduler = make_scheduler(r, self.optimizer)
         self.splits = device_splits(r, self.dataset, self.device)

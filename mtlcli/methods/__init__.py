@@ -17,11 +17,33 @@ from pydantic import ValidationError
 
 from mtlcli.errors import MtlError
 from mtlcli.methods.base import Method, Options, Step
+from mtlcli.methods.gls import Gls, GlsOptions
+from mtlcli.methods.gradnorm import GradNorm, GradNormOptions
+from mtlcli.methods.grid import Grid, GridOptions
+from mtlcli.methods.imtl import Imtl, ImtlOptions
+from mtlcli.methods.imtl_g import ImtlG, ImtlGExact, ImtlGExactOptions, ImtlGOptions
+from mtlcli.methods.imtl_l import ImtlL, ImtlLOptions
+from mtlcli.methods.mgda import Mgda, MgdaExactOptions
 from mtlcli.methods.mgda_ub import MgdaOptions, MgdaUb
+from mtlcli.methods.mgda_unconstrained import MgdaUnconstrained, MgdaUnconstrainedOptions
 from mtlcli.methods.min_norm import SOLVERS, min_norm
+from mtlcli.methods.pcgrad import PcGrad, PcGradOptions
+from mtlcli.methods.single_task import SingleTask, SingleTaskOptions
+from mtlcli.methods.static import Static, StaticOptions
+from mtlcli.methods.uncertainty import Uncertainty, UncertaintyOptions
 from mtlcli.methods.uniform import Uniform, UniformOptions
 
-__all__ = ["REGISTRY", "SOLVERS", "Method", "MethodInfo", "Step", "build", "min_norm", "option_problems"]
+__all__ = [
+    "REGISTRY",
+    "SOLVERS",
+    "Method",
+    "MethodInfo",
+    "Step",
+    "build",
+    "min_norm",
+    "needs_independent_networks",
+    "option_problems",
+]
 
 
 @dataclass(frozen=True)
@@ -35,16 +57,92 @@ class MethodInfo:
     paper: str
 
 
+SENER = "Sener & Koltun, NeurIPS 2018"
+IMTL = "Liu et al., ICLR 2021 (IMTL)"
+
 REGISTRY: dict[str, MethodInfo] = {
     info.name: info
     for info in (
+        MethodInfo(
+            "single-task",
+            SingleTask,
+            SingleTaskOptions,
+            "one independent network per task (nothing shared), trained in one run: the reference",
+            "baseline",
+        ),
         MethodInfo("uniform", Uniform, UniformOptions, "mean of the task losses", "baseline"),
+        MethodInfo("static", Static, StaticOptions, "fixed weights on the simplex: sum_t w_t L_t", "baseline"),
+        MethodInfo(
+            "grid",
+            Grid,
+            GridOptions,
+            "static over an even grid of the simplex, one run each, best marked on validation",
+            f"{SENER} (grid-search baseline)",
+        ),
+        MethodInfo(
+            "uncertainty",
+            Uncertainty,
+            UncertaintyOptions,
+            "learnable log-variances s_t: sum_t exp(-s_t) L_t + s_t/2 (classification form)",
+            "Kendall, Gal & Cipolla, CVPR 2018",
+        ),
+        MethodInfo(
+            "gradnorm",
+            GradNorm,
+            GradNormOptions,
+            "learnt weights (sum T) equalising gradient norms on the last shared layer, paced by training rates",
+            "Chen et al., ICML 2018",
+        ),
+        MethodInfo(
+            "mgda",
+            Mgda,
+            MgdaExactOptions,
+            "exact MGDA: min-norm point of the task gradients w.r.t. the shared parameters",
+            SENER,
+        ),
         MethodInfo(
             "mgda-ub",
             MgdaUb,
             MgdaOptions,
             "min-norm point of the task gradients w.r.t. the shared representation (one encoder backward)",
-            "Sener & Koltun, NeurIPS 2018",
+            SENER,
+        ),
+        MethodInfo(
+            "mgda-unconstrained",
+            MgdaUnconstrained,
+            MgdaUnconstrainedOptions,
+            "closed-form min-norm point without alpha >= 0 (affine hull), on the representation",
+            f"{IMTL}, appendix C.2",
+        ),
+        MethodInfo(
+            "imtl-g",
+            ImtlG,
+            ImtlGOptions,
+            "closed-form weights giving equal projections on every unit task gradient, on the representation",
+            IMTL,
+        ),
+        MethodInfo(
+            "imtl-g-exact",
+            ImtlGExact,
+            ImtlGExactOptions,
+            "IMTL-G on the shared-parameter gradients",
+            IMTL,
+        ),
+        MethodInfo("imtl-l", ImtlL, ImtlLOptions, "learnable loss scales: sum_t e^{s_t} L_t - s_t", IMTL),
+        MethodInfo(
+            "imtl",
+            Imtl,
+            ImtlOptions,
+            "hybrid: IMTL-L scaled losses, IMTL-G weights for the encoder, raw scaled grads for the heads",
+            f"{IMTL}, Algorithm 1",
+        ),
+        MethodInfo("gls", Gls, GlsOptions, "geometric mean of the task losses", "Chennupati et al., CVPR-W 2019"),
+        MethodInfo(
+            "pcgrad",
+            PcGrad,
+            PcGradOptions,
+            "project conflicting shared-parameter gradients on each other's normal planes, random order",
+            "Yu et al., NeurIPS 2020",
         ),
     )
 }
@@ -74,6 +172,11 @@ def option_problems(name: str, options: dict[str, Any]) -> list[tuple[tuple[str 
 
         problems.extend((tuple(err["loc"]), describe_error(err)) for err in exc.errors())
     return problems
+
+
+def needs_independent_networks(name: str) -> bool:
+    """Whether method `name` trains one network per task (the single-task baseline)."""
+    return bool(getattr(REGISTRY[name].factory, "independent_networks", False)) if name in REGISTRY else False
 
 
 def build(name: str, **options: Any) -> Method:

@@ -54,6 +54,10 @@ class Method(Protocol):
         """Give every parameter its gradient for this step; return the task weights [T] (detached)."""
         ...
 
+    def setup(self, num_tasks: int, device: torch.device) -> None:
+        """Create any learnable state for `num_tasks` tasks on `device` (before the optimiser exists)."""
+        ...
+
     def parameters(self) -> list[nn.Parameter]:
         """Learnable parameters of the method itself (optimised with the model), if any."""
         ...
@@ -65,6 +69,9 @@ class Method(Protocol):
 
 class Stateless:
     """Mixin-free helper: the default state hooks of a method without learnable state."""
+
+    def setup(self, num_tasks: int, device: torch.device) -> None:
+        return None
 
     def parameters(self) -> list[nn.Parameter]:
         return []

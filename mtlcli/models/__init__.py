@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor, nn
 
 from mtlcli.models.lenet import MultiLeNetEncoder, MultiLeNetHead
 
-__all__ = ["MultiLeNetEncoder", "MultiLeNetHead", "MultiTaskModel", "build_model"]
+__all__ = ["IndependentEncoders", "MultiLeNetEncoder", "MultiLeNetHead", "MultiTaskModel", "SliceHead", "build_model"]
 
 
 class MultiTaskModel(nn.Module):
@@ -46,18 +47,59 @@ class MultiTaskModel(nn.Module):
             yield name, self.task_parameters(name)
 
 
+class IndependentEncoders(nn.Module):
+    """T encoders side by side (nothing shared): z is the concatenation of their outputs."""
+
+    def __init__(self, encoders: list[nn.Module]) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleList(encoders)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([encoder(x) for encoder in self.encoders], dim=1)
+
+
+class SliceHead(nn.Module):
+    """A head that reads only columns [start, stop) of z: its own encoder's output."""
+
+    def __init__(self, head: nn.Module, start: int, stop: int) -> None:
+        super().__init__()
+        self.head = head
+        self.start, self.stop = start, stop
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.head(z[:, self.start : self.stop])
+
+
 def build_model(
-    *, encoder: str, num_classes: dict[str, int], input_size: int, dropout: float, hidden: int = 50
+    *,
+    encoder: str,
+    num_classes: dict[str, int],
+    input_size: int,
+    dropout: float,
+    hidden: int = 50,
+    independent: bool = False,
 ) -> MultiTaskModel:
-    """Build the recipe's model; `num_classes` maps each task (in order) to its number of classes."""
+    """Build the recipe's model; `num_classes` maps each task (in order) to its number of classes.
+
+    `independent`: one encoder per task and each head on its own encoder's slice of z (single-task
+    baseline: T separate networks in one module, so L_t reaches only network t).
+    """
     if encoder != "multilenet":
         raise ValueError(f"unknown encoder {encoder!r}")
-    enc = MultiLeNetEncoder(input_size=input_size, dropout=dropout, out_features=hidden)
-    heads = {
-        name: MultiLeNetHead(in_features=hidden, hidden=hidden, num_classes=n, dropout=dropout)
-        for name, n in num_classes.items()
-    }
-    return MultiTaskModel(enc, heads)
+
+    def new_encoder() -> MultiLeNetEncoder:
+        return MultiLeNetEncoder(input_size=input_size, dropout=dropout, out_features=hidden)
+
+    def new_head(n: int) -> MultiLeNetHead:
+        return MultiLeNetHead(in_features=hidden, hidden=hidden, num_classes=n, dropout=dropout)
+
+    if independent:
+        encoders = [new_encoder() for _ in num_classes]
+        heads: dict[str, nn.Module] = {
+            name: SliceHead(new_head(n), i * hidden, (i + 1) * hidden) for i, (name, n) in enumerate(num_classes.items())
+        }
+        return MultiTaskModel(IndependentEncoders(encoders), heads)
+    return MultiTaskModel(new_encoder(), {name: new_head(n) for name, n in num_classes.items()})
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -1,0 +1,33 @@
+"""A learnable per-task scalar s_t (uncertainty weighting, IMTL-L, IMTL): created by `setup`, optimised
+with the model (the trainer adds `parameters()` to its optimiser) and saved in checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class LearnedScale:
+    """Holds `s` [T] (zeros at the start) for the methods that learn a loss scale per task."""
+
+    s: nn.Parameter | None = None
+
+    def setup(self, num_tasks: int, device: torch.device) -> None:
+        self.s = nn.Parameter(torch.zeros(num_tasks, device=device))
+
+    def _scale(self) -> nn.Parameter:
+        if self.s is None:
+            raise RuntimeError(f"{type(self).__name__}.setup(num_tasks, device) must run before training")
+        return self.s
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [self._scale()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"s": self._scale().detach().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self._scale().copy_(state["s"])

@@ -1,0 +1,93 @@
+"""Per-task gradients on the shared parameters theta_sh (exact MGDA, exact IMTL-G, PCGrad).
+
+`shared_grads` returns the Jacobian J [T, P] of the task losses w.r.t. the flattened shared
+parameters and each head's own gradient, from one forward pass, in one of two ways:
+
+- ``loop``: T backward passes (`torch.autograd.grad` with `retain_graph`), one per task;
+- ``batched``: one vmapped backward over the T losses
+  (`torch.autograd.grad(losses, params, grad_outputs=eye(T), is_grads_batched=True)`).
+
+Both give the same J to float tolerance. Only J (which the update `sum_t w_t g_t` needs) and its
+T x T Gram matrix are kept; the update is written straight into `.grad`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from mtlcli.methods._representation import HeadGrads, _accumulate
+from mtlcli.methods.base import Step
+
+GradsMode = Literal["loop", "batched"]
+
+
+@dataclass
+class SharedGrads:
+    """`jacobian` [T, P]: row t is dL_t/dtheta_sh flattened; `head_grads[t]`: dL_t/dtheta_t."""
+
+    jacobian: Tensor
+    head_grads: list[list[Tensor | None]]
+
+    def gram(self) -> Tensor:
+        return self.jacobian @ self.jacobian.T
+
+
+def _flat(grads: tuple[Tensor | None, ...], params: list[nn.Parameter], lead: tuple[int, ...] = ()) -> Tensor:
+    parts = [
+        (g if g is not None else torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device)).reshape(*lead, -1)
+        for g, p in zip(grads, params, strict=True)
+    ]
+    return torch.cat(parts, dim=-1)
+
+
+def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
+    """J = dL/dtheta_sh [T, P] and the heads' own gradients, keeping the graph for later backwards."""
+    shared = step.model.shared_parameters()
+    heads = step.task_parameters()
+    if mode == "loop":
+        rows, head_grads = [], []
+        for t, params in enumerate(heads):
+            grads = torch.autograd.grad(step.losses[t], [*shared, *params], retain_graph=True, allow_unused=True)
+            rows.append(_flat(grads[: len(shared)], shared))
+            head_grads.append(list(grads[len(shared) :]))
+        return SharedGrads(torch.stack(rows), head_grads)
+    if mode == "batched":
+        t = step.num_tasks
+        eye = torch.eye(t, dtype=step.losses.dtype, device=step.losses.device)
+        every_head = [p for params in heads for p in params]
+        grads = torch.autograd.grad(
+            step.losses, [*shared, *every_head], grad_outputs=eye, retain_graph=True, allow_unused=True,
+            is_grads_batched=True,
+        )
+        jacobian = _flat(grads[: len(shared)], shared, (t,))
+        head_grads, offset = [], len(shared)
+        for i, params in enumerate(heads):  # head i only feels loss i: keep row i of its batched grads
+            head_grads.append([g[i] if g is not None else None for g in grads[offset : offset + len(params)]])
+            offset += len(params)
+        return SharedGrads(jacobian, head_grads)
+    raise ValueError(f"unknown grads mode {mode!r}; choose loop or batched")
+
+
+def apply_shared_update(
+    step: Step, grads: SharedGrads, shared_weights: Tensor, *, head_weights: Tensor | None
+) -> None:
+    """theta_sh gets sum_t shared_weights_t g_t; head t gets head_weights_t dL_t/dtheta_t (raw if None)."""
+    shared = step.model.shared_parameters()
+    combined = shared_weights.detach().to(grads.jacobian.dtype) @ grads.jacobian
+    offset = 0
+    for p in shared:
+        n = p.numel()
+        _accumulate(p, combined[offset : offset + n].view_as(p))
+        offset += n
+    for t, (params, grads_t) in enumerate(zip(step.task_parameters(), grads.head_grads, strict=True)):
+        for p, g in zip(params, grads_t, strict=True):
+            if g is not None:
+                _accumulate(p, g * head_weights[t].detach() if head_weights is not None else g)
+
+
+def head_weights_for(weights: Tensor, head_grads: HeadGrads) -> Tensor | None:
+    return weights if head_grads == "weighted" else None

@@ -1,0 +1,92 @@
+"""GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
+
+Learnable task weights w_t (starting at 1, renormalised to sum T after every update). With W the
+weight of the last shared layer, G_t = ||dW (w_t L_t)|| = w_t ||dL_t/dW||, the mean norm G_bar and the
+relative inverse training rate r_t = (L_t / L_t(0)) / mean_tau(L_tau / L_tau(0)), the weights minimise
+sum_t |G_t - G_bar r_t^alpha| (the target held constant) with their own Adam optimiser (`lr`), while
+the network minimises sum_t w_t L_t. `alpha: 0` asks for equal weighted gradient norms (the variant
+the IMTL paper found best). Weights, initial losses and the optimiser state are saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from mtlcli.methods.base import Options, Step, weighted_backward
+
+
+class GradNormOptions(Options):
+    alpha: float = Field(1.5, ge=0, description="asymmetry: pull of the slower tasks (0: equal norms)")
+    lr: float = Field(0.025, gt=0, description="learning rate of the weights' own Adam optimiser")
+
+
+class GradNorm:
+    """Weights w_t learnt so that the weighted gradient norms on the last shared layer follow r_t^alpha."""
+
+    name: ClassVar[str] = "gradnorm"
+
+    def __init__(self, options: GradNormOptions | None = None) -> None:
+        self.options = options or GradNormOptions()
+        self.w: nn.Parameter | None = None
+        self.initial_losses: Tensor | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def __repr__(self) -> str:
+        return f"GradNorm(alpha={self.options.alpha}, lr={self.options.lr})"
+
+    def setup(self, num_tasks: int, device: torch.device) -> None:
+        self.w = nn.Parameter(torch.ones(num_tasks, device=device))
+        self.initial_losses = torch.full((num_tasks,), float("nan"), device=device)
+        self.optimizer = torch.optim.Adam([self.w], lr=self.options.lr)
+
+    def _ready(self) -> tuple[nn.Parameter, Tensor, torch.optim.Optimizer]:
+        if self.w is None or self.initial_losses is None or self.optimizer is None:
+            raise RuntimeError("GradNorm.setup(num_tasks, device) must run before training")
+        return self.w, self.initial_losses, self.optimizer
+
+    def parameters(self) -> list[nn.Parameter]:
+        return []  # the weights have their own optimiser
+
+    def state_dict(self) -> dict[str, Any]:
+        w, initial, optimizer = self._ready()
+        return {"w": w.detach().clone(), "initial_losses": initial.clone(), "optimizer": optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        w, initial, optimizer = self._ready()
+        with torch.no_grad():
+            w.copy_(state["w"])
+            initial.copy_(state["initial_losses"])
+        optimizer.load_state_dict(state["optimizer"])
+
+    def grad_norms(self, step: Step) -> Tensor:
+        """||dL_t/dW|| for the last shared layer's weight W, one (small) backward per task."""
+        weight = step.model.last_shared_layer().weight
+        norms = [
+            torch.linalg.vector_norm(torch.autograd.grad(step.losses[t], weight, retain_graph=True)[0])
+            for t in range(step.num_tasks)
+        ]
+        return torch.stack(norms).detach()
+
+    def backward(self, step: Step) -> Tensor:
+        w, initial, optimizer = self._ready()
+        norms = self.grad_norms(step)
+        weights = w.detach().clone()
+        weighted_backward(step.losses, weights)
+
+        losses = step.losses.detach()
+        initial.copy_(torch.where(torch.isnan(initial), losses, initial))  # L_t(0), set at the first step
+        ratio = losses / initial.clamp_min(torch.finfo(losses.dtype).tiny)
+        rate = ratio / ratio.mean()
+        weighted_norms = w * norms
+        target = (weighted_norms.mean() * rate.pow(self.options.alpha)).detach()
+        optimizer.zero_grad(set_to_none=True)
+        torch.sum(torch.abs(weighted_norms - target)).backward(inputs=[w])
+        optimizer.step()
+        with torch.no_grad():  # keep the weights positive and summing to T
+            w.clamp_(min=1e-6)
+            w.mul_(w.numel() / w.sum())
+        return weights

@@ -1,0 +1,48 @@
+"""Grid search over static weights (the baseline of Sener & Koltun 2018, §4): one `static` run per
+point of an even grid of the simplex, the best chosen on validation. It is a sweep of runs, not a
+per-step rule, so `mtl train --method grid` expands it (see `mtlcli.cli.train`)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from mtlcli.errors import MtlError
+from mtlcli.methods.base import Options
+
+
+class GridOptions(Options):
+    points: int | None = Field(
+        None, ge=2, description="grid points per axis; null: 11 for 2 tasks, 6 for 3, 4 for 4+"
+    )
+
+
+def default_points(num_tasks: int) -> int:
+    return {1: 2, 2: 11, 3: 6}.get(num_tasks, 4)
+
+
+def simplex_grid(num_tasks: int, points: int) -> list[list[float]]:
+    """Every weight vector with entries in {0, 1/(points-1), ..., 1} summing to 1 (lexicographic)."""
+    steps = points - 1
+    grid = []
+    for combo in itertools.product(range(steps + 1), repeat=num_tasks - 1):
+        if sum(combo) <= steps:
+            grid.append([c / steps for c in (steps - sum(combo), *combo)])
+    return sorted(grid, reverse=True)
+
+
+class Grid:
+    """Placeholder registered so that options validate; training it expands into `static` runs."""
+
+    name: ClassVar[str] = "grid"
+
+    def __init__(self, options: GridOptions | None = None) -> None:
+        raise MtlError(
+            "grid is a sweep of static runs, not a per-step method",
+            hint="run it with `mtl train RECIPE --method grid`",
+        )
+
+    def backward(self, step: Any) -> Any:  # pragma: no cover - never constructed
+        raise NotImplementedError

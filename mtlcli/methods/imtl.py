@@ -1,0 +1,51 @@
+"""IMTL, the hybrid of Liu et al. (ICLR 2021, §3.3 and Algorithm 1).
+
+1. IMTL-L scaled losses l_t = e^{s_t} L_t (the -s_t terms are constant in theta and z);
+2. IMTL-G weights alpha from the Gram matrix of the representation gradients g_t = dl_t/dz;
+3. the encoder gets sum_t alpha_t dl_t/dz (one backward), each head its raw dl_t/dtheta_t, and
+   s_t the gradient of e^{s_t} L_t - s_t, i.e. e^{s_t} L_t - 1.
+
+The reported weights are the effective factors on the raw losses for the encoder, alpha_t e^{s_t}.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from mtlcli.methods._closed_form import imtl_g_weights
+from mtlcli.methods._learned_scale import LearnedScale
+from mtlcli.methods._representation import apply_representation_update, representation_grads
+from mtlcli.methods.base import Options, Step
+
+
+class ImtlOptions(Options):
+    pass
+
+
+class Imtl(LearnedScale):
+    """IMTL-G on the representation for the encoder, IMTL-L for the heads and the scales."""
+
+    name: ClassVar[str] = "imtl"
+
+    def __init__(self, options: ImtlOptions | None = None) -> None:
+        self.options = options or ImtlOptions()
+
+    def __repr__(self) -> str:
+        return "Imtl()"
+
+    def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
+        """IMTL-G weights for the Gram matrix of the *scaled* losses' representation gradients."""
+        return imtl_g_weights(gram)
+
+    def backward(self, step: Step) -> Tensor:
+        s = self._scale()
+        scale = torch.exp(s.detach())
+        scaled = Step(step.model, step.z, scale * step.losses)
+        grads = representation_grads(scaled)
+        alpha = self.weights(scaled.losses.detach(), grads.gram())
+        apply_representation_update(scaled, grads, alpha, head_grads="raw")
+        torch.sum(torch.exp(s) * step.losses.detach() - s).backward()
+        return (alpha * scale).detach()

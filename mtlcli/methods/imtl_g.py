@@ -1,0 +1,73 @@
+"""IMTL-G (Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021, §3.1 and appendix B.1).
+
+Scaling factors alpha (sum 1, any sign) such that the aggregated gradient g = sum_t alpha_t g_t has
+equal projections onto every unit gradient u_t = g_t/||g_t||: alpha_{2:T} = g_1 U^T (D U^T)^-1,
+alpha_1 = 1 - sum(alpha_{2:T}), computed from the Gram matrix (see `_closed_form`; a singular D U^T
+is handled by the pseudo-inverse). `imtl-g` uses the gradients of the shared feature z as the paper
+does (one encoder backward); `imtl-g-exact` the gradients of the shared parameters (the paper's
+"IMTL-G (exact)" row). Scale-invariant: no normalisation option. Heads get alpha_t-scaled gradients
+(minimising L = sum_t alpha_t L_t, §3.1) or their raw ones.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+from torch import Tensor
+
+from mtlcli.methods._closed_form import imtl_g_weights
+from mtlcli.methods._representation import HeadGrads, apply_representation_update, representation_grads
+from mtlcli.methods._shared_params import GradsMode, apply_shared_update, head_weights_for, shared_grads
+from mtlcli.methods.base import Options, Stateless, Step
+
+
+class ImtlGOptions(Options):
+    head_grads: HeadGrads = Field("weighted", description="heads get alpha_t-scaled or raw grads")
+
+
+class ImtlGExactOptions(ImtlGOptions):
+    grads: GradsMode = Field("loop", description="per-task grads by T backwards or one batched backward")
+
+
+class ImtlG(Stateless):
+    """IMTL-G on the representation gradients dL_t/dz."""
+
+    name: ClassVar[str] = "imtl-g"
+
+    def __init__(self, options: ImtlGOptions | None = None) -> None:
+        self.options = options or ImtlGOptions()
+
+    def __repr__(self) -> str:
+        return f"ImtlG(head_grads={self.options.head_grads!r})"
+
+    def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
+        """Closed-form IMTL-G weights; `losses` is unused (the method is scale-invariant)."""
+        return imtl_g_weights(gram)
+
+    def backward(self, step: Step) -> Tensor:
+        grads = representation_grads(step)
+        alpha = self.weights(step.losses.detach(), grads.gram())
+        apply_representation_update(step, grads, alpha, head_grads=self.options.head_grads)
+        return alpha.detach()
+
+
+class ImtlGExact(Stateless):
+    """IMTL-G on the shared-parameter gradients dL_t/dtheta_sh."""
+
+    name: ClassVar[str] = "imtl-g-exact"
+
+    def __init__(self, options: ImtlGExactOptions | None = None) -> None:
+        self.options = options or ImtlGExactOptions()
+
+    def __repr__(self) -> str:
+        return f"ImtlGExact(head_grads={self.options.head_grads!r}, grads={self.options.grads!r})"
+
+    def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
+        return imtl_g_weights(gram)
+
+    def backward(self, step: Step) -> Tensor:
+        grads = shared_grads(step, self.options.grads)
+        alpha = self.weights(step.losses.detach(), grads.gram())
+        apply_shared_update(step, grads, alpha, head_weights=head_weights_for(alpha, self.options.head_grads))
+        return alpha.detach()

@@ -1,0 +1,49 @@
+"""Exact MGDA (Sener & Koltun, NeurIPS 2018, §3.2): the min-norm point on the shared parameters.
+
+The per-task gradients g_t = dL_t/dtheta_sh come from one forward pass and T backward passes
+(`grads: loop`) or one vmapped backward (`grads: batched`); alpha solves min ||sum_t alpha_t g_t||^2
+on the simplex (optionally on normalised gradients) and the encoder gets sum_t alpha_t g_t.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+from torch import Tensor
+
+from mtlcli.methods._representation import normalize_gram
+from mtlcli.methods._shared_params import GradsMode, apply_shared_update, head_weights_for, shared_grads
+from mtlcli.methods.base import Stateless, Step
+from mtlcli.methods.mgda_ub import MgdaOptions
+from mtlcli.methods.min_norm import min_norm
+
+
+class MgdaExactOptions(MgdaOptions):
+    grads: GradsMode = Field("loop", description="per-task grads by T backwards or one batched backward")
+
+
+class Mgda(Stateless):
+    """MGDA on the shared-parameter gradients: weights from the T x T Gram matrix of dL_t/dtheta_sh."""
+
+    name: ClassVar[str] = "mgda"
+
+    def __init__(self, options: MgdaExactOptions | None = None) -> None:
+        self.options = options or MgdaExactOptions()
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (
+            f"Mgda(normalization={o.normalization!r}, solver={o.solver!r}, head_grads={o.head_grads!r}, "
+            f"grads={o.grads!r})"
+        )
+
+    def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
+        o = self.options
+        return min_norm(normalize_gram(gram, losses, o.normalization), solver=o.solver, max_iter=o.max_iter, tol=o.tol)
+
+    def backward(self, step: Step) -> Tensor:
+        grads = shared_grads(step, self.options.grads)
+        alpha = self.weights(step.losses.detach(), grads.gram())
+        apply_shared_update(step, grads, alpha, head_weights=head_weights_for(alpha, self.options.head_grads))
+        return alpha.detach()

@@ -1,0 +1,51 @@
+"""MGDA without alpha >= 0 (Liu et al., ICLR 2021, §4 and appendix C.2).
+
+The min-norm point of the *affine* hull of the task gradients: minimise ||sum_t alpha_t g_t||^2 with
+sum(alpha) = 1 only, closed form alpha_{2:T} = g_1 D^T (D D^T)^-1 with D^T = [g_1 - g_t]_t. Then
+g . (g_1 - g_t) = 0 for every t. Like MGDA-UB it works on the representation gradients dL_t/dz, with
+the same optional normalisation; the weights multiply the raw losses.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+from torch import Tensor
+
+from mtlcli.methods._closed_form import unconstrained_min_norm_weights
+from mtlcli.methods._representation import (
+    HeadGrads,
+    apply_representation_update,
+    normalize_gram,
+    representation_grads,
+)
+from mtlcli.methods.base import Options, Stateless, Step
+from mtlcli.methods.mgda_ub import Normalization
+
+
+class MgdaUnconstrainedOptions(Options):
+    normalization: Normalization = Field("none", description="divide g_t by 1, ||g_t||, L_t or L_t ||g_t||")
+    head_grads: HeadGrads = Field("weighted", description="heads get alpha_t-scaled or raw grads")
+
+
+class MgdaUnconstrained(Stateless):
+    """Closed-form min-norm point of the affine hull of dL_t/dz (weights may be negative)."""
+
+    name: ClassVar[str] = "mgda-unconstrained"
+
+    def __init__(self, options: MgdaUnconstrainedOptions | None = None) -> None:
+        self.options = options or MgdaUnconstrainedOptions()
+
+    def __repr__(self) -> str:
+        o = self.options
+        return f"MgdaUnconstrained(normalization={o.normalization!r}, head_grads={o.head_grads!r})"
+
+    def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
+        return unconstrained_min_norm_weights(normalize_gram(gram, losses, self.options.normalization))
+
+    def backward(self, step: Step) -> Tensor:
+        grads = representation_grads(step)
+        alpha = self.weights(step.losses.detach(), grads.gram())
+        apply_representation_update(step, grads, alpha, head_grads=self.options.head_grads)
+        return alpha.detach()

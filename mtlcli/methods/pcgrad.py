@@ -1,0 +1,80 @@
+"""PCGrad, gradient surgery (Yu et al., NeurIPS 2020, Algorithm 1), on the shared parameters.
+
+For every task i, in a random order of the other tasks j: if g_i^PC . g_j < 0, project g_i^PC onto
+the normal plane of g_j (g_i^PC -= (g_i^PC . g_j)/||g_j||^2 g_j). The shared parameters get
+sum_i g_i^PC; heads get their own raw gradients. Each g_i^PC is kept as coefficients on the g_k, so
+the surgery is T x T arithmetic on the Gram matrix, on the device (no host sync). The random orders
+come from a CPU generator seeded with the run's seed at `setup`; its state is checkpointed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from mtlcli.methods._shared_params import GradsMode, apply_shared_update, shared_grads
+from mtlcli.methods.base import Options, Step
+
+
+class PcGradOptions(Options):
+    grads: GradsMode = Field("loop", description="per-task grads by T backwards or one batched backward")
+
+
+def pcgrad_coefficients(gram: Tensor, orders: list[list[int]]) -> Tensor:
+    """C [T, T] with g_i^PC = sum_k C[i, k] g_k, projecting in `orders[i]` (other tasks' indices)."""
+    t = gram.shape[0]
+    eye = torch.eye(t, dtype=gram.dtype, device=gram.device)
+    tiny = torch.finfo(gram.dtype).tiny
+    rows = []
+    for i in range(t):
+        c = eye[i]
+        for j in orders[i]:
+            if j == i:
+                continue
+            inner = c @ gram[:, j]
+            c = c - torch.where(inner < 0, inner / gram[j, j].clamp_min(tiny), torch.zeros_like(inner)) * eye[j]
+        rows.append(c)
+    return torch.stack(rows)
+
+
+def pcgrad_weights(gram: Tensor, orders: list[list[int]]) -> Tensor:
+    """Weights w with sum_i g_i^PC = sum_k w_k g_k."""
+    return pcgrad_coefficients(gram, orders).sum(dim=0)
+
+
+class PcGrad:
+    """Project conflicting task gradients on each other's normal planes, then sum."""
+
+    name: ClassVar[str] = "pcgrad"
+
+    def __init__(self, options: PcGradOptions | None = None) -> None:
+        self.options = options or PcGradOptions()
+        self.generator = torch.Generator()
+        self.generator.manual_seed(0)
+
+    def __repr__(self) -> str:
+        return f"PcGrad(grads={self.options.grads!r})"
+
+    def setup(self, num_tasks: int, device: torch.device) -> None:
+        self.generator.manual_seed(torch.initial_seed())
+
+    def parameters(self) -> list:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def orders(self, num_tasks: int) -> list[list[int]]:
+        return [torch.randperm(num_tasks, generator=self.generator).tolist() for _ in range(num_tasks)]
+
+    def backward(self, step: Step) -> Tensor:
+        grads = shared_grads(step, self.options.grads)
+        weights = pcgrad_weights(grads.gram(), self.orders(step.num_tasks))
+        apply_shared_update(step, grads, weights, head_weights=None)
+        return weights.detach()

@@ -1,0 +1,45 @@
+"""Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018), in its classification form.
+
+Each task gets a learnable s_t = log sigma_t^2. For a softmax classifier Kendall et al. (eq. 10 and
+its classification approximation) minimise (1/sigma^2) L + log sigma, i.e.
+
+    L = sum_t exp(-s_t) L_t + s_t / 2,
+
+whose stationary point in s_t is exp(-s_t) L_t = 1/2. Every task of this project is a
+cross-entropy classification, so this is the form the paper prescribes for them (the regression
+form exp(-s) L + s, stationary at exp(-s) L = 1, is IMTL-L reparametrised by s -> -s, so using it
+would make the two methods identical; the factor 1/2 is exactly the classification bias the IMTL
+paper analyses in §4). s_t is optimised with the model and saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from mtlcli.methods._learned_scale import LearnedScale
+from mtlcli.methods.base import Options, Step
+
+
+class UncertaintyOptions(Options):
+    pass
+
+
+class Uncertainty(LearnedScale):
+    """sum_t exp(-s_t) L_t + s_t/2 with learnable log-variances s_t."""
+
+    name: ClassVar[str] = "uncertainty"
+
+    def __init__(self, options: UncertaintyOptions | None = None) -> None:
+        self.options = options or UncertaintyOptions()
+
+    def __repr__(self) -> str:
+        return "Uncertainty(form='classification')"
+
+    def backward(self, step: Step) -> Tensor:
+        s = self._scale()
+        precision = torch.exp(-s)
+        torch.sum(precision * step.losses + s / 2).backward()
+        return precision.detach()
