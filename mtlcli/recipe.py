@@ -137,7 +137,7 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind == "literal_error":
         message = f"must be one of {ctx.get('expected', '').replace(chr(39), '')}"
     elif kind in _FRIENDLY:
-        message = _FRIENDLY[kind].format(**ctx)
+        message = _FRIENDLY[kind].format(**{k: _number(v) for k, v in ctx.items()})
     elif kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     else:
@@ -145,6 +145,10 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind != "missing" and "input" in err:
         message += f", got {_show(err['input'])}"
     return message
+
+
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _show(value: Any) -> str:
