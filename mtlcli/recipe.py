@@ -137,15 +137,18 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind == "literal_error":
         message = f"must be one of {ctx.get('expected', '').replace(chr(39), '')}"
     elif kind in _FRIENDLY:
-        message = _FRIENDLY[kind].format(**ctx)
+        message = _FRIENDLY[kind].format(**{k: _number(v) for k, v in ctx.items()})
     elif kind == "value_error":
-        message = str(ctx.get("error", err["msg"]))
-        return message
+        return str(ctx.get("error", err["msg"]))
     else:
         message = err["msg"][0].lower() + err["msg"][1:]
     if kind != "missing" and "input" in err:
         message += f", got {_show(err['input'])}"
     return message
+
+
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _show(value: Any) -> str:
@@ -259,7 +262,7 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
     if "=" not in assignment:
         raise MtlError(f"--set {assignment!r}: expected key.path=value", hint="e.g. --set optim.lr=0.01")
     key, _, value = assignment.partition("=")
-    parts = [p for p in key.strip().split(".")]
+    parts = key.strip().split(".")
     if not all(parts):
         raise MtlError(f"--set {assignment!r}: empty key in {key!r}")
     return parts, parse_yaml(value, source=f"--set {key}")
