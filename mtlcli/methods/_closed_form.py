@@ -32,10 +32,7 @@ def equal_projection_weights(gram: Tensor, *, unit: bool) -> Tensor:
     g = gram.detach().to(torch.float64)
     g = (g + g.T) / 2
     g = g / g.diagonal().max().clamp_min(torch.finfo(torch.float64).tiny)
-    if unit:
-        a = g / g.diagonal().clamp_min(0).sqrt().clamp_min(torch.finfo(torch.float64).tiny)[None, :]
-    else:
-        a = g
+    a = g / g.diagonal().clamp_min(0).sqrt().clamp_min(torch.finfo(torch.float64).tiny)[None, :] if unit else g
     m = a[0, 0] - a[0:1, 1:] - a[1:, 0:1] + a[1:, 1:]
     b = a[0, 0] - a[0, 1:]
     rest = b @ torch.linalg.pinv(m)

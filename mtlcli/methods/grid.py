@@ -26,11 +26,8 @@ def default_points(num_tasks: int) -> int:
 def simplex_grid(num_tasks: int, points: int) -> list[list[float]]:
     """Every weight vector with entries in {0, 1/(points-1), ..., 1} summing to 1 (lexicographic)."""
     steps = points - 1
-    grid = []
-    for combo in itertools.product(range(steps + 1), repeat=num_tasks - 1):
-        if sum(combo) <= steps:
-            grid.append([c / steps for c in (steps - sum(combo), *combo)])
-    return sorted(grid, reverse=True)
+    combos = (c for c in itertools.product(range(steps + 1), repeat=num_tasks - 1) if sum(c) <= steps)
+    return sorted(([k / steps for k in (steps - sum(c), *c)] for c in combos), reverse=True)
 
 
 class Grid:
