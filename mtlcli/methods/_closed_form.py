@@ -7,7 +7,7 @@ A[i, j] = g_i . v_j (a function of the Gram matrix only), the paper's
 alpha_{2:T} = g_1 V^T (D V^T)^-1, D^T = [g_1 - g_t]_t, V^T = [v_1 - v_t]_t, reads
 alpha_{2:T} M = b with M[i, j] = A_11 - A_1j - A_i1 + A_ij and b_j = A_11 - A_1j (i, j >= 2).
 
-M is solved by the pseudo-inverse (float64, after scaling G to unit max diagonal): when it is
+M is solved by the pseudo-inverse in float64: when it is
 singular (duplicated or parallel gradients) we return the minimum-norm alpha_{2:T} among the
 least-squares solutions instead of failing, and alpha_1 = 1 - sum(alpha_{2:T}) as in the paper.
 """
@@ -23,28 +23,45 @@ def _check(gram: Tensor) -> None:
         raise ValueError(f"`gram` should be a non-empty square matrix. Found `gram.shape = {tuple(gram.shape)}`.")
 
 
-def equal_projection_weights(gram: Tensor, *, unit: bool) -> Tensor:
-    """alpha (sum 1, any sign) with g . v_t equal for all t; v_t = g_t/||g_t|| if `unit` else g_t."""
-    _check(gram)
-    t = gram.shape[0]
-    if t == 1:
-        return torch.ones(1, dtype=gram.dtype, device=gram.device)
-    g = gram.detach().to(torch.float64)
-    g = (g + g.T) / 2
-    g = g / g.diagonal().max().clamp_min(torch.finfo(torch.float64).tiny)
-    a = g / g.diagonal().clamp_min(0).sqrt().clamp_min(torch.finfo(torch.float64).tiny)[None, :] if unit else g
+def _anchored(a: Tensor) -> Tensor:
+    """alpha (sum 1) with sum_i alpha_i a[i, 1] = sum_i alpha_i a[i, t] for all t: the paper's anchored form."""
     m = a[0, 0] - a[0:1, 1:] - a[1:, 0:1] + a[1:, 1:]
     b = a[0, 0] - a[0, 1:]
     rest = b @ torch.linalg.pinv(m)
-    alpha = torch.cat([(1 - rest.sum()).reshape(1), rest])
-    return alpha.to(gram.dtype)
+    return torch.cat([(1 - rest.sum()).reshape(1), rest])
+
+
+def _float64(gram: Tensor) -> Tensor:
+    _check(gram)
+    g = gram.detach().to(torch.float64)
+    return (g + g.T) / 2
 
 
 def imtl_g_weights(gram: Tensor) -> Tensor:
-    """IMTL-G (Liu et al., ICLR 2021, eq. IMTL-G): alpha_{2:T} = g_1 U^T (D U^T)^-1, alpha_1 = 1 - sum."""
-    return equal_projection_weights(gram, unit=True)
+    """IMTL-G (Liu et al., ICLR 2021, eq. IMTL-G): alpha_{2:T} = g_1 U^T (D U^T)^-1, alpha_1 = 1 - sum.
+
+    Solved in the scale-free form the paper's Theorem 2 allows: first on the unit vectors u_t (Gram =
+    correlation matrix, so tasks whose gradients differ by orders of magnitude stay well conditioned),
+    gamma = u_1 U^T (U U^T)^-1 anchored as above; then g ∝ sum_t gamma_t u_t = sum_t (gamma_t / ||g_t||) g_t,
+    i.e. alpha_t = (gamma_t / ||g_t||) / sum_tau (gamma_tau / ||g_tau||), the unique solution of the paper's
+    formula whenever that one exists.
+    """
+    if gram.shape[0] == 1 and gram.ndim == 2 and gram.shape[1] == 1:
+        return torch.ones(1, dtype=gram.dtype, device=gram.device)
+    g = _float64(gram)
+    norms = g.diagonal().clamp_min(0).sqrt()
+    norms = norms.clamp_min(norms.max() * 1e-150 + torch.finfo(torch.float64).tiny)
+    gamma = _anchored(g / (norms[:, None] * norms[None, :]))
+    alpha = gamma / norms
+    total = alpha.sum()
+    alpha = alpha / torch.where(total.abs() > 0, total, torch.ones_like(total))
+    return alpha.to(gram.dtype)
 
 
 def unconstrained_min_norm_weights(gram: Tensor) -> Tensor:
     """argmin ||sum_t alpha_t g_t||^2 s.t. sum(alpha) = 1 (IMTL appendix C.2): alpha_{2:T} = g_1 D^T (D D^T)^-1."""
-    return equal_projection_weights(gram, unit=False)
+    if gram.shape[0] == 1 and gram.ndim == 2 and gram.shape[1] == 1:
+        return torch.ones(1, dtype=gram.dtype, device=gram.device)
+    g = _float64(gram)
+    g = g / g.diagonal().max().clamp_min(torch.finfo(torch.float64).tiny)
+    return _anchored(g).to(gram.dtype)
