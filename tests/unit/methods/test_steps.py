@@ -40,7 +40,8 @@ def per_task_grads(model, x, y):
         g = torch.autograd.grad(losses[t], list(params.values()), retain_graph=True, allow_unused=True)
         grads.append({n: gi if gi is not None else torch.zeros_like(p) for (n, p), gi in zip(params.items(), g, strict=True)})
     zg = torch.stack([torch.autograd.grad(losses[t], z, retain_graph=True)[0].reshape(-1) for t in range(len(TASKS))])
-    shared = torch.stack([torch.cat([grads[t][n].reshape(-1) for n in params if n.startswith("encoder.")]) for t in range(len(TASKS))])
+    encoder = [n for n in params if n.startswith("encoder.")]
+    shared = torch.stack([torch.cat([grads[t][n].reshape(-1) for n in encoder]) for t in range(len(TASKS))])
     return grads, losses.detach(), zg @ zg.T, shared @ shared.T
 
 
