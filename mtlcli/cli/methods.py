@@ -1,30 +1,72 @@
-"""`mtl methods`: the catalogue of methods, their papers and options."""
+"""`mtl methods`: the catalogue of methods, their papers and options, one block per method."""
 
 from __future__ import annotations
 
+import textwrap
+import typing
+from typing import Annotated
+
+import typer
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
-from rich.table import Table
+from rich.markup import escape
 
 from mtlcli.cli._common import handle_errors, out_console
+from mtlcli.errors import MtlError
 from mtlcli.methods import REGISTRY
 
 
-def describe_options(name: str) -> list[str]:
-    lines = []
+def _choices(field: FieldInfo) -> str:
+    """`a | b | c` for a Literal option, else the type's name."""
+    annotation = field.annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return " | ".join(str(a) for a in args)
+    if typing.get_origin(annotation) is list:
+        return f"list of {getattr(args[0], '__name__', str(args[0]))}"
+    if args:  # e.g. int | None, list[float]
+        names = [getattr(a, "__name__", str(a)) for a in args]
+        return " | ".join("null" if n == "NoneType" else n for n in names)
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def describe_options(name: str) -> list[tuple[str, str, str, str]]:
+    """(option, choices or type, default, description) for each option of method `name`."""
+    rows = []
     for key, field in REGISTRY[name].options.model_fields.items():
-        default = "required" if field.default is PydanticUndefined else repr(field.default)
-        lines.append(f"{key}={default}" + (f": {field.description}" if field.description else ""))
-    return lines
+        default = "required" if field.default is PydanticUndefined else _show(field.default)
+        rows.append((key, _choices(field), default, field.description or ""))
+    return rows
+
+
+def _show(value: object) -> str:
+    return "null" if value is None else str(value)
+
+
+def method_block(name: str, width: int = 80) -> str:
+    """One method as a block of lines no wider than `width` (rich markup)."""
+    info = REGISTRY[name]
+    wrap = textwrap.TextWrapper(width=width, initial_indent="    ", subsequent_indent="    ")
+    lines = [f"[bold cyan]{name}[/]", *(escape(line) for line in wrap.wrap(info.summary))]
+    lines.append(f"    [dim]paper:[/] {escape(info.paper)}")
+    options = describe_options(name)
+    lines.append("    [dim]options:[/] none" if not options else "    [dim]options:[/]")
+    detail = textwrap.TextWrapper(width=width, initial_indent=" " * 10, subsequent_indent=" " * 10)
+    head = textwrap.TextWrapper(width=width, initial_indent=" " * 6, subsequent_indent=" " * 10, break_on_hyphens=False)
+    for key, choices, default, description in options:
+        first, *rest = head.wrap(f"{key} = {default}  ({choices})")
+        lines.append(f"      [bold]{escape(key)}[/]{escape(first[6 + len(key) :])}")
+        lines.extend(escape(line) for line in [*rest, *detail.wrap(description)])
+    return "\n".join(lines)
 
 
 @handle_errors
-def list_methods() -> None:
+def list_methods(
+    name: Annotated[str | None, typer.Argument(help="Show one method only.")] = None,
+) -> None:
     """List every method with a one-line description, its paper and its options (with defaults)."""
-    table = Table(show_lines=True)
-    table.add_column("method", style="bold")
-    table.add_column("what it does")
-    table.add_column("paper")
-    table.add_column("options (defaults)")
-    for name, info in REGISTRY.items():
-        table.add_row(name, info.summary, info.paper, "\n".join(describe_options(name)) or "-")
-    out_console.print(table)
+    if name is not None and name not in REGISTRY:
+        raise MtlError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(REGISTRY)}")
+    names = [name] if name is not None else list(REGISTRY)
+    width = max(60, min(out_console.width, 100))
+    out_console.print("\n\n".join(method_block(n, width) for n in names), highlight=False)

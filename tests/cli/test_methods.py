@@ -1,0 +1,30 @@
+"""`mtl methods`: every method, its paper and its options with defaults, readable at 80 columns."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from mtlcli.cli import app
+from mtlcli.methods import REGISTRY
+
+runner = CliRunner()
+
+
+def test_catalogue_lists_every_method_with_paper_and_options() -> None:
+    result = runner.invoke(app, ["methods"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    headers = [line for line in lines if line and not line.startswith(" ")]
+    assert headers == list(REGISTRY)
+    assert result.stdout.count("paper:") == len(REGISTRY)
+    for option, default in [("normalization", "none"), ("grads", "loop"), ("alpha", "1.5"), ("head_grads", "weighted")]:
+        assert f"{option} = {default}" in result.stdout
+    assert "weights = required  (list of float)" in result.stdout
+
+
+def test_one_method_and_an_unknown_one() -> None:
+    result = runner.invoke(app, ["methods", "imtl-g"])
+    assert result.exit_code == 0 and result.stdout.startswith("imtl-g\n") and "mgda" not in result.stdout
+    result = runner.invoke(app, ["methods", "imtl-x"])
+    assert result.exit_code == 1 and "unknown method 'imtl-x'" in result.output
