@@ -49,8 +49,10 @@ def test_method_trains_and_its_state_round_trips(method: str, tiny_recipe, write
     assert _equal(fresh.state_dict(), saved)
     if method in LEARNED:  # training moved the learnt state away from its initial value, and it was saved
         assert not torch.equal(before[LEARNED[method]], saved[LEARNED[method]])
-    if method == "single-task":  # two networks, nothing shared: twice the encoder parameters
+    if method == "single-task":  # two networks, nothing shared: twice the encoder parameters; eval rebuilds them
         assert summary["parameters"] > 2 * 21_000
+        result = runner.invoke(app, ["eval", str(run_dir), "--split", "test", "--json"])
+        assert result.exit_code == 0, result.output
 
 
 def saved_options(run_dir: Path) -> dict:
@@ -78,3 +80,40 @@ def test_static_weights_must_match_the_tasks(tiny_recipe, write_recipe) -> None:
     result = runner.invoke(app, ["train", str(recipe), "--method", "static", "--set", "method.weights=[0.2, 0.3, 0.5]"])
     assert result.exit_code == 1
     assert "3 weights" in result.output and "2 tasks" in result.output
+
+
+@pytest.mark.parametrize("method", ["uncertainty", "gradnorm", "imtl", "pcgrad"])
+def test_interrupted_run_resumes_exactly_with_the_method_state(method: str, tiny_recipe) -> None:
+    """Stop in the middle of epoch 2 (as SIGTERM does), resume from last.pt: same final model and method state as
+    an uninterrupted run, so the method's state really went through the checkpoint."""
+    import signal
+
+    from mtlcli.recipe import validate
+    from mtlcli.trainer import Trainer, TrainingInterrupted
+
+    tiny_recipe["train"]["epochs"] = 2
+    tiny_recipe["method"] = {"name": method}
+    recipe = validate(tiny_recipe)
+    straight = Trainer(recipe, show_progress=False)
+    straight.run()
+
+    interrupted = Trainer(recipe, show_progress=False)
+    backward, calls = interrupted.method.backward, []
+    stop_at = straight.global_step // 2 + 1
+
+    def stop_mid_epoch_two(step):
+        calls.append(1)
+        if len(calls) == stop_at:
+            signal.raise_signal(signal.SIGTERM)
+        return backward(step)
+
+    interrupted.method.backward = stop_mid_epoch_two  # type: ignore[method-assign]
+    with pytest.raises(TrainingInterrupted):
+        interrupted.run()
+    assert interrupted.run_dir is not None
+    resumed = Trainer.resume(interrupted.run_dir, show_progress=False)
+    assert resumed.position.epoch == 2 and 0 < resumed.position.batch < straight.global_step // 2
+    resumed.run()
+    assert _equal(resumed.method.state_dict(), straight.method.state_dict())
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
