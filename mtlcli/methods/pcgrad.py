@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from mtlcli.methods._shared_params import GradsMode, apply_shared_update, shared_grads
 from mtlcli.methods.base import Options, Step
@@ -61,7 +61,7 @@ class PcGrad:
     def setup(self, num_tasks: int, device: torch.device) -> None:
         self.generator.manual_seed(torch.initial_seed())
 
-    def parameters(self) -> list:
+    def parameters(self) -> list[nn.Parameter]:
         return []
 
     def state_dict(self) -> dict[str, Any]:
