@@ -60,7 +60,11 @@ def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
         eye = torch.eye(t, dtype=step.losses.dtype, device=step.losses.device)
         every_head = [p for params in heads for p in params]
         grads = torch.autograd.grad(
-            step.losses, [*shared, *every_head], grad_outputs=eye, retain_graph=True, allow_unused=True,
+            step.losses,
+            [*shared, *every_head],
+            grad_outputs=eye,
+            retain_graph=True,
+            allow_unused=True,
             is_grads_batched=True,
         )
         jacobian = _flat(grads[: len(shared)], shared, (t,))
@@ -72,9 +76,7 @@ def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
     raise ValueError(f"unknown grads mode {mode!r}; choose loop or batched")
 
 
-def apply_shared_update(
-    step: Step, grads: SharedGrads, shared_weights: Tensor, *, head_weights: Tensor | None
-) -> None:
+def apply_shared_update(step: Step, grads: SharedGrads, shared_weights: Tensor, *, head_weights: Tensor | None) -> None:
     """theta_sh gets sum_t shared_weights_t g_t; head t gets head_weights_t dL_t/dtheta_t (raw if None)."""
     shared = step.model.shared_parameters()
     combined = shared_weights.detach().to(grads.jacobian.dtype) @ grads.jacobian

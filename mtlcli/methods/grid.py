@@ -14,9 +14,7 @@ from mtlcli.methods.base import Options
 
 
 class GridOptions(Options):
-    points: int | None = Field(
-        None, ge=2, description="grid points per axis; null: 11 for 2 tasks, 6 for 3, 4 for 4+"
-    )
+    points: int | None = Field(None, ge=2, description="grid points per axis; null: 11 for 2 tasks, 6 for 3, 4 for 4+")
 
 
 def default_points(num_tasks: int) -> int:

@@ -33,10 +33,7 @@ class Mgda(Stateless):
 
     def __repr__(self) -> str:
         o = self.options
-        return (
-            f"Mgda(normalization={o.normalization!r}, solver={o.solver!r}, head_grads={o.head_grads!r}, "
-            f"grads={o.grads!r})"
-        )
+        return f"Mgda(normalization={o.normalization!r}, solver={o.solver!r}, head_grads={o.head_grads!r}, grads={o.grads!r})"
 
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         o = self.options
