@@ -114,11 +114,11 @@ def test_agrees_with_torchjd_mgda(t: int, seed: int) -> None:
     jac = jacobian("random", t, seed=seed, dim=8)
     gram = torch.tensor(jac @ jac.T)
     ours = min_norm(gram)
-    theirs = MGDAWeighting(epsilon=1e-12, max_iters=20000)(gram)
+    theirs = MGDAWeighting(epsilon=1e-12, max_iters=5000)(gram)
     f = float(ours @ gram @ ours)
     assert float(theirs @ gram @ theirs) >= f * (1 - 1e-9)  # theirs (Frank-Wolfe) is never below ours
     assert float(theirs @ gram @ theirs) <= f * (1 + 1e-3)  # Frank-Wolfe converges slowly (O(1/k))
-    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=5e-2)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=2e-2)
 
 
 def test_pairs_reduce_to_the_two_vector_closed_form() -> None:
