@@ -200,6 +200,7 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
                 problems.append(_format_problem(loc, describe_error(err)))
     problems.extend(_method_problems(raw.get("method")))
     problems.extend(_task_problems(raw))
+    problems.extend(_weights_problems(raw))
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
@@ -231,6 +232,17 @@ def _task_problems(raw: dict[str, Any]) -> list[str]:
                 f"tasks.{i}.name: {task['name']!r} is not a task of {data['name']} (its tasks: {', '.join(TASKS)})"
             )
     return problems
+
+
+def _weights_problems(raw: dict[str, Any]) -> list[str]:
+    """`static` takes one weight per task: a mismatch is a recipe problem, reported with the others."""
+    method, tasks = raw.get("method"), raw.get("tasks")
+    if not (isinstance(method, dict) and method.get("name") == "static" and isinstance(tasks, list)):
+        return []
+    weights = method.get("weights")
+    if isinstance(weights, list) and len(weights) != len(tasks):
+        return [f"method.weights: {len(weights)} weights for {len(tasks)} tasks (one per task, in the order of tasks)"]
+    return []
 
 
 def parse_yaml(text: str, *, source: str) -> Any:

@@ -128,6 +128,8 @@ def test_static_weights_are_validated_and_applied() -> None:
         build("static", weights=[0.5, 0.6])
     with pytest.raises(MtlError, match=">= 0"):
         build("static", weights=[1.5, -0.5])
+    with pytest.raises(MtlError, match="3 weights given for 2 tasks"):
+        build("static", weights=[0.2, 0.3, 0.5]).setup(2, torch.device("cpu"))
     method = build("static", weights=[0.25, 0.75])
     method.setup(2, torch.device("cpu"))
     losses = torch.tensor([2.0, 4.0], requires_grad=True)
