@@ -193,7 +193,9 @@ class StopRequest:
 
 
 class TrainingInterrupted(MtlError):
-    """Training stopped on a signal after saving a resumable checkpoint."""
+    """Training stopped on a signal after saving a resumable checkpoint (exit status 130, as for Ctrl-C)."""
+
+    exit_code = 130
 
 
 class NonFiniteError(MtlError):
@@ -328,6 +330,7 @@ class Trainer:
         self.all_step_times: list[float] = []
         self.elapsed = 0.0
         self.last_saved_epoch = 0  # the epoch whose end last.pt holds (0: none yet)
+        self.lock: RunLock | None = None
 
     # ----------------------------------------------------------------- checkpoints
     def _rng_state(self) -> dict[str, Any]:
@@ -445,8 +448,14 @@ class Trainer:
                 hint="train the recipe again: `mtl train " + str(run_dir / "recipe.yaml") + "`",
             )
         state = load_checkpoint(run_dir / LAST)
-        trainer = cls(recipe, console=console or Console(stderr=True), show_progress=show_progress, run_dir=run_dir)
-        trainer.restore(state, run_dir / LAST)
+        lock = RunLock(run_dir).acquire()  # before touching its files
+        try:
+            trainer = cls(recipe, console=console or Console(stderr=True), show_progress=show_progress, run_dir=run_dir)
+            trainer.restore(state, run_dir / LAST)
+        except BaseException:
+            lock.release()
+            raise
+        trainer.lock = lock
         # drop lines written after the checkpoint we resume from, and a torn last line (kill -9)
         kept = [rec for rec in run.metrics if isinstance(rec, dict) and rec.get("epoch", 0) < trainer.position.epoch]
         write_text_atomic(run_dir / METRICS, "".join(json.dumps(rec) + "\n" for rec in kept))
@@ -461,7 +470,20 @@ class Trainer:
         r = self.recipe
         if self.run_dir is None:
             self.run_dir = create_run_dir(Path(r.output.dir), r.method.name, r.train.seed)
+            self.lock = RunLock(self.run_dir).acquire()
             write_recipe(self.run_dir, r.dump())
+            (self.run_dir / METRICS).touch()  # a run directory from the start: resumable after epoch 1's first step
+        if self.lock is None:
+            self.lock = RunLock(self.run_dir).acquire()
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+            self.lock = None
+
+    def _run(self) -> Path:
+        r = self.recipe
+        assert self.run_dir is not None
         stop = StopRequest()
         progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -473,7 +495,7 @@ class Trainer:
             disable=not self.show_progress,
             transient=False,
         )
-        with run_lock(self.run_dir), stop.installed(), progress:
+        with stop.installed(), progress:
             while self.position.epoch <= r.train.epochs:
                 if stop or not self._train_epoch(progress, stop):
                     self._interrupted(stop)
@@ -669,18 +691,37 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         torch.save(state, handle)
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `run_dir` while training: a second process resuming it is refused."""
-    with open(run_dir / ".lock", "a+b") as handle:
+class RunLock:
+    """An exclusive lock on a run directory, held while it trains (a second trainer is refused).
+
+    `flock` locks die with their process, so a kill -9 never leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._handle: Any = None
+
+    def acquire(self) -> RunLock:
+        handle = open(self.run_dir / ".lock", "a+b")  # noqa: SIM115 - held until release()
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunError(f"{run_dir} is being trained by another process", hint="wait for it, or stop it first") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            handle.close()
+            raise RunError(f"{self.run_dir} is being trained by another process", hint="wait for it, or stop it first") from None
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
