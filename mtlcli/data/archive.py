@@ -46,8 +46,8 @@ def _check_tar(archive: Path, target: Path, tar: tarfile.TarFile) -> None:
 def _check_zip(archive: Path, target: Path, zf: zipfile.ZipFile) -> None:
     for info in zf.infolist():
         _check_name(archive, target, info.filename)
-        mode = info.external_attr >> 16
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the archiver stored no Unix type
+        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
             raise DataError(f"{archive}: refusing member {info.filename!r}: not a regular file or directory")
 
 
