@@ -404,8 +404,9 @@ class Trainer:
         try:
             self._restore(state)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise RunError(f"{source} does not fit this run ({type(exc).__name__}: {detail[:200]})") from None
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = next((line for line in lines if not line.endswith(":")), lines[0] if lines else repr(exc))
+            raise RunError(f"{source} does not fit this run: {detail[:200]}") from None
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
