@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from mtlcli.errors import MtlError
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error or warning stays one line (no wrapping)
 out_console = Console(soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 

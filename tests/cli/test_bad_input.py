@@ -31,6 +31,11 @@ def assert_clean_error(args: list[str], *needles: str) -> str:
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in text
     assert len(re.findall(r"^Error: ", text, flags=re.MULTILINE)) == 1, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    after = lines[next(i for i, line in enumerate(lines) if line.startswith("Error: ")) + 1 :]
+    # then only a hint, or the indented list of a recipe's problems
+    assert all(line.startswith(("Hint: ", "  ")) for line in after), text
+    assert sum(line.startswith("Hint: ") for line in after) <= 1, text
     squashed = "".join(text.split())  # rich wraps long lines, even inside paths
     for needle in needles:
         assert "".join(needle.split()) in squashed, (needle, text)
