@@ -16,7 +16,7 @@ from tests.integration._reliability import assert_same_run, metrics, recipe, sta
 def test_two_concurrent_trainings_into_one_directory(data_dir, tmp_path) -> None:
     out = tmp_path / "out"
     path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe(data_dir, out, epochs=3, batch_size=8)))  # same method, same seed
+    path.write_text(yaml.safe_dump(recipe(data_dir, out, epochs=2, batch_size=16)))  # same method, same seed
     procs = [start_cli("train", str(path), "-q") for _ in range(2)]
     results = [proc.communicate(timeout=180) for proc in procs]
     for proc, (_, stderr) in zip(procs, results, strict=True):
@@ -26,7 +26,7 @@ def test_two_concurrent_trainings_into_one_directory(data_dir, tmp_path) -> None
     assert sorted(p.name for p in out.iterdir()) == sorted(d.name for d in dirs)
     for run_dir in dirs:
         assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
-        assert [rec["epoch"] for rec in metrics(run_dir)] == [1, 2, 3]  # nobody else's lines
+        assert [rec["epoch"] for rec in metrics(run_dir)] == [1, 2]  # nobody else's lines
     assert_same_run(dirs[0], dirs[1])  # same seed, each undisturbed by the other
 
 
