@@ -457,6 +457,7 @@ class Trainer:
             lock.release()
             raise
         trainer.lock = lock
+        trainer._repair_best(state)
         # drop lines written after the checkpoint we resume from, and a torn last line (kill -9)
         kept = [rec for rec in run.metrics if isinstance(rec, dict) and rec.get("epoch", 0) < trainer.position.epoch]
         write_text_atomic(run_dir / METRICS, "".join(json.dumps(rec) + "\n" for rec in kept))
@@ -464,6 +465,24 @@ class Trainer:
             with contextlib.suppress(OSError):
                 stale.unlink()
         return trainer
+
+    def _repair_best(self, state: dict[str, Any]) -> None:
+        """Make best.pt agree with the checkpoint resumed from (a crash may have come between the two saves)."""
+        assert self.run_dir is not None
+        resumed_at = self.position.epoch - 1
+        try:
+            on_disk = int(load_checkpoint(self.run_dir / BEST)["position"]["epoch"]) - 1
+        except (RunError, KeyError, TypeError, ValueError):
+            on_disk = None
+        if on_disk == self.best_epoch:
+            return
+        if self.best_epoch and self.best_epoch == resumed_at:  # the checkpoint itself is the best state
+            self.save(BEST, state)
+        elif on_disk is not None and on_disk > resumed_at:
+            self.console.print(
+                f"[yellow]note:[/] {BEST} holds epoch {on_disk}, trained after the checkpoint; "
+                f"it is replaced when an epoch beats epoch {self.best_epoch}"
+            )
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> Path:
@@ -640,11 +659,12 @@ class Trainer:
         self.position = Position(epoch=pos.epoch + 1)
         state = self.checkpoint()
         append_jsonl(self.run_dir / METRICS, record)
-        if improved:
-            self.save(BEST, state)
+        # last before best: a crash in between leaves a last.pt that knows it is the best (resume re-saves it)
         if pos.epoch % r.train.checkpoint_every == 0 or pos.epoch == r.train.epochs:
             self.save(LAST, state)
             self.last_saved_epoch = pos.epoch
+        if improved:
+            self.save(BEST, state)
         accs = "  ".join(f"{t.name} {val[t.name][t.metrics[0]]:.2f}" for t in self.tasks)
         mark = " *" if improved else ""
         if pos.skipped:

@@ -106,3 +106,29 @@ def test_a_run_being_trained_cannot_be_resumed_twice(data_dir, tmp_path) -> None
     with RunLock(first.run_dir), pytest.raises(RunError, match="being trained by another process"):
         Trainer.resume(first.run_dir, show_progress=False)
     Trainer.resume(first.run_dir, show_progress=False).run()  # once the lock is free
+
+
+def test_a_crash_between_last_and_best_is_repaired_on_resume(data_dir, tmp_path, monkeypatch) -> None:
+    raw = recipe(data_dir, tmp_path / "out", epochs=2)
+    reference = trainer(raw).run()
+    real = trainer_module.save_checkpoint
+
+    class Crash(Exception):
+        pass
+
+    def crash_on_first_best(path, state) -> None:
+        if path.name == "best.pt":
+            raise Crash
+        real(path, state)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", crash_on_first_best)
+    first = trainer(raw)
+    with pytest.raises(Crash):
+        first.run()
+    assert (first.run_dir / "last.pt").is_file() and not (first.run_dir / "best.pt").exists()
+    monkeypatch.setattr(trainer_module, "save_checkpoint", real)
+    Trainer.resume(first.run_dir, show_progress=False).run()
+    assert_same_run(reference, first.run_dir)
+    best, expected = load_checkpoint(first.run_dir / "best.pt"), load_checkpoint(reference / "best.pt")
+    assert best["position"]["epoch"] == expected["position"]["epoch"]
+    assert all(torch.equal(best["model"][k], expected["model"][k]) for k in expected["model"])
