@@ -143,7 +143,7 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind == "literal_error":
         message = f"must be one of {ctx.get('expected', '').replace(chr(39), '')}"
     elif kind in _FRIENDLY:
-        message = _FRIENDLY[kind].format(**ctx)
+        message = _FRIENDLY[kind].format(**{k: _number(v) for k, v in ctx.items()})
     elif kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     else:
@@ -151,6 +151,10 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind != "missing" and "input" in err:
         message += f", got {_show(err['input'])}"
     return message
+
+
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _show(value: Any) -> str:
@@ -219,6 +223,9 @@ def _method_problems(method: Any) -> list[str]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return [f"method.name: unknown method {name!r}{hint}; choose one of: {', '.join(REGISTRY)}"]
     options = {k: v for k, v in method.items() if k != "name"}
+    not_names = [k for k in options if not isinstance(k, str)]  # YAML allows `0: x` or `true: x` as keys
+    if not_names:
+        return [_format_problem(("method", str(k)), f"option names must be strings, got {_show(k)}") for k in not_names]
     return [_format_problem(("method", *loc), msg) for loc, msg in option_problems(name, options)]
 
 

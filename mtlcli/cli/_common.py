@@ -24,9 +24,9 @@ def debug_enabled() -> bool:
 
 
 def report(exc: MtlError) -> None:
-    err_console.print(f"[bold red]Error:[/] {escape(exc.message)}", highlight=False)
+    err_console.print(f"[bold red]Error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        err_console.print(f"[bold]Hint:[/] {escape(exc.hint)}", highlight=False)
+        err_console.print(f"[bold]Hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
 
 
 _OS_HINTS = {

@@ -128,3 +128,16 @@ def test_any_yaml_text_parses_to_a_value_or_a_yaml_error(text: str) -> None:
     except MtlError:
         return
     validate_or_error(raw)
+
+
+def test_non_string_method_option_names_are_recipe_errors() -> None:
+    """Found by the fuzzer: `method: {name: mgda-ub, 0: ~}` crashed difflib with a TypeError."""
+    for key in (0, True, 1.5):
+        raw = copy.deepcopy(VALID)
+        raw["method"][key] = None
+        try:
+            recipes.validate(raw)
+        except MtlError as exc:
+            assert "option names must be strings" in exc.message
+        else:
+            raise AssertionError(f"{key!r} was accepted")
