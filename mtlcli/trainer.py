@@ -230,14 +230,22 @@ class NonFiniteGuard:
         self.policy = policy
         self.immediate = device.type != "cuda" or policy == "skip"
         self._true = torch.ones((), dtype=torch.bool, device=device)
+        self._zero = torch.zeros((), device=device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.bad_losses = torch.zeros(len(task_names), device=device)
         self.bad_grads = torch.zeros(len(self.params), dtype=torch.bool, device=device)
 
     def _flags(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Finite flags of the task losses [T] and of each parameter's gradient [P], in a few fused kernels:
+        0 * g is 0 where g is finite and NaN where it is not, so the norm of 0 * g is 0 or NaN (exact, no
+        overflow), and the foreach ops launch a handful of kernels for all parameters together."""
         loss_ok = torch.isfinite(losses)
-        grad_ok = [torch.isfinite(p.grad).all() if p.grad is not None else self._true for p in self.params]
-        return loss_ok, torch.stack(grad_ok) if grad_ok else self._true.reshape(1)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return loss_ok, self._true.reshape(1).expand(len(self.params))
+        norms = iter(torch._foreach_norm(torch._foreach_mul(grads, 0.0)))
+        per_param = [next(norms) if p.grad is not None else self._zero for p in self.params]
+        return loss_ok, torch.isfinite(torch.stack(per_param))
 
     def observe(self, step: int, losses: torch.Tensor, where: str) -> bool:
         """After backward: True to apply the step, False to skip it; NonFiniteError under `stop`."""

@@ -129,3 +129,18 @@ def test_guard_on_cuda_stop_defers_the_check_without_a_per_step_sync() -> None:
     assert guard.observe(3, torch.tensor([math.nan, 1.0]), "x") is True  # a later bad step is not the first
     with pytest.raises(NonFiniteError, match=r"step 2 \(batch 2\): task 'b' loss is inf"):
         guard.check(lambda s: f"batch {s}")
+
+
+def test_guard_flags_each_parameter_and_ignores_those_without_gradients() -> None:
+    from mtlcli.trainer import NonFiniteGuard
+
+    a, b, c = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
+    guard = NonFiniteGuard(["t"], [("a", a), ("b", b), ("c", c)], torch.device("cpu"), "stop")
+    a.grad, c.grad = torch.tensor([1e38, -1e38, 0.0]), torch.tensor([1.0, -math.inf, 0.0])  # b has none
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient at step 7 \(here\) in c;"):
+        guard.observe(7, torch.tensor([0.5]), "here")
+    c.grad = torch.ones(3)
+    assert guard.observe(8, torch.tensor([0.5]), "here") is True  # huge but finite is fine
+    empty = NonFiniteGuard(["t"], [], torch.device("cpu"), "skip")
+    assert empty.observe(1, torch.tensor([0.5]), "x") is True
+    assert empty.observe(2, torch.tensor([math.nan]), "x") is False
