@@ -13,7 +13,6 @@ on NaN/inf losses and gradients; `train.deterministic` turns on deterministic al
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -32,6 +31,11 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run directories are not locked
+    fcntl = None  # type: ignore[assignment]
 
 from mtlcli import __version__, methods
 from mtlcli.data.store import PreparedDataset, load_prepared, resolve_data_dir
@@ -731,6 +735,8 @@ class RunLock:
         self._handle: Any = None
 
     def acquire(self) -> RunLock:
+        if fcntl is None:
+            return self
         handle = open(self.run_dir / ".lock", "a+b")  # noqa: SIM115 - held until release()
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
