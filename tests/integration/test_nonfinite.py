@@ -144,3 +144,17 @@ def test_guard_flags_each_parameter_and_ignores_those_without_gradients() -> Non
     empty = NonFiniteGuard(["t"], [], torch.device("cpu"), "skip")
     assert empty.observe(1, torch.tensor([0.5]), "x") is True
     assert empty.observe(2, torch.tensor([math.nan]), "x") is False
+
+
+def test_deferred_check_as_on_cuda_names_the_first_bad_step_and_saves_nothing_poisoned(data_dir, tmp_path) -> None:
+    """On CUDA under `stop` the flag is read only at refreshes and epoch ends: the bad step has been
+    applied by then, so nothing more may be saved; the error still names the first bad step."""
+    t = trainer(recipe(data_dir, tmp_path / "out", epochs=3))
+    t.guard.immediate = False  # what a CUDA device selects under `stop`
+    poison_task(t, "left", {STEPS + 2, STEPS + 3})
+    with pytest.raises(NonFiniteError, match=r"step 6 \(epoch 2, batch 2\): task 'left' loss is nan"):
+        t.run()
+    assert t.global_step == 2 * STEPS  # it ran on to the end-of-epoch check ...
+    state = load_checkpoint(t.run_dir / "last.pt")  # ... but saved nothing after the bad step
+    assert state["position"]["epoch"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert [json.loads(line)["epoch"] for line in (t.run_dir / "metrics.jsonl").read_text().splitlines()] == [1]
