@@ -92,6 +92,8 @@ def read_run(path: Path) -> Run:
         raise RunError(f"{path} is damaged: {_one_line(exc)}") from None
     if not isinstance(recipe, dict):
         raise RunError(f"{path / RECIPE} is not a recipe")
+    if summary is not None and not isinstance(summary, dict):
+        raise RunError(f"{path / SUMMARY} is damaged: not a JSON object")
     return Run(path=path, recipe=recipe, metrics=metrics, summary=summary)
 
 

@@ -170,6 +170,9 @@ def test_damaged_run_recipe(runs, tmp_path) -> None:
     assert_clean_error(["eval", str(run)], "is damaged")
     write(run / "recipe.yaml", "data: {name: nope}")
     assert_clean_error(["eval", str(run)], "data.name")
+    interrupted = copy_run(runs, "interrupted", tmp_path)
+    write(interrupted / "summary.json", "[1, 2]")
+    assert_clean_error(["train", "--resume", str(interrupted)], "summary.json is damaged")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not a checkpoint"])
