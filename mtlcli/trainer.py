@@ -769,4 +769,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         raise RunError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path} is not an mtl checkpoint")
+    position = state.get("position")
+    if not isinstance(state.get("model"), dict) or not isinstance(position, dict) or "epoch" not in position:
+        raise RunError(f"{path} is not a complete mtl checkpoint (no model or position)")
     return state

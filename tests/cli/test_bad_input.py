@@ -175,7 +175,7 @@ def test_damaged_run_recipe(runs, tmp_path) -> None:
     assert_clean_error(["train", "--resume", str(interrupted)], "summary.json is damaged")
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not a checkpoint"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "not a checkpoint", "incomplete"])
 def test_corrupt_checkpoints(runs, tmp_path, damage) -> None:
     finished, interrupted = copy_run(runs, "finished", tmp_path), copy_run(runs, "interrupted", tmp_path)
     for path in (finished / "best.pt", interrupted / "last.pt"):
@@ -186,9 +186,13 @@ def test_corrupt_checkpoints(runs, tmp_path, damage) -> None:
             path.write_bytes(os.urandom(len(blob)))
         elif damage == "empty":
             path.write_bytes(b"")
+        elif damage == "incomplete":
+            torch.save({"format": 1, "model": {}}, path)
         else:
             torch.save({"weights": torch.zeros(3)}, path)
-    needle = "is not an mtl checkpoint" if damage == "not a checkpoint" else "is corrupt or unreadable"
+    needle = {"not a checkpoint": "is not an mtl checkpoint", "incomplete": "is not a complete mtl checkpoint"}.get(
+        damage, "is corrupt or unreadable"
+    )
     assert_clean_error(["eval", str(finished)], needle)
     assert_clean_error(["train", "--resume", str(interrupted), "-q"], needle)
 
