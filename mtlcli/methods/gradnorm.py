@@ -78,13 +78,16 @@ class GradNorm:
         weighted_backward(step.losses, weights)
 
         losses = step.losses.detach()
-        initial.copy_(torch.where(torch.isnan(initial), losses, initial))  # L_t(0), set at the first step
+        first = torch.isnan(initial) & torch.isfinite(losses)
+        initial.copy_(torch.where(first, losses, initial))  # L_t(0), set at the first (finite) step
         ratio = losses / initial.clamp_min(torch.finfo(losses.dtype).tiny)
         rate = ratio / ratio.mean()
         weighted_norms = w * norms
         target = (weighted_norms.mean() * rate.pow(self.options.alpha)).detach()
         optimizer.zero_grad(set_to_none=True)
         torch.sum(torch.abs(weighted_norms - target)).backward(inputs=[w])
+        assert w.grad is not None
+        w.grad = torch.where(torch.isfinite(w.grad).all(), w.grad, torch.zeros_like(w.grad))  # a non-finite step: no pull
         optimizer.step()
         with torch.no_grad():  # keep the weights positive and summing to T
             w.clamp_(min=1e-6)

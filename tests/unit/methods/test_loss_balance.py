@@ -135,3 +135,15 @@ def test_static_weights_are_validated_and_applied() -> None:
     losses = torch.tensor([2.0, 4.0], requires_grad=True)
     weights = method.backward(Step(model=None, z=None, losses=losses))  # type: ignore[arg-type]
     assert weights.tolist() == [0.25, 0.75] and losses.grad.tolist() == [0.25, 0.75]
+
+
+def test_gradnorm_weights_survive_a_non_finite_step() -> None:
+    _, step = _fixed_problem()
+    method = build("gradnorm")
+    method.setup(3, torch.device("cpu"))
+    method.backward(step())
+    bad = step()
+    bad.losses = bad.losses * torch.tensor([1.0, float("nan"), 1.0])
+    method.backward(bad)
+    assert torch.isfinite(method.w).all() and torch.isfinite(method.initial_losses).all()
+    assert abs(float(method.w.detach().sum()) - 3) < 1e-5
