@@ -30,6 +30,7 @@ class DataConfig(Section):
     size: int | None = Field(None, ge=16, le=36, description="expected image side; null: whatever was prepared")
     mean: float = 0.1307
     std: float = Field(0.3081, gt=0)
+    synthetic: bool = Field(False, description="random tensors of the recipe's shapes instead of prepared data")
 
 
 class ModelConfig(Section):
