@@ -140,8 +140,7 @@ def describe_error(err: dict[str, Any]) -> str:
     elif kind in _FRIENDLY:
         message = _FRIENDLY[kind].format(**ctx)
     elif kind == "value_error":
-        message = str(ctx.get("error", err["msg"]))
-        return message
+        return str(ctx.get("error", err["msg"]))
     else:
         message = err["msg"][0].lower() + err["msg"][1:]
     if kind != "missing" and "input" in err:
@@ -260,7 +259,7 @@ def parse_set(assignment: str) -> tuple[list[str], Any]:
     if "=" not in assignment:
         raise MtlError(f"--set {assignment!r}: expected key.path=value", hint="e.g. --set optim.lr=0.01")
     key, _, value = assignment.partition("=")
-    parts = [p for p in key.strip().split(".")]
+    parts = key.strip().split(".")
     if not all(parts):
         raise MtlError(f"--set {assignment!r}: empty key in {key!r}")
     return parts, parse_yaml(value, source=f"--set {key}")

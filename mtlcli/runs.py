@@ -81,7 +81,9 @@ def read_run(path: Path) -> Run:
     if not path.is_dir():
         raise RunError(f"{path} does not exist", hint="pass a run directory written by `mtl train`")
     if not is_run_dir(path):
-        raise RunError(f"{path} is not a run directory (no {RECIPE} and {METRICS})", hint="pass a directory written by `mtl train`")
+        raise RunError(
+            f"{path} is not a run directory (no {RECIPE} and {METRICS})", hint="pass a directory written by `mtl train`"
+        )
     try:
         recipe = yaml.safe_load((path / RECIPE).read_text())
         metrics = read_jsonl(path / METRICS)

@@ -378,7 +378,8 @@ class Trainer:
             pos.batch += 1
             self.global_step += 1
             if pos.batch % REFRESH_EVERY == 0 or pos.batch == steps:
-                progress.update(bar, completed=pos.batch, status=self._status(pos.loss_sum / pos.batch, pos.weight_sum / pos.batch))
+                status = self._status(pos.loss_sum / pos.batch, pos.weight_sum / pos.batch)
+                progress.update(bar, completed=pos.batch, status=status)
             if stop and pos.batch < steps:
                 pos.step_times.extend(timer.collect())
                 pos.epoch_seconds += time.perf_counter() - started

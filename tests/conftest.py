@@ -18,7 +18,9 @@ TINY_TRAIN = 120
 TINY_TEST = 40
 
 
-def make_raw_dir(directory: Path, *, seed: int, n_train: int = TINY_TRAIN, n_test: int = TINY_TEST, compress: bool = True) -> Path:
+def make_raw_dir(
+    directory: Path, *, seed: int, n_train: int = TINY_TRAIN, n_test: int = TINY_TEST, compress: bool = True
+) -> Path:
     """Write the four IDX files of a tiny MNIST-format dataset (class-dependent blobs, learnable)."""
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,9 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by `mtl train`.")],
     split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.test,
     checkpoint: Annotated[Checkpoint, typer.Option(help="best (by validation) or last.")] = Checkpoint.best,
-    data_dir: Annotated[str | None, typer.Option(help="Prepared-data directory [default: the run's, $MTL_DATA_DIR or ./data].")] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Prepared-data directory [default: the run's, $MTL_DATA_DIR or ./data].")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
