@@ -1,0 +1,250 @@
+"""`mtl ablate`: what one training step of each method costs, on the same model, batch and device.
+
+Every method starts from the same initial weights and the same batch, in one process: a warm-up,
+then the median of N timed steps (zero_grad + forward + the method's backward + optimiser step),
+with CUDA synchronised around each step on a GPU. Reported absolute and as a ratio to uniform, with
+the peak memory where the device reports it (CUDA).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+
+from mtlcli import __version__, methods
+from mtlcli.data.synthetic import synthetic_dataset
+from mtlcli.errors import MtlError
+from mtlcli.evaluation import DeviceSplit
+from mtlcli.methods.base import Step
+from mtlcli.recipe import Recipe
+from mtlcli.report.tables import Table
+from mtlcli.trainer import load_dataset, make_model, make_optimizer, resolve_device, tasks_of
+
+KIND = "mtl-ablation"
+# The timing-relevant methods, in the order the table shows them; names not registered are skipped.
+DEFAULT_METHODS = (
+    "uniform",
+    "mgda-ub",
+    "mgda:grads=loop",
+    "mgda:grads=batched",
+    "imtl-g",
+    "imtl-g-exact",
+    "pcgrad",
+    "gradnorm",
+)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """`name[:key=value[:key=value]]`, e.g. `mgda:grads=batched` (values parsed as YAML)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name} ({opts})" if opts else self.name
+
+    @classmethod
+    def parse(cls, text: str) -> MethodSpec:
+        name, *assignments = text.strip().split(":")
+        options: dict[str, Any] = {}
+        for item in assignments:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise MtlError(f"--methods {text!r}: {item!r} is not key=value", hint="e.g. --methods mgda:grads=batched")
+            options[key.strip()] = yaml.safe_load(value)
+        if not name:
+            raise MtlError(f"--methods {text!r}: no method name")
+        return cls(name, options)
+
+
+def parse_methods(items: list[str] | None) -> tuple[list[MethodSpec], list[str]]:
+    """The methods to time and notes on skipped defaults; explicit unknown methods are errors."""
+    if not items:
+        specs = [MethodSpec.parse(s) for s in DEFAULT_METHODS]
+        kept = [s for s in specs if s.name in methods.REGISTRY and _valid(s)]
+        notes = [f"{s.label}: not available in this build, skipped" for s in specs if s not in kept]
+        return kept, notes
+    specs = [MethodSpec.parse(part) for item in items for part in item.split(",") if part.strip()]
+    for spec in specs:
+        if spec.name not in methods.REGISTRY:
+            raise MtlError(f"unknown method {spec.name!r}", hint=f"choose from: {', '.join(methods.REGISTRY)}")
+        problems = methods.option_problems(spec.name, spec.options)
+        if problems:
+            text = "; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems)
+            raise MtlError(f"--methods {spec.label}: {text}")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise MtlError("--methods lists a method twice")
+    return specs, []
+
+
+def _valid(spec: MethodSpec) -> bool:
+    return not methods.option_problems(spec.name, spec.options)
+
+
+def _synchronize(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def ablation_batch(recipe: Recipe) -> tuple[torch.nn.Module, DeviceSplit, list[int]]:
+    """The model (initial weights) and a one-batch train split: real data, or random tensors."""
+    batch = recipe.train.batch_size
+    if recipe.data.synthetic:
+        counts = {"train": batch, "val": 1, "test": 1}
+        dataset = synthetic_dataset(recipe.data.name, size=recipe.data.size or 28, seed=recipe.train.seed, counts=counts)
+    else:
+        dataset = load_dataset(recipe)
+    columns = [dataset.task_names.index(t.name) for t in recipe.tasks]
+    torch.manual_seed(recipe.train.seed)
+    model = make_model(recipe, dataset)
+    images = torch.from_numpy(dataset.images["train"][:batch])
+    labels = torch.from_numpy(dataset.labels["train"][:batch].astype("int64"))
+    split = DeviceSplit(images=images, labels=labels, mean=recipe.data.mean, std=recipe.data.std)
+    return model, split, columns
+
+
+def run_ablation(
+    recipe: Recipe,
+    specs: list[MethodSpec],
+    *,
+    steps: int = 20,
+    warmup: int = 5,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time every method on the same model, batch and device; the JSON payload `mtl ablate` writes."""
+    if steps < 1 or warmup < 0:
+        raise MtlError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    device = resolve_device(recipe.train.device)
+    sync = _synchronize(device)
+    model, split, columns = ablation_batch(recipe)
+    model = model.to(device)
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    x, y = split.batch(slice(None))
+    x, y = x.to(device), y.to(device)
+    tasks = tasks_of(recipe)
+    rows = []
+    for spec in specs:
+        options = dict(recipe.method.options) if spec.name == recipe.method.name else {}
+        options.update(spec.options)
+        method = methods.build(spec.name, **options)
+        for p in method.parameters():
+            p.data = p.data.to(device)
+        model.load_state_dict(initial)
+        model.train()
+        optimizer = make_optimizer(recipe, [*model.parameters(), *method.parameters()])
+        torch.manual_seed(recipe.train.seed)  # the same dropout masks for every method
+
+        def step(method: Any = method, optimizer: torch.optim.Optimizer = optimizer) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            z, outputs = model(x)
+            losses = torch.stack(
+                [t.loss_scale * t.compute_loss(outputs[t.name], y[:, c]) for t, c in zip(tasks, columns, strict=True)]
+            )
+            method.backward(Step(model, z, losses))
+            optimizer.step()
+
+        for _ in range(warmup):
+            step()
+        sync()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times = []
+        for _ in range(steps):
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - start)
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        rows.append(
+            {
+                "label": spec.label,
+                "method": spec.name,
+                "options": spec.options,
+                "median_ms": statistics.median(times) * 1000.0,
+                "mean_ms": statistics.fmean(times) * 1000.0,
+                "min_ms": min(times) * 1000.0,
+                "max_ms": max(times) * 1000.0,
+                "peak_mib": peak,
+            }
+        )
+        if progress is not None:
+            progress(f"{spec.label}: {rows[-1]['median_ms']:.2f} ms/step")
+        del method, optimizer
+    base = next((r["median_ms"] for r in rows if r["method"] == "uniform" and not r["options"]), None)
+    for row in rows:
+        row["ratio"] = row["median_ms"] / base if base else None
+    return {
+        "kind": KIND,
+        "dataset": recipe.data.name,
+        "synthetic": recipe.data.synthetic,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "batch_size": recipe.train.batch_size,
+        "tasks": [t.name for t in tasks],
+        "warmup": warmup,
+        "steps": steps,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"mtlcli": __version__, "torch": torch.__version__},
+        "methods": rows,
+    }
+
+
+def ablation_table(payload: dict[str, Any]) -> Table:
+    """The measured step costs as a compare table."""
+    rows = [
+        {
+            "method": r["label"],
+            "ms/step": r["median_ms"],
+            "× uniform": r["ratio"] if r["ratio"] is not None else math.nan,
+            "min ms": r["min_ms"],
+            "max ms": r["max_ms"],
+            "peak MiB": r["peak_mib"] if r["peak_mib"] is not None else math.nan,
+        }
+        for r in payload["methods"]
+    ]
+    data = "random tensors of its shapes" if payload["synthetic"] else "its real data"
+    device = payload["device"]
+    caption = (
+        f"{payload['dataset']} ({data}), batch {payload['batch_size']}, {len(payload['tasks'])} tasks, on {device} "
+        f"({payload['device_name']}, {payload['threads']} threads): median of {payload['steps']} steps after "
+        f"{payload['warmup']} warm-up steps, the same model, batch and initial weights for every method; a step is "
+        "zero_grad + forward + the method's backward + optimiser step"
+        + ("; CUDA synchronised around each step; peak MiB: torch.cuda.max_memory_allocated." if device.startswith("cuda")
+           else "; peak memory is not reported on the CPU.")
+    )
+    key = f"ablation-{payload['dataset']}-{device.replace(':', '')}"
+    return Table(key, f"{payload['dataset']}: step-cost ablation ({device})", caption, pd.DataFrame(rows))
+
+
+def find_ablations(roots: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Ablation payloads (`ablation-*.json` written by `mtl ablate`) under `roots`."""
+    found, warnings = [], []
+    paths = sorted({p for root in roots for p in ([root] if root.is_file() else root.rglob("ablation-*.json"))})
+    for path in paths:
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            warnings.append(f"skipped {path}: {exc}")
+            continue
+        if isinstance(payload, dict) and payload.get("kind") == KIND:
+            found.append(payload)
+    return found, warnings
