@@ -88,7 +88,9 @@ def test_mean_rank_and_grid_selected_on_validation(tmp_path: Path) -> None:
     assert list(points["left accuracy"]) == pytest.approx([85.0, 89.0, 95.0])
 
 
-@pytest.mark.parametrize(("select", "shift"), [("last:2", TRAP / 2), ("last", TRAP), ("last:1", TRAP), ("last:3", (-10 + TRAP) / 3)])
+@pytest.mark.parametrize(
+    ("select", "shift"), [("last:2", TRAP / 2), ("last", TRAP), ("last:1", TRAP), ("last:3", (-10 + TRAP) / 3)]
+)
 def test_last_k_selection_averages_the_last_epochs(tmp_path: Path, select: str, shift: float) -> None:
     table = tables_for(write_study(tmp_path), select)["multifashion-methods"]
     assert row(table, "uniform")["left accuracy"] == pytest.approx(89.0 + shift)
@@ -114,8 +116,9 @@ def test_scale_invariance_table(tmp_path: Path) -> None:
 
 def test_timing_table_exact_vs_representation(tmp_path: Path) -> None:
     acc = {"left": 90, "right": 80}
-    write_run(tmp_path, "loop", method="mgda", seed=0, test=acc, options={"grads": "loop"}, train_seconds=600, step_seconds=0.03)
-    write_run(tmp_path, "batch", method="mgda", seed=0, test=acc, options={"grads": "batched"}, train_seconds=300, step_seconds=0.02)
+    loop, batched = {"grads": "loop"}, {"grads": "batched"}
+    write_run(tmp_path, "loop", method="mgda", seed=0, test=acc, options=loop, train_seconds=600, step_seconds=0.03)
+    write_run(tmp_path, "batch", method="mgda", seed=0, test=acc, options=batched, train_seconds=300, step_seconds=0.02)
     write_run(tmp_path, "ub0", method="mgda-ub", seed=0, test=acc, train_seconds=120, step_seconds=0.012)
     write_run(tmp_path, "ub1", method="mgda-ub", seed=1, test={"left": 92, "right": 80}, train_seconds=180, step_seconds=0.014)
     write_run(tmp_path, "u0", method="uniform", seed=0, test=acc, train_seconds=100, step_seconds=0.01)
