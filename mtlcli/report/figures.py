@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure as MplFigure
+from matplotlib.ticker import MaxNLocator
 
 from mtlcli.io import write_bytes_atomic
 from mtlcli.report.tables import Group, collapse_grid
@@ -107,7 +108,7 @@ def _plot_pair(ax: plt.Axes, groups: list[Group], kx: MetricKey, ky: MetricKey, 
     _orient(ax, kx, ky)
     ax.grid(alpha=0.3)
     if legend:
-        ax.legend(fontsize=7, loc="lower left", framealpha=0.8)
+        ax.legend(fontsize=7, loc="best", framealpha=0.8)
 
 
 def profile_figure(dataset: str, groups: list[Group], directory: Path) -> Figure:
@@ -131,11 +132,13 @@ def pairwise_figure(dataset: str, groups: list[Group], directory: Path) -> Figur
     pairs = list(itertools.combinations(keys, 2))
     cols = min(3, len(pairs))
     rows = math.ceil(len(pairs) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows), squeeze=False)
-    for i, (ax, (kx, ky)) in enumerate(zip(axes.flat, pairs, strict=False)):
-        _plot_pair(ax, groups, kx, ky, legend=i == 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.0 * rows + 0.8), squeeze=False, layout="constrained")
+    for ax, (kx, ky) in zip(axes.flat, pairs, strict=False):
+        _plot_pair(ax, groups, kx, ky, legend=False)
     for ax in list(axes.flat)[len(pairs) :]:
         ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, max(1, len(labels))), fontsize=8)
     fig.suptitle(f"{dataset}: pairwise projections of the test profile (top-right is better)")
     name = f"{dataset}-pairwise"
     png, svg = _save(fig, directory, name)
@@ -202,7 +205,7 @@ def curves_figure(dataset: str, groups: list[Group], directory: Path) -> Figure:
     shown = [g for g in groups if not g.scales and g.method != GRID]
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.8 * rows), squeeze=False, layout="constrained")
     for ax, key in zip(axes.flat, keys, strict=False):
         for i, group in enumerate(shown):
             color, _ = _style(i)
@@ -214,6 +217,7 @@ def curves_figure(dataset: str, groups: list[Group], directory: Path) -> Figure:
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
         ax.set_title(f"{key[0]}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"validation {key[1]} (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
@@ -239,7 +243,7 @@ def alphas_figure(dataset: str, groups: list[Group], directory: Path) -> Figure 
         return None
     cols = min(3, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False, layout="constrained")
     tasks = [t["name"] for t in groups[0].tasks]
     for ax, group in zip(axes.flat, shown, strict=False):
         for i, task in enumerate(tasks):
@@ -250,6 +254,7 @@ def alphas_figure(dataset: str, groups: list[Group], directory: Path) -> Figure 
                 ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
         ax.set_title(group.label, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("mean weight α")
         ax.grid(alpha=0.3)
         if len(tasks) <= 10:
