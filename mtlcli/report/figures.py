@@ -95,8 +95,8 @@ def _plot_pair(ax: plt.Axes, groups: list[Group], kx: MetricKey, ky: MetricKey, 
     for i, group in enumerate(others):
         color, marker = _style(i)
         (mx, sx), (my, sy) = group.test(kx), group.test(ky)
-        seeds_x = [r.test[kx] for r in group.results]
-        seeds_y = [r.test[ky] for r in group.results]
+        seeds_x = [r.test.get(kx, math.nan) for r in group.results]
+        seeds_y = [r.test.get(ky, math.nan) for r in group.results]
         if len(seeds_x) > 1:
             ax.scatter(seeds_x, seeds_y, s=12, color=color, alpha=0.35, marker=marker, zorder=3)
         ax.errorbar(

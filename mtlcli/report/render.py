@@ -109,7 +109,7 @@ _LATEX_ESCAPES = {
     "±": r"$\pm$",
     "×": r"$\times$",
     "Δ": r"$\Delta$",
-    "|": r"$|$",
+    "|": r"\textbar{}",
 }
 
 

@@ -79,7 +79,7 @@ class Group:
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
     def test(self, key: MetricKey) -> tuple[float, float]:
-        return self.stat(lambda r: r.test[key])
+        return self.stat(lambda r: r.test.get(key, math.nan))
 
     @property
     def val_score(self) -> float:
@@ -164,7 +164,9 @@ def method_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
         if primary is not None:
             name = f"mean {primary}"
             firsts = [(t["name"], t["metrics"][0]) for t in group.tasks]
-            row[name], row[f"{name} std"] = group.stat(lambda r, f=firsts: statistics.fmean(r.test[k] for k in f))
+            row[name], row[f"{name} std"] = group.stat(
+                lambda r, f=firsts: statistics.fmean(r.test.get(k, math.nan) for k in f)
+            )
             spread[name] = f"{name} std"
         if ref_values is not None:
             row[DELTA_METRICS], row[f"{DELTA_METRICS} std"] = group.stat(lambda r: delta_m(r.test, ref_values)[0])
@@ -176,7 +178,7 @@ def method_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
         row["train min"] = group.stat(lambda r: r.train_seconds)[0] / 60.0
         rows.append(row)
     frame = pd.DataFrame(rows)
-    ranked = frame["method"].map(lambda m: not str(m).startswith(SINGLE_TASK))
+    ranked = pd.Series([g.method != SINGLE_TASK for g in rows_groups], index=frame.index)
     if ranked.any():
         ranks = pd.DataFrame(
             {
