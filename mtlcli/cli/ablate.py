@@ -29,7 +29,7 @@ def ablate(
     methods: Annotated[
         list[str] | None,
         typer.Option(
-            help="Methods to time, NAME[:key=value...], comma-separated or repeated [default: the timing-relevant ones]."
+            help="Methods, NAME[:key=value...], comma-separated or repeated (default: the timing-relevant ones there are)."
         ),
     ] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per method (the median is reported).")] = 20,
@@ -37,10 +37,10 @@ def ablate(
     synthetic: Annotated[bool, typer.Option(help="Random tensors of the recipe's shapes (no prepared data needed).")] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override train.batch_size.")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Prepared-data directory [default: $MTL_DATA_DIR or ./data].")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Prepared-data directory (default: $MTL_DATA_DIR or ./data).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="key.path=value (parsed as YAML); repeatable.")] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Where ablation-*.{json,csv,md} go [default: the recipe's output.dir].")
+        Path | None, typer.Option(help="Where ablation-*.{json,csv,md} go (default: the recipe's output.dir).")
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", help="Format of the table printed to stdout.")] = Format.table,
 ) -> None:

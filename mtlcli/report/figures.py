@@ -87,6 +87,10 @@ def _plot_pair(ax: plt.Axes, groups: list[Group], kx: MetricKey, ky: MetricKey, 
         xs, ys = [g.test(kx)[0] for g in grid], [g.test(ky)[0] for g in grid]
         ax.plot(xs, ys, "-", color="0.6", lw=1, zorder=1)
         ax.scatter(xs, ys, s=18, color="0.45", zorder=2, label=f"grid search ({len(grid)} weightings)")
+        _, chosen, _ = collapse_grid(grid)
+        if chosen is not None:
+            ax.scatter([chosen.test(kx)[0]], [chosen.test(ky)[0]], s=90, facecolors="none", edgecolors="0.2",
+                       zorder=2, label="grid: best on validation")
     for group in unscaled:
         if group.method == SINGLE_TASK:
             ax.axvline(group.test(kx)[0], color="k", ls="--", lw=1)
