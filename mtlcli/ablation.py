@@ -8,6 +8,7 @@ the peak memory where the device reports it (CUDA).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import math
@@ -33,6 +34,7 @@ from mtlcli.report.tables import Table
 from mtlcli.trainer import load_dataset, make_model, make_optimizer, resolve_device, tasks_of
 
 KIND = "mtl-ablation"
+BLOCK = 5  # timed steps per method before the next method takes its turn
 # The timing-relevant methods, in the order the table shows them; names not registered are skipped.
 DEFAULT_METHODS = (
     "uniform",
@@ -120,74 +122,101 @@ def ablation_batch(recipe: Recipe) -> tuple[torch.nn.Module, DeviceSplit, list[i
     return model, split, columns
 
 
+@dataclass
+class _Contender:
+    """One method under test with its own copy of the model (same initial weights) and optimiser."""
+
+    spec: MethodSpec
+    method: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    times: list[float] = field(default_factory=list)
+    peak_mib: float | None = None
+
+
 def run_ablation(
     recipe: Recipe,
     specs: list[MethodSpec],
     *,
     steps: int = 20,
     warmup: int = 5,
+    block: int = BLOCK,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Time every method on the same model, batch and device; the JSON payload `mtl ablate` writes."""
-    if steps < 1 or warmup < 0:
+    """Time every method on the same model, batch and device; the JSON payload `mtl ablate` writes.
+
+    The timed steps run in blocks of `block` steps, method after method, round after round, so that
+    a machine busy with other work slows every method alike instead of whichever ran at that moment.
+    """
+    if steps < 1 or warmup < 0 or block < 1:
         raise MtlError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     device = resolve_device(recipe.train.device)
     sync = _synchronize(device)
-    model, split, columns = ablation_batch(recipe)
-    model = model.to(device)
-    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    cuda = device.type == "cuda"
+    base_model, split, columns = ablation_batch(recipe)
     x, y = split.batch(slice(None))
     x, y = x.to(device), y.to(device)
     tasks = tasks_of(recipe)
-    rows = []
+    contenders = []
     for spec in specs:
         options = dict(recipe.method.options) if spec.name == recipe.method.name else {}
         options.update(spec.options)
         method = methods.build(spec.name, **options)
         for p in method.parameters():
             p.data = p.data.to(device)
-        model.load_state_dict(initial)
-        model.train()
+        model = copy.deepcopy(base_model).to(device).train()
         optimizer = make_optimizer(recipe, [*model.parameters(), *method.parameters()])
-        torch.manual_seed(recipe.train.seed)  # the same dropout masks for every method
+        contenders.append(_Contender(spec, method, model, optimizer))
 
-        def step(method: Any = method, optimizer: torch.optim.Optimizer = optimizer) -> None:
-            optimizer.zero_grad(set_to_none=True)
-            z, outputs = model(x)
-            losses = torch.stack(
-                [t.loss_scale * t.compute_loss(outputs[t.name], y[:, c]) for t, c in zip(tasks, columns, strict=True)]
-            )
-            method.backward(Step(model, z, losses))
-            optimizer.step()
+    def step(c: _Contender) -> None:
+        c.optimizer.zero_grad(set_to_none=True)
+        z, outputs = c.model(x)
+        losses = torch.stack(
+            [t.loss_scale * t.compute_loss(outputs[t.name], y[:, col]) for t, col in zip(tasks, columns, strict=True)]
+        )
+        c.method.backward(Step(c.model, z, losses))
+        c.optimizer.step()
 
+    torch.manual_seed(recipe.train.seed)
+    for c in contenders:
         for _ in range(warmup):
-            step()
-        sync()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for _ in range(steps):
+            step(c)
+    remaining = steps
+    while remaining > 0:
+        size = min(block, remaining)
+        for c in contenders:
+            c.optimizer.zero_grad(set_to_none=True)
             sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - start)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+            if cuda:
+                resident = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(size):
+                sync()
+                start = time.perf_counter()
+                step(c)
+                sync()
+                c.times.append(time.perf_counter() - start)
+            if cuda:
+                peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**20
+                c.peak_mib = max(c.peak_mib or 0.0, peak)
+        remaining -= size
+    rows = []
+    for c in contenders:
         rows.append(
             {
-                "label": spec.label,
-                "method": spec.name,
-                "options": spec.options,
-                "median_ms": statistics.median(times) * 1000.0,
-                "mean_ms": statistics.fmean(times) * 1000.0,
-                "min_ms": min(times) * 1000.0,
-                "max_ms": max(times) * 1000.0,
-                "peak_mib": peak,
+                "label": c.spec.label,
+                "method": c.spec.name,
+                "options": c.spec.options,
+                "median_ms": statistics.median(c.times) * 1000.0,
+                "mean_ms": statistics.fmean(c.times) * 1000.0,
+                "min_ms": min(c.times) * 1000.0,
+                "max_ms": max(c.times) * 1000.0,
+                "peak_mib": c.peak_mib,
+                "timed_steps": len(c.times),
             }
         )
         if progress is not None:
-            progress(f"{spec.label}: {rows[-1]['median_ms']:.2f} ms/step")
-        del method, optimizer
+            progress(f"{c.spec.label}: {rows[-1]['median_ms']:.2f} ms/step")
     base = next((r["median_ms"] for r in rows if r["method"] == "uniform" and not r["options"]), None)
     for row in rows:
         row["ratio"] = row["median_ms"] / base if base else None
@@ -202,6 +231,7 @@ def run_ablation(
         "tasks": [t.name for t in tasks],
         "warmup": warmup,
         "steps": steps,
+        "block": block,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"mtlcli": __version__, "torch": torch.__version__},
         "methods": rows,
@@ -226,10 +256,14 @@ def ablation_table(payload: dict[str, Any]) -> Table:
     caption = (
         f"{payload['dataset']} ({data}), batch {payload['batch_size']}, {len(payload['tasks'])} tasks, on {device} "
         f"({payload['device_name']}, {payload['threads']} threads): median of {payload['steps']} steps after "
-        f"{payload['warmup']} warm-up steps, the same model, batch and initial weights for every method; a step is "
-        "zero_grad + forward + the method's backward + optimiser step"
-        + ("; CUDA synchronised around each step; peak MiB: torch.cuda.max_memory_allocated." if device.startswith("cuda")
-           else "; peak memory is not reported on the CPU.")
+        f"{payload['warmup']} warm-up steps; every method starts from the same initial weights on the same batch; a step "
+        "is zero_grad + forward + the method's backward + optimiser step; methods take turns in blocks of "
+        f"{payload.get('block', BLOCK)} steps, so a busy machine slows them alike"
+        + (
+            "; CUDA synchronised around each step; peak MiB: the most memory a step allocates beyond what was resident."
+            if device.startswith("cuda")
+            else "; peak memory is not reported on the CPU."
+        )
     )
     key = f"ablation-{payload['dataset']}-{device.replace(':', '')}"
     return Table(key, f"{payload['dataset']}: step-cost ablation ({device})", caption, pd.DataFrame(rows))

@@ -34,6 +34,7 @@ def ablate(
     ] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per method (the median is reported).")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps per method.")] = 5,
+    block: Annotated[int, typer.Option(help="Methods take turns every this many timed steps.")] = 5,
     synthetic: Annotated[bool, typer.Option(help="Random tensors of the recipe's shapes (no prepared data needed).")] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override train.batch_size.")] = None,
@@ -59,7 +60,7 @@ def ablate(
     for note in notes:
         err_console.print(f"note: {note}", highlight=False)
     payload = run_ablation(
-        resolved, specs, steps=steps, warmup=warmup, progress=lambda line: err_console.print(line, highlight=False)
+        resolved, specs, steps=steps, warmup=warmup, block=block, progress=lambda line: err_console.print(line, highlight=False)
     )
     payload["skipped"] = notes
     table = ablation_table(payload)

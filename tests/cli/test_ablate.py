@@ -78,6 +78,7 @@ def test_every_registered_method_can_be_timed(name: str, tiny_recipe) -> None:
     tiny_recipe["train"]["batch_size"] = 8
     recipe = validate(tiny_recipe)
     specs = [MethodSpec("uniform"), MethodSpec(name)] if name != "uniform" else [MethodSpec("uniform")]
-    payload = run_ablation(recipe, specs, steps=2, warmup=1)
+    payload = run_ablation(recipe, specs, steps=3, warmup=1, block=2)
     row = payload["methods"][-1]
+    assert row["timed_steps"] == 3 and payload["block"] == 2
     assert row["median_ms"] > 0 and row["ratio"] > 0 and row["min_ms"] <= row["median_ms"] <= row["max_ms"]
