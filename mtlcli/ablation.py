@@ -8,7 +8,6 @@ the peak memory where the device reports it (CUDA).
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 import math
@@ -25,11 +24,12 @@ import torch
 import yaml
 
 from mtlcli import __version__, methods
+from mtlcli.data.store import PreparedDataset
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError
 from mtlcli.evaluation import DeviceSplit
 from mtlcli.methods.base import Step
-from mtlcli.recipe import Recipe
+from mtlcli.recipe import MethodConfig, Recipe
 from mtlcli.report.tables import Table
 from mtlcli.trainer import load_dataset, make_model, make_optimizer, resolve_device, tasks_of
 
@@ -105,8 +105,8 @@ def _synchronize(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def ablation_batch(recipe: Recipe) -> tuple[torch.nn.Module, DeviceSplit, list[int]]:
-    """The model (initial weights) and a one-batch train split: real data, or random tensors."""
+def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit, list[int]]:
+    """The dataset (for the model's shapes) and a one-batch train split: real data, or random tensors."""
     batch = recipe.train.batch_size
     if recipe.data.synthetic:
         counts = {"train": batch, "val": 1, "test": 1}
@@ -114,12 +114,10 @@ def ablation_batch(recipe: Recipe) -> tuple[torch.nn.Module, DeviceSplit, list[i
     else:
         dataset = load_dataset(recipe)
     columns = [dataset.task_names.index(t.name) for t in recipe.tasks]
-    torch.manual_seed(recipe.train.seed)
-    model = make_model(recipe, dataset)
     images = torch.from_numpy(dataset.images["train"][:batch])
     labels = torch.from_numpy(dataset.labels["train"][:batch].astype("int64"))
     split = DeviceSplit(images=images, labels=labels, mean=recipe.data.mean, std=recipe.data.std)
-    return model, split, columns
+    return dataset, split, columns
 
 
 @dataclass
@@ -153,7 +151,7 @@ def run_ablation(
     device = resolve_device(recipe.train.device)
     sync = _synchronize(device)
     cuda = device.type == "cuda"
-    base_model, split, columns = ablation_batch(recipe)
+    dataset, split, columns = ablation_batch(recipe)
     x, y = split.batch(slice(None))
     x, y = x.to(device), y.to(device)
     tasks = tasks_of(recipe)
@@ -162,9 +160,14 @@ def run_ablation(
         options = dict(recipe.method.options) if spec.name == recipe.method.name else {}
         options.update(spec.options)
         method = methods.build(spec.name, **options)
+        setup = getattr(method, "setup", None)  # methods with learnable state create it here
+        if setup is not None:
+            setup(len(tasks), device)
         for p in method.parameters():
             p.data = p.data.to(device)
-        model = copy.deepcopy(base_model).to(device).train()
+        as_trained = recipe.model_copy(update={"method": MethodConfig(name=spec.name, **options)})
+        torch.manual_seed(recipe.train.seed)  # the same initial weights for every method
+        model = make_model(as_trained, dataset).to(device).train()  # the method's own architecture, if any
         optimizer = make_optimizer(recipe, [*model.parameters(), *method.parameters()])
         contenders.append(_Contender(spec, method, model, optimizer))
 

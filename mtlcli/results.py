@@ -28,6 +28,16 @@ UNIFORM = "uniform"
 GRID = "grid"
 
 
+GRID_SWEEP = "grid.json"  # `mtl train --method grid` writes its static runs into a sweep directory with this file
+
+
+def method_of(run: Run) -> str:
+    """The method a run stands for in tables: `grid` for the static runs of a grid-search sweep."""
+    if run.method == GRID or (run.path.parent / GRID_SWEEP).is_file():
+        return GRID
+    return run.method
+
+
 def load_runs(roots: list[Path]) -> tuple[list[Run], list[str]]:
     """Complete runs under `roots`, and a warning for each incomplete or damaged one."""
     runs, warnings = [], []
@@ -117,7 +127,7 @@ class RunResult:
 
     @property
     def method(self) -> str:
-        return self.run.method
+        return method_of(self.run)
 
     @property
     def dataset(self) -> str:
@@ -195,7 +205,7 @@ def variant_labels(runs: list[Run]) -> dict[Path, str]:
     labels = {}
     by_method: dict[str, list[Run]] = {}
     for run in runs:
-        by_method.setdefault(run.method, []).append(run)
+        by_method.setdefault(method_of(run), []).append(run)
     for method, group in by_method.items():
         options = {run.path: {k: v for k, v in run.recipe["method"].items() if k != "name"} for run in group}
         option_keys = sorted({k for o in options.values() for k in o})

@@ -111,12 +111,16 @@ def write_study(root: Path) -> Path:
     for seed, (left, right, step) in enumerate(((91, 83, 0.012), (93, 81, 0.014))):
         write_run(root, f"m{seed}", method="mgda-ub", seed=seed, test={"left": left, "right": right}, tasks=t,
                   step_seconds=step, alphas=alphas)
+    sweep = root / "grid-s0-abcdef"  # the layout of `mtl train --method grid`: static runs + grid.json
+    points = []
     for name, weights, test, val in (
         ("g1", [0.2, 0.8], {"left": 85, "right": 84}, 70.0),
         ("g2", [0.5, 0.5], {"left": 89, "right": 80}, 75.0),
         ("g3", [0.8, 0.2], {"left": 95, "right": 70}, 72.0),
     ):
-        write_run(root, name, method="grid", seed=0, test=test, val=val, tasks=t, options={"weights": weights})
+        write_run(sweep, name, method="static", seed=0, test=test, val=val, tasks=t, options={"weights": weights})
+        points.append({"weights": weights, "run": name, "val_score": val, "best_epoch": 2})
+    (sweep / "grid.json").write_text(json.dumps({"method": "grid", "runs": points, "best": points[1]}))
     write_run(root, "ms", method="mgda-ub", seed=0, test={"left": 90.5, "right": 83}, tasks=t, scales={"left": 10.0})
     write_run(root, "unfinished", method="uniform", seed=7, test={"left": 1, "right": 1}, tasks=t, complete=False)
     return root
