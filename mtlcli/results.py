@@ -193,26 +193,41 @@ def _is_ignored(key: str) -> bool:
     return key in IGNORED_KEYS or key.startswith("method.") or (key.startswith("tasks.") and key.endswith(".loss_scale"))
 
 
+def method_options(run: Run) -> dict[str, Any]:
+    """The run's method options with the method's defaults filled in (as given when it is not registered)."""
+    from mtlcli.methods import REGISTRY  # local: keeps `results` importable without the method registry loaded
+
+    given = {k: v for k, v in run.recipe["method"].items() if k != "name"}
+    info = REGISTRY.get(run.method)
+    if info is None:
+        return given
+    try:
+        return info.options(**given).model_dump(mode="json")
+    except Exception:  # options of another version of the method: compare them as written
+        return given
+
+
 def variant_labels(runs: list[Run]) -> dict[Path, str]:
     """A label per run: its method name plus the method options and recipe keys that differ.
 
-    Method options are compared among runs of the same method (`mgda (grads=loop)`); other recipe keys
-    across all runs of the dataset (`uniform (optim.lr=0.01)`); seeds, paths and loss scales never count.
+    Method options (defaults filled in) are compared among runs of the same method
+    (`mgda (grads=loop)`); other recipe keys across all runs of the dataset that have them
+    (`uniform (optim.lr=0.01)`); seeds, devices, paths and loss scales never count.
     """
     flat = {run.path: flatten(run.recipe) for run in runs}
-    all_keys = sorted({k for f in flat.values() for k in f if not _is_ignored(k)})
-    varying = [k for k in all_keys if len({repr(f.get(k)) for f in flat.values()}) > 1]
+    shared = set.intersection(*(set(f) for f in flat.values())) if flat else set()
+    varying = sorted(k for k in shared if not _is_ignored(k) and len({repr(f[k]) for f in flat.values()}) > 1)
     labels = {}
     by_method: dict[str, list[Run]] = {}
     for run in runs:
         by_method.setdefault(method_of(run), []).append(run)
     for method, group in by_method.items():
-        options = {run.path: {k: v for k, v in run.recipe["method"].items() if k != "name"} for run in group}
+        options = {run.path: method_options(run) for run in group}
         option_keys = sorted({k for o in options.values() for k in o})
         differing = [k for k in option_keys if len({repr(o.get(k)) for o in options.values()}) > 1]
         for run in group:
             parts = [f"{k}={format_value(options[run.path].get(k, '-'))}" for k in differing]
-            parts += [f"{k}={format_value(flat[run.path].get(k, '-'))}" for k in varying]
+            parts += [f"{k}={format_value(flat[run.path][k])}" for k in varying]
             labels[run.path] = f"{method} ({', '.join(parts)})" if parts else method
     return labels
 

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mtlcli.errors import MtlError
 from mtlcli.report.tables import DELTA_METRICS, DELTA_TASKS, MEAN_RANK, build_tables, delta_m
@@ -139,3 +140,19 @@ def test_no_single_task_means_no_delta_m(tmp_path: Path) -> None:
     write_run(tmp_path, "u0", method="uniform", seed=0, test={"left": 90, "right": 80}, tasks=LEFT2)
     table = tables_for(tmp_path)["multifashion-methods"]
     assert DELTA_METRICS not in table.frame.columns and "no Δm%" in table.caption
+
+
+def test_labels_fill_method_defaults_and_ignore_keys_missing_from_old_runs(tmp_path: Path) -> None:
+    acc = {"left": 90, "right": 80}
+    write_run(tmp_path, "a", method="mgda-ub", seed=0, test=acc)  # normalization left at its default
+    write_run(tmp_path, "b", method="mgda-ub", seed=1, test=acc, options={"normalization": "none"})
+    write_run(tmp_path, "c", method="mgda-ub", seed=0, test=acc, options={"normalization": "l2"})
+    write_run(tmp_path, "d", method="uniform", seed=0, test=acc)  # a run from a version without data.synthetic
+    newer = write_run(tmp_path, "e", method="uniform", seed=1, test=acc) / "recipe.yaml"
+    raw = yaml.safe_load(newer.read_text())
+    raw["data"]["synthetic"] = False
+    newer.write_text(yaml.safe_dump(raw))
+    frame = tables_for(tmp_path)["multifashion-methods"].frame.set_index("method")
+    assert frame.loc["mgda-ub (normalization=none)", "n"] == 2
+    assert frame.loc["mgda-ub (normalization=l2)", "n"] == 1
+    assert frame.loc["uniform", "n"] == 2
