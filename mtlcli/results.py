@@ -147,6 +147,11 @@ class RunResult:
         return float(value) if value is not None else None
 
     @property
+    def total_seconds(self) -> float | None:
+        value = (self.run.summary or {}).get("total_seconds")
+        return float(value) if value is not None else None
+
+    @property
     def train_seconds(self) -> float | None:
         summary = self.run.summary or {}
         value = summary.get("train_seconds", summary.get("total_seconds"))
