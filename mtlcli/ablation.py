@@ -129,6 +129,7 @@ class _Contender:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
     peak_mib: float | None = None
 
 
@@ -195,10 +196,11 @@ def run_ablation(
                 torch.cuda.reset_peak_memory_stats(device)
             for _ in range(size):
                 sync()
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 step(c)
                 sync()
                 c.times.append(time.perf_counter() - start)
+                c.cpu_times.append(time.process_time() - cpu_start)
             if cuda:
                 peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**20
                 c.peak_mib = max(c.peak_mib or 0.0, peak)
@@ -214,6 +216,7 @@ def run_ablation(
                 "mean_ms": statistics.fmean(c.times) * 1000.0,
                 "min_ms": min(c.times) * 1000.0,
                 "max_ms": max(c.times) * 1000.0,
+                "cpu_median_ms": statistics.median(c.cpu_times) * 1000.0,
                 "peak_mib": c.peak_mib,
                 "timed_steps": len(c.times),
             }
@@ -223,6 +226,9 @@ def run_ablation(
     base = next((r["median_ms"] for r in rows if r["method"] == "uniform" and not r["options"]), None)
     for row in rows:
         row["ratio"] = row["median_ms"] / base if base else None
+    cpu_base = next((r["cpu_median_ms"] for r in rows if r["method"] == "uniform" and not r["options"]), None)
+    for row in rows:
+        row["cpu_ratio"] = row["cpu_median_ms"] / cpu_base if cpu_base else None
     return {
         "kind": KIND,
         "dataset": recipe.data.name,
@@ -243,17 +249,22 @@ def run_ablation(
 
 def ablation_table(payload: dict[str, Any]) -> Table:
     """The measured step costs as a compare table."""
-    rows = [
-        {
+    cpu = not payload["device"].startswith("cuda")
+    rows = []
+    for r in payload["methods"]:
+        row = {
             "method": r["label"],
             "ms/step": r["median_ms"],
             "× uniform": r["ratio"] if r["ratio"] is not None else math.nan,
             "min ms": r["min_ms"],
             "max ms": r["max_ms"],
-            "peak MiB": r["peak_mib"] if r["peak_mib"] is not None else math.nan,
         }
-        for r in payload["methods"]
-    ]
+        if cpu and "cpu_median_ms" in r:  # CPU time: what a step costs whatever else runs on the machine
+            row["CPU ms/step"] = r["cpu_median_ms"]
+            row["CPU × uniform"] = r["cpu_ratio"] if r.get("cpu_ratio") is not None else math.nan
+        else:
+            row["peak MiB"] = r["peak_mib"] if r["peak_mib"] is not None else math.nan
+        rows.append(row)
     data = "random tensors of its shapes" if payload["synthetic"] else "its real data"
     device = payload["device"]
     caption = (
@@ -265,7 +276,8 @@ def ablation_table(payload: dict[str, Any]) -> Table:
         + (
             "; CUDA synchronised around each step; peak MiB: the most memory a step allocates beyond what was resident."
             if device.startswith("cuda")
-            else "; peak memory is not reported on the CPU."
+            else "; CPU ms/step: the process's CPU time per step (median), robust to other load on the machine; "
+            "peak memory is not reported on the CPU."
         )
     )
     key = f"ablation-{payload['dataset']}-{device.replace(':', '')}"

@@ -50,6 +50,7 @@ def test_ablate_real_data_and_explicit_methods(tiny_recipe, write_recipe, tmp_pa
     assert payload["synthetic"] is False
     assert [r["label"] for r in payload["methods"]] == ["mgda-ub", "uniform"]
     assert payload["methods"][1]["ratio"] == pytest.approx(1.0)
+    assert payload["methods"][1]["cpu_ratio"] == pytest.approx(1.0) and payload["methods"][0]["cpu_median_ms"] > 0
 
 
 @pytest.mark.parametrize(
