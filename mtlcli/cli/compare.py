@@ -54,5 +54,8 @@ def compare(
     tables = build_tables(results, selection) + [ablation_table(a) for a in ablations]
     typer.echo(render(tables, fmt.value), nl=False)
     if out is not None:
-        written = write_report(out, tables, groups_of(results), fmt.value, notes=notes)
+        summary = (
+            f"{len(results)} runs from {', '.join(map(str, dirs))}; --select {selection}: {selection.describe()}."
+        )
+        written = write_report(out, tables, groups_of(results), fmt.value, notes=notes, summary=summary)
         err_console.print(f"wrote {len(written)} files to {out} (open {out / 'report.html'})", highlight=False)

@@ -25,7 +25,13 @@ TABLE_FORMATS: tuple[Format, ...] = ("csv", "markdown", "latex", "json")
 
 
 def write_report(
-    out_dir: Path, tables: list[Table], groups: dict[str, list[Group]], fmt: Format, *, notes: list[str]
+    out_dir: Path,
+    tables: list[Table],
+    groups: dict[str, list[Group]],
+    fmt: Format,
+    *,
+    notes: list[str],
+    summary: str = "",
 ) -> list[Path]:
     """Write every table, figure and report.html under `out_dir`; returns the files written."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -47,6 +53,6 @@ def write_report(
     for figure in figures:
         written.extend([figure.png, figure.svg])
     page = out_dir / "report.html"
-    write_text_atomic(page, report_html(tables, figures, title="mtl compare report", notes=notes))
+    write_text_atomic(page, report_html(tables, figures, title="mtl compare report", notes=notes, summary=summary))
     written.append(page)
     return written

@@ -41,7 +41,7 @@ def figure_html(figure: Figure) -> str:
     )
 
 
-def report_html(tables: list[Table], figures: list[Figure], *, title: str, notes: list[str]) -> str:
+def report_html(tables: list[Table], figures: list[Figure], *, title: str, notes: list[str], summary: str = "") -> str:
     """The whole page as one string (no external files, scripts or styles)."""
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
@@ -49,7 +49,7 @@ def report_html(tables: list[Table], figures: list[Figure], *, title: str, notes
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="caption">Written by mtl {__version__} on {created}.</p>',
+        f'<p class="caption">{html.escape(summary)} Written by mtl {__version__} on {created}.</p>',
     ]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
