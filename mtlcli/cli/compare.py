@@ -31,6 +31,7 @@ def compare(
     select: Annotated[
         str, typer.Option(help="best (test at the best-validation epoch) or last:K (mean of the last K epochs).")
     ] = "best",
+    runs_: Annotated[bool, typer.Option("--runs", help="Also print a table with a row per run.")] = False,
     out: Annotated[
         Path | None,
         typer.Option(help="Directory to write every table (csv, md, tex, json), every figure (png, svg) and report.html."),
@@ -38,9 +39,9 @@ def compare(
 ) -> None:
     """Compare methods: per-dataset tables over seeds, Δm% vs single-task, ranks, timing and scale ablations.
 
-    Tables go to stdout in --format; with --out DIR, DIR also gets each table in every format, the
-    figures and a self-contained report.html. Step-cost tables written by `mtl ablate` under the same
-    directories are included.
+    Tables go to stdout in --format; with --out DIR, DIR also gets each table in every format (the
+    per-run tables included), the figures and a self-contained report.html. Step-cost tables written
+    by `mtl ablate` under the same directories are included.
     """
     selection = Selection.parse(select)
     runs, warnings = load_runs(dirs)
@@ -51,9 +52,11 @@ def compare(
         err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
     if not results and not ablations:
         raise MtlError(f"no finished runs under {', '.join(map(str, dirs))}", hint="train some with `mtl train`")
-    tables = build_tables(results, selection) + [ablation_table(a) for a in ablations]
+    ablation_tables = [ablation_table(a) for a in ablations]
+    tables = build_tables(results, selection, runs=runs_) + ablation_tables
     typer.echo(render(tables, fmt.value), nl=False)
     if out is not None:
+        tables = build_tables(results, selection, runs=True) + ablation_tables  # the folder gets every table
         summary = (
             f"{len(results)} runs from {', '.join(map(str, dirs))}; --select {selection}: {selection.describe()}."
         )

@@ -286,8 +286,27 @@ def scale_table(dataset: str, groups: list[Group], selection: Selection) -> Tabl
     return Table(f"{dataset}-scale", f"{dataset}: scale invariance", caption, pd.DataFrame(rows))
 
 
-def build_tables(results: list[RunResult], selection: Selection) -> list[Table]:
-    """Every table compare produces, per dataset, in reading order."""
+def runs_table(dataset: str, groups: list[Group], selection: Selection) -> Table:
+    """A row per run: what the aggregated rows are made of (label, seed, selected epochs, metrics)."""
+    rows = []
+    for group in groups:
+        for result in group.results:
+            row: dict[str, object] = {
+                "method": group.label,
+                "scaling": describe_scales(group.scales),
+                "seed": result.seed,
+                "epochs": ",".join(map(str, result.epochs)),
+            }
+            row.update({column(k): result.test.get(k, math.nan) for k in group.keys})
+            row["ms/step"] = (result.step_seconds or math.nan) * 1000.0
+            row["run"] = result.run.path.name
+            rows.append(row)
+    caption = f"{dataset}: every run compared; {selection.describe()}; epochs: the epochs reported."
+    return Table(f"{dataset}-runs", f"{dataset}: runs", caption, pd.DataFrame(rows))
+
+
+def build_tables(results: list[RunResult], selection: Selection, *, runs: bool = False) -> list[Table]:
+    """Every table compare produces, per dataset, in reading order (with `runs`, a row per run too)."""
     tables: list[Table] = []
     for dataset, groups in groups_of(results).items():
         if any(not g.scales for g in groups):
@@ -296,4 +315,6 @@ def build_tables(results: list[RunResult], selection: Selection) -> list[Table]:
             table = builder(dataset, groups, selection)
             if table is not None:
                 tables.append(table)
+        if runs:
+            tables.append(runs_table(dataset, groups, selection))
     return tables

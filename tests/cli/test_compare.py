@@ -58,6 +58,13 @@ def test_markdown_latex_and_table(study: Path) -> None:
     assert "Δm% (metrics)" in table and "mean rank" in table
 
 
+def test_runs_flag_adds_a_row_per_run(study: Path) -> None:
+    payload = json.loads(invoke(str(study), "--format", "json", "--runs"))
+    rows = payload["multifashion-runs"]["rows"]
+    uniform = sorted((r["seed"], r["left accuracy"]) for r in rows if r["method"] == "uniform")
+    assert uniform == [(0, 88.0), (1, 90.0)]
+
+
 def test_select_last_k_changes_the_numbers(study: Path) -> None:
     best = json.loads(invoke(str(study), "--format", "json"))["multifashion-methods"]["rows"]
     last = json.loads(invoke(str(study), "--format", "json", "--select", "last:2"))["multifashion-methods"]
@@ -91,6 +98,8 @@ def test_out_writes_tables_figures_and_a_self_contained_report(study: Path, tmp_
     out = tmp_path / "report"
     invoke(str(study), "--out", str(out), "--format", "markdown")
     assert (out / "tables.md").is_file()
+    runs = pd.read_csv(out / "tables" / "multifashion-runs.csv")
+    assert len(runs) == 10 and set(runs["epochs"].astype(str)) == {"2"}  # every finished run, its best epoch
     for key in ("multifashion-methods", "multifashion-grid", "multifashion-scale"):
         assert pd.read_csv(out / "tables" / f"{key}.csv").shape[0] >= 1
         assert json.loads((out / "tables" / f"{key}.json").read_text())["rows"]
