@@ -276,8 +276,12 @@ def ablation_table(payload: dict[str, Any]) -> Table:
         + (
             "; CUDA synchronised around each step; peak MiB: the most memory a step allocates beyond what was resident."
             if device.startswith("cuda")
-            else "; CPU ms/step: the process's CPU time per step (median), robust to other load on the machine; "
-            "peak memory is not reported on the CPU."
+            else (
+                "; CPU ms/step: the process's CPU time per step (median), robust to other load on the machine"
+                if any("cpu_median_ms" in r for r in payload["methods"])
+                else ""
+            )
+            + "; peak memory is not reported on the CPU."
         )
     )
     key = f"ablation-{payload['dataset']}-{device.replace(':', '')}"

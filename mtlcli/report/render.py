@@ -28,7 +28,8 @@ def _number(value: object, decimals: int = 2) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return f"{value:.{decimals}f}"
+        text = f"{value:.{decimals}f}"
+        return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
     return str(value)
 
 
