@@ -255,7 +255,9 @@ def timing_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
         "variants, as in Sener & Koltun (2018) Table 2. train min: training time without evaluation, total min: with it "
         "(means over seeds); "
         "speed-up: the fastest exact variant's time divided by the row's; step speed-up: the same for the median "
-        f"ms/step. Metrics: {selection.describe()}, mean ± std over n seeds."
+        f"ms/step. Metrics: {selection.describe()}, mean ± std over n seeds. Times are as each run recorded them: "
+        "runs trained at different times on a shared machine are not comparable; `mtl ablate` times the methods "
+        "side by side."
     )
     return Table(f"{dataset}-timing", f"{dataset}: exact vs representation-level", caption, pd.DataFrame(rows), spread)
 
