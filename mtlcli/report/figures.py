@@ -80,21 +80,30 @@ def _orient(ax: plt.Axes, kx: MetricKey, ky: MetricKey) -> None:
         ax.invert_yaxis()
 
 
+def _limits(values: list[float]) -> tuple[float, float] | None:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return None
+    lo, hi = min(finite), max(finite)
+    pad = max(0.15 * (hi - lo), 0.5)
+    return lo - pad, hi + pad
+
+
 def _plot_pair(ax: plt.Axes, groups: list[Group], kx: MetricKey, ky: MetricKey, *, legend: bool) -> None:
+    """One 2-D profile: methods (mean, std, seeds), the grid front, single-task reference lines.
+
+    The view frames the methods and single-task; grid points far from them (e.g. a weight of 0 on a
+    task) are left outside the view, as in the paper, and counted in the legend.
+    """
     unscaled = [g for g in groups if not g.scales]
-    grid = sorted((g for g in unscaled if g.method == GRID), key=lambda g: g.test(kx)[0])
-    if grid:
-        xs, ys = [g.test(kx)[0] for g in grid], [g.test(ky)[0] for g in grid]
-        ax.plot(xs, ys, "-", color="0.6", lw=1, zorder=1)
-        ax.scatter(xs, ys, s=18, color="0.45", zorder=2, label=f"grid search ({len(grid)} weightings)")
-        _, chosen, _ = collapse_grid(grid)
-        if chosen is not None:
-            ax.scatter([chosen.test(kx)[0]], [chosen.test(ky)[0]], s=90, facecolors="none", edgecolors="0.2",
-                       zorder=2, label="grid: best on validation")
+    focus_x: list[float] = []
+    focus_y: list[float] = []
     for group in unscaled:
         if group.method == SINGLE_TASK:
             ax.axvline(group.test(kx)[0], color="k", ls="--", lw=1)
             ax.axhline(group.test(ky)[0], color="k", ls="--", lw=1, label="single-task")
+            focus_x.append(group.test(kx)[0])
+            focus_y.append(group.test(ky)[0])
     others = [g for g in unscaled if g.method not in (GRID, SINGLE_TASK)]
     for i, group in enumerate(others):
         color, marker = _style(i)
@@ -103,10 +112,32 @@ def _plot_pair(ax: plt.Axes, groups: list[Group], kx: MetricKey, ky: MetricKey, 
         seeds_y = [r.test.get(ky, math.nan) for r in group.results]
         if len(seeds_x) > 1:
             ax.scatter(seeds_x, seeds_y, s=12, color=color, alpha=0.35, marker=marker, zorder=3)
-        ax.errorbar(
-            mx, my, xerr=0 if math.isnan(sx) else sx, yerr=0 if math.isnan(sy) else sy,
-            fmt=marker, color=color, ms=8, capsize=3, zorder=4, label=f"{group.label} (n={group.n})",
+        sx, sy = (0.0 if math.isnan(sx) else sx), (0.0 if math.isnan(sy) else sy)
+        ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt=marker, color=color, ms=8, capsize=3, zorder=4,
+                    label=f"{group.label} (n={group.n})")
+        focus_x += [*seeds_x, mx - sx, mx + sx]
+        focus_y += [*seeds_y, my - sy, my + sy]
+    grid = sorted((g for g in unscaled if g.method == GRID), key=lambda g: g.test(kx)[0])
+    if grid:
+        xs, ys = [g.test(kx)[0] for g in grid], [g.test(ky)[0] for g in grid]
+        _, chosen, _ = collapse_grid(grid)
+        assert chosen is not None
+        focus_x.append(chosen.test(kx)[0])
+        focus_y.append(chosen.test(ky)[0])
+        xlim, ylim = _limits(focus_x), _limits(focus_y)
+        outside = sum(
+            1 for x, y in zip(xs, ys, strict=True)
+            if xlim and ylim and not (xlim[0] <= x <= xlim[1] and ylim[0] <= y <= ylim[1])
         )
+        note = f", {outside} outside the view" if outside and len(focus_x) > 1 else ""
+        ax.plot(xs, ys, "-", color="0.6", lw=1, zorder=1)
+        ax.scatter(xs, ys, s=18, color="0.45", zorder=2, label=f"grid search ({len(grid)} weightings{note})")
+        ax.scatter([chosen.test(kx)[0]], [chosen.test(ky)[0]], s=90, facecolors="none", edgecolors="0.2",
+                   zorder=2, label="grid: best on validation")
+    xlim, ylim = _limits(focus_x), _limits(focus_y)
+    if xlim and ylim and len(focus_x) > 1:
+        ax.set_xlim(*xlim)
+        ax.set_ylim(*ylim)
     ax.set_xlabel(_axis_label(kx))
     ax.set_ylabel(_axis_label(ky))
     _orient(ax, kx, ky)
