@@ -199,6 +199,13 @@ def method_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
     return Table(f"{dataset}-methods", f"{dataset}: methods", caption, frame, spread)
 
 
+def _grid_order(group: Group) -> tuple:
+    """Grid points in the order of their weight vectors (then by label)."""
+    weights = group.results[0].options.get("weights")
+    numeric = isinstance(weights, list) and all(isinstance(w, int | float) for w in weights)
+    return (tuple(-w for w in weights) if numeric else (), group.label)
+
+
 def grid_table(dataset: str, groups: list[Group], selection: Selection) -> Table | None:
     """Every grid-search point with its validation score and test metrics (the front of the figures)."""
     points = [g for g in groups if g.method == GRID and not g.scales]
@@ -206,7 +213,7 @@ def grid_table(dataset: str, groups: list[Group], selection: Selection) -> Table
         return None
     keys = points[0].keys
     rows, spread = [], {}
-    for group in sorted(points, key=lambda g: g.label):
+    for group in sorted(points, key=_grid_order):
         row: dict[str, object] = {"grid point": group.label, "n": group.n, "val score": group.val_score}
         for key in keys:
             row[column(key)], row[f"{column(key)} std"] = group.test(key)

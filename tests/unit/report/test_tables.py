@@ -85,8 +85,9 @@ def test_mean_rank_and_grid_selected_on_validation(tmp_path: Path) -> None:
     assert row(table, grid)[MEAN_RANK] == pytest.approx((2.5 + 2.5 + 2) / 3)
     assert math.isnan(row(table, "single-task")[MEAN_RANK])
     points = tables_for(tmp_path)["multifashion-grid"].frame
-    assert list(points["val score"]) == pytest.approx([70.0, 75.0, 72.0])
-    assert list(points["left accuracy"]) == pytest.approx([85.0, 89.0, 95.0])
+    assert list(points["grid point"]) == [f"grid (weights={w})" for w in ("0.8/0.2", "0.5/0.5", "0.2/0.8")]
+    assert list(points["val score"]) == pytest.approx([72.0, 75.0, 70.0])
+    assert list(points["left accuracy"]) == pytest.approx([95.0, 89.0, 85.0])
 
 
 @pytest.mark.parametrize(
