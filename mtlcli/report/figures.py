@@ -198,11 +198,12 @@ def radar_figure(dataset: str, groups: list[Group], directory: Path) -> Figure:
     fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 6.0), subplot_kw={"projection": "polar"}, squeeze=False)
     for ax, part, title in zip(axes.flat, parts, titles, strict=True):
         angles = np.linspace(0, 2 * np.pi, len(part), endpoint=False).tolist()
-        for i, (label, values) in enumerate(errors.items()):
-            color, _ = _style(i)
-            data = [values[j] for j in part]
-            style = "--" if label.startswith(SINGLE_TASK) else "-"
-            ax.plot([*angles, angles[0]], [*data, data[0]], style, color="k" if style == "--" else color, lw=1.4, label=label)
+        methods = [g for g in shown if g.method != SINGLE_TASK]
+        for group in shown:
+            single = group.method == SINGLE_TASK
+            color = "k" if single else _style(methods.index(group))[0]
+            data = [errors[group.label][j] for j in part]
+            ax.plot([*angles, angles[0]], [*data, data[0]], "--" if single else "-", color=color, lw=1.4, label=group.label)
         ax.set_xticks(angles)
         ax.set_xticklabels([keys[j][0] for j in part], fontsize=8)
         ax.set_title(title, pad=18)
@@ -242,14 +243,15 @@ def curves_figure(dataset: str, groups: list[Group], directory: Path) -> Figure:
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 3.8 * rows), squeeze=False, layout="constrained")
     for ax, key in zip(axes.flat, keys, strict=False):
-        for i, group in enumerate(shown):
-            color, _ = _style(i)
+        methods = [g for g in shown if g.method != SINGLE_TASK]
+        for group in shown:
+            single = group.method == SINGLE_TASK
+            color = "k" if single else _style(methods.index(group))[0]  # the colours of the profile figure
             epochs, mean, std = _per_epoch(group, "val", key[0])
             if not len(epochs):
                 continue
-            style = "--" if group.method == SINGLE_TASK else "-"
-            ax.plot(epochs, mean, style, color="k" if style == "--" else color, lw=1.4, marker=".", label=group.label)
-            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15)
+            ax.plot(epochs, mean, "--" if single else "-", color=color, lw=1.4, marker=".", label=group.label)
+            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.1 if single else 0.15)
         ax.set_title(f"{key[0]}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
