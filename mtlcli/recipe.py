@@ -21,7 +21,7 @@ DATASET_NAMES = tuple(SPECS)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -77,6 +77,11 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(2048, gt=0)
     seed: int = Field(0, ge=0)
     device: str = "auto"
+    checkpoint_every: int = Field(1, gt=0, description="write last.pt every N epochs (and always at the end)")
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss or gradient: stop (keep the last good checkpoint) or skip the step"
+    )
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms(True)")
 
     @field_validator("device")
     @classmethod
@@ -122,6 +127,7 @@ _FRIENDLY = {
     "int_from_float": "must be an integer",
     "float_type": "must be a number",
     "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
     "string_type": "must be a string",
     "bool_type": "must be true or false",
     "list_type": "must be a list",
@@ -138,7 +144,7 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind == "literal_error":
         message = f"must be one of {ctx.get('expected', '').replace(chr(39), '')}"
     elif kind in _FRIENDLY:
-        message = _FRIENDLY[kind].format(**ctx)
+        message = _FRIENDLY[kind].format(**{k: _number(v) for k, v in ctx.items()})
     elif kind == "value_error":
         return str(ctx.get("error", err["msg"]))
     else:
@@ -146,6 +152,10 @@ def describe_error(err: dict[str, Any]) -> str:
     if kind != "missing" and "input" in err:
         message += f", got {_show(err['input'])}"
     return message
+
+
+def _number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _show(value: Any) -> str:
@@ -214,6 +224,9 @@ def _method_problems(method: Any) -> list[str]:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return [f"method.name: unknown method {name!r}{hint}; choose one of: {', '.join(REGISTRY)}"]
     options = {k: v for k, v in method.items() if k != "name"}
+    not_names = [k for k in options if not isinstance(k, str)]  # YAML allows `0: x` or `true: x` as keys
+    if not_names:
+        return [_format_problem(("method", str(k)), f"option names must be strings, got {_show(k)}") for k in not_names]
     return [_format_problem(("method", *loc), msg) for loc, msg in option_problems(name, options)]
 
 

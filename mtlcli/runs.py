@@ -89,10 +89,20 @@ def read_run(path: Path) -> Run:
         metrics = read_jsonl(path / METRICS)
         summary = json.loads((path / SUMMARY).read_text()) if (path / SUMMARY).is_file() else None
     except (OSError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path} is damaged: {exc}") from None
+        raise RunError(f"{path} is damaged: {_one_line(exc)}") from None
     if not isinstance(recipe, dict):
         raise RunError(f"{path / RECIPE} is not a recipe")
+    if summary is not None and not isinstance(summary, dict):
+        raise RunError(f"{path / SUMMARY} is damaged: not a JSON object")
     return Run(path=path, recipe=recipe, metrics=metrics, summary=summary)
+
+
+def _one_line(exc: Exception) -> str:
+    """A parse error as one line: where (for YAML, the file's line and column) and what."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{RECIPE}:{mark.line + 1}:{mark.column + 1}: {exc.problem}"
+    return " ".join(str(exc).split())
 
 
 def find_runs(roots: list[Path]) -> list[Path]:

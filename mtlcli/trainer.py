@@ -4,6 +4,10 @@ The trainer owns data, model, optimiser and bookkeeping; the method (held, not i
 per-task losses of each step into parameter gradients. Data lives on the device as tensors; the hot
 path has no per-step host sync (losses and weights accumulate on the device, the progress bar reads
 them every `REFRESH_EVERY` steps).
+
+Reliability: `last.pt` (every `train.checkpoint_every` epochs, at the end and on SIGINT/SIGTERM)
+holds everything needed to continue bitwise-identically on the CPU; `NonFiniteGuard` stops (or skips)
+on NaN/inf losses and gradients; `train.deterministic` turns on deterministic algorithms.
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: run directories are not locked
+    fcntl = None  # type: ignore[assignment]
+
 from mtlcli import __version__, methods
 from mtlcli.data.store import PreparedDataset, load_prepared, resolve_data_dir
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError, RunError
 from mtlcli.evaluation import DeviceSplit, evaluate, selection_score
-from mtlcli.io import append_jsonl, read_jsonl, write_json_atomic, write_text_atomic
+from mtlcli.io import append_jsonl, atomic_open, read_jsonl, write_json_atomic, write_text_atomic
 from mtlcli.methods.base import Method, Step
 from mtlcli.models import MultiTaskModel, build_model, count_parameters
 from mtlcli.recipe import Recipe
@@ -61,6 +70,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def enable_determinism(device: torch.device) -> None:
+    """Deterministic algorithms only (errors on ops without one); cuBLAS needs its workspace pinned."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def tasks_of(recipe: Recipe) -> list[Task]:
@@ -183,7 +200,98 @@ class StopRequest:
 
 
 class TrainingInterrupted(MtlError):
-    """Training stopped on a signal after saving a resumable checkpoint."""
+    """Training stopped on a signal after saving a resumable checkpoint (exit status 130, as for Ctrl-C)."""
+
+    exit_code = 130
+
+
+class NonFiniteError(MtlError):
+    """A NaN/inf loss or gradient under `train.on_nonfinite: stop`; the last good checkpoint is kept."""
+
+    def __init__(self, message: str, hint: str | None, *, step: int, tasks: list[str]) -> None:
+        super().__init__(message, hint)
+        self.step = step
+        self.tasks = tasks
+
+
+class NonFiniteGuard:
+    """Watches every step's task losses and parameter gradients for NaN/inf.
+
+    When the flag is read (the cost trade-off):
+    - on the CPU reading it is free, so it is read every step, before `optimizer.step()`: a bad step
+      never touches parameters or optimiser state (`stop` raises, `skip` drops the step);
+    - `skip` on CUDA must also decide before `optimizer.step()`, so it costs one host sync per step
+      (choose it for runs known to be unstable);
+    - `stop` on CUDA keeps the hot path sync-free: the first bad step (its losses and which gradients
+      were bad) is recorded on the device and read with the progress refresh, at the end of each
+      epoch and before any checkpoint is written. Updates after the bad step may be poisoned, so
+      nothing more is saved: the checkpoint on disk is the last good state.
+    """
+
+    def __init__(
+        self, task_names: list[str], named_params: list[tuple[str, torch.nn.Parameter]], device: torch.device, policy: str
+    ) -> None:
+        self.task_names = task_names
+        self.param_names = [name for name, _ in named_params]
+        self.params = [p for _, p in named_params]
+        self.policy = policy
+        self.immediate = device.type != "cuda" or policy == "skip"
+        self._true = torch.ones((), dtype=torch.bool, device=device)
+        self._zero = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_losses = torch.zeros(len(task_names), device=device)
+        self.bad_grads = torch.zeros(len(self.params), dtype=torch.bool, device=device)
+
+    def _flags(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Finite flags of the task losses [T] and of each parameter's gradient [P], in a few fused kernels:
+        0 * g is 0 where g is finite and NaN where it is not, so the norm of 0 * g is 0 or NaN (exact, no
+        overflow), and the foreach ops launch a handful of kernels for all parameters together."""
+        loss_ok = torch.isfinite(losses)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return loss_ok, self._true.reshape(1).expand(len(self.params))
+        norms = iter(torch._foreach_norm(torch._foreach_mul(grads, 0.0)))
+        per_param = [next(norms) if p.grad is not None else self._zero for p in self.params]
+        return loss_ok, torch.isfinite(torch.stack(per_param))
+
+    def observe(self, step: int, losses: torch.Tensor, where: str) -> bool:
+        """After backward: True to apply the step, False to skip it; NonFiniteError under `stop`."""
+        losses = losses.detach()
+        loss_ok, grad_ok = self._flags(losses)
+        ok = loss_ok.all() & grad_ok.all()
+        if self.immediate:
+            if bool(ok):
+                return True
+            if self.policy == "skip":
+                return False
+            raise self.error(step, where, losses.tolist(), (~grad_ok).tolist())
+        new = ~ok & (self.first_bad < 0)
+        self.first_bad = torch.where(new, step, self.first_bad)
+        self.bad_losses = torch.where(new, losses.to(self.bad_losses.dtype), self.bad_losses)
+        self.bad_grads = torch.where(new, ~grad_ok, self.bad_grads)
+        return True
+
+    def check(self, where: Any) -> None:
+        """Raise NonFiniteError if a bad step was recorded on the device (one sync); `where(step)` locates it."""
+        if self.immediate:
+            return
+        step = int(self.first_bad.item())
+        if step >= 0:
+            raise self.error(step, where(step), self.bad_losses.tolist(), self.bad_grads.tolist())
+
+    def error(self, step: int, where: str, losses: list[float], bad_grads: list[bool]) -> NonFiniteError:
+        bad_tasks = [name for name, v in zip(self.task_names, losses, strict=True) if not math.isfinite(v)]
+        if bad_tasks:
+            what = ", ".join(
+                f"task {name!r} loss is {v}" for name, v in zip(self.task_names, losses, strict=True) if not math.isfinite(v)
+            )
+            message = f"non-finite loss at step {step} ({where}): {what}"
+        else:
+            params = [name for name, bad in zip(self.param_names, bad_grads, strict=True) if bad]
+            shown = ", ".join(params[:3]) + (f" (+{len(params) - 3} more)" if len(params) > 3 else "")
+            values = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.task_names, losses, strict=True))
+            message = f"non-finite gradient at step {step} ({where}) in {shown}; task losses: {values}"
+        return NonFiniteError(message, None, step=step, tasks=bad_tasks)
 
 
 @dataclass
@@ -197,6 +305,7 @@ class Position:
     weight_sum: torch.Tensor | None = None
     step_times: list[float] = field(default_factory=list)
     epoch_seconds: float = 0.0
+    skipped: int = 0
 
 
 @dataclass
@@ -211,6 +320,8 @@ class Trainer:
     def __post_init__(self) -> None:
         r = self.recipe
         self.device = resolve_device(r.train.device)
+        if r.train.deterministic:
+            enable_determinism(self.device)
         self.dataset = load_dataset(r)
         self.tasks = tasks_of(r)
         self.columns = [self.dataset.task_names.index(t.name) for t in self.tasks]
@@ -221,6 +332,8 @@ class Trainer:
             p.data = p.data.to(self.device)
         self.optimizer = make_optimizer(r, [*self.model.parameters(), *self.method.parameters()])
         self.scheduler = make_scheduler(r, self.optimizer)
+        named = [*self.model.named_parameters(), *((f"method.{i}", p) for i, p in enumerate(self.method.parameters()))]
+        self.guard = NonFiniteGuard([t.name for t in self.tasks], named, self.device, r.train.on_nonfinite)
         self.splits = device_splits(r, self.dataset, self.device)
         self.shuffle = torch.Generator(device=self.device)
         self.shuffle.manual_seed(r.train.seed)
@@ -228,15 +341,46 @@ class Trainer:
         self.best_score = -math.inf
         self.best_epoch = 0
         self.global_step = 0
+        self.skipped_steps = 0
         self.all_step_times: list[float] = []
         self.elapsed = 0.0
+        self.last_saved_epoch = 0  # the epoch whose end last.pt holds (0: none yet)
+        self.lock: RunLock | None = None
 
     # ----------------------------------------------------------------- checkpoints
     def _rng_state(self) -> dict[str, Any]:
-        state = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state()}
+        """Every generator a method or the loop may draw from, as tensors and plain lists/ints
+        (what `torch.load(weights_only=True)` accepts)."""
+        version, mt, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "shuffle": self.shuffle.get_state(),
+            "python": {"version": version, "state": list(mt), "gauss": gauss},
+            "numpy": {
+                "kind": kind,
+                "keys": [int(k) for k in keys],
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached": float(cached),
+            },
+        }
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
+
+    def _set_rng_state(self, rng: dict[str, Any]) -> None:
+        torch.set_rng_state(rng["torch"])
+        self.shuffle.set_state(rng["shuffle"])
+        if "python" in rng:
+            py = rng["python"]
+            random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+        if "numpy" in rng:
+            n = rng["numpy"]
+            keys = np.array(n["keys"], dtype=np.uint32)
+            np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached"]))
+        if self.device.type == "cuda" and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.device)
 
     def checkpoint(self) -> dict[str, Any]:
         p = self.position
@@ -256,10 +400,12 @@ class Trainer:
                 "weight_sum": p.weight_sum,
                 "step_times": list(p.step_times),
                 "epoch_seconds": p.epoch_seconds,
+                "skipped": p.skipped,
             },
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "global_step": self.global_step,
+            "skipped_steps": self.skipped_steps,
             "all_step_times": list(self.all_step_times),
             "elapsed": self.elapsed,
         }
@@ -268,16 +414,21 @@ class Trainer:
         assert self.run_dir is not None
         save_checkpoint(self.run_dir / name, state if state is not None else self.checkpoint())
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], source: Path | str = "checkpoint") -> None:
+        """Load a checkpoint's state; RunError if it does not fit this recipe's model and method."""
+        try:
+            self._restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = next((line for line in lines if not line.endswith(":")), lines[0] if lines else repr(exc))
+            raise RunError(f"{source} does not fit this run: {detail[:200]}") from None
+
+    def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        self.shuffle.set_state(rng["shuffle"])
-        if self.device.type == "cuda" and "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        self._set_rng_state(state["rng"])
         pos = state["position"]
         self.position = Position(
             epoch=int(pos["epoch"]),
@@ -287,10 +438,13 @@ class Trainer:
             weight_sum=pos["weight_sum"].to(self.device) if pos["weight_sum"] is not None else None,
             step_times=list(pos["step_times"]),
             epoch_seconds=float(pos["epoch_seconds"]),
+            skipped=int(pos.get("skipped", 0)),
         )
         self.best_score = float(state["best_score"])
         self.best_epoch = int(state["best_epoch"])
         self.global_step = int(state["global_step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.last_saved_epoch = self.position.epoch - 1
         self.all_step_times = list(state["all_step_times"])
         self.elapsed = float(state["elapsed"])
 
@@ -304,13 +458,46 @@ class Trainer:
         if run.complete:
             raise RunError(f"{run_dir} has already finished", hint="train a new run, or raise --epochs on a new one")
         recipe = validate(run.recipe, source=str(run_dir / "recipe.yaml"))
+        if not (run_dir / LAST).is_file():
+            raise RunError(
+                f"{run_dir} has no checkpoint to resume from (stopped before its first one was written)",
+                hint="train the recipe again: `mtl train " + str(run_dir / "recipe.yaml") + "`",
+            )
         state = load_checkpoint(run_dir / LAST)
-        trainer = cls(recipe, console=console or Console(stderr=True), show_progress=show_progress, run_dir=run_dir)
-        trainer.restore(state)
-        kept = [rec for rec in run.metrics if rec["epoch"] < trainer.position.epoch]
-        if len(kept) != len(run.metrics):  # lines written after the checkpoint we resume from
-            write_text_atomic(run_dir / METRICS, "".join(json.dumps(rec) + "\n" for rec in kept))
+        lock = RunLock(run_dir).acquire()  # before touching its files
+        try:
+            trainer = cls(recipe, console=console or Console(stderr=True), show_progress=show_progress, run_dir=run_dir)
+            trainer.restore(state, run_dir / LAST)
+        except BaseException:
+            lock.release()
+            raise
+        trainer.lock = lock
+        trainer._repair_best(state)
+        # drop lines written after the checkpoint we resume from, and a torn last line (kill -9)
+        kept = [rec for rec in run.metrics if isinstance(rec, dict) and rec.get("epoch", 0) < trainer.position.epoch]
+        write_text_atomic(run_dir / METRICS, "".join(json.dumps(rec) + "\n" for rec in kept))
+        for stale in run_dir.glob(".*.tmp"):  # temp files of writes a kill -9 cut short
+            with contextlib.suppress(OSError):
+                stale.unlink()
         return trainer
+
+    def _repair_best(self, state: dict[str, Any]) -> None:
+        """Make best.pt agree with the checkpoint resumed from (a crash may have come between the two saves)."""
+        assert self.run_dir is not None
+        resumed_at = self.position.epoch - 1
+        try:
+            on_disk = int(load_checkpoint(self.run_dir / BEST)["position"]["epoch"]) - 1
+        except (RunError, KeyError, TypeError, ValueError):
+            on_disk = None
+        if on_disk == self.best_epoch:
+            return
+        if self.best_epoch and self.best_epoch == resumed_at:  # the checkpoint itself is the best state
+            self.save(BEST, state)
+        elif on_disk is not None and on_disk > resumed_at:
+            self.console.print(
+                f"[yellow]note:[/] {BEST} holds epoch {on_disk}, trained after the checkpoint; "
+                f"it is replaced when an epoch beats epoch {self.best_epoch}"
+            )
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> Path:
@@ -318,7 +505,20 @@ class Trainer:
         r = self.recipe
         if self.run_dir is None:
             self.run_dir = create_run_dir(Path(r.output.dir), r.method.name, r.train.seed)
+            self.lock = RunLock(self.run_dir).acquire()
             write_recipe(self.run_dir, r.dump())
+            (self.run_dir / METRICS).touch()  # a run directory from the start: resumable after epoch 1's first step
+        if self.lock is None:
+            self.lock = RunLock(self.run_dir).acquire()
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+            self.lock = None
+
+    def _run(self) -> Path:
+        r = self.recipe
+        assert self.run_dir is not None
         stop = StopRequest()
         progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -332,16 +532,43 @@ class Trainer:
         )
         with stop.installed(), progress:
             while self.position.epoch <= r.train.epochs:
-                finished = self._train_epoch(progress, stop)
-                if not finished:
-                    self.save(LAST)
-                    raise TrainingInterrupted(
-                        f"training stopped by signal {stop.signal} at epoch {self.position.epoch}, "
-                        f"batch {self.position.batch}; progress saved in {self.run_dir / LAST}",
-                        hint=f"resume with `mtl train --resume {self.run_dir}`",
-                    )
+                if stop or not self._train_epoch(progress, stop):
+                    self._interrupted(stop)
         self._write_summary()
         return self.run_dir
+
+    def _interrupted(self, stop: StopRequest) -> None:
+        """Save where training is (unless the last checkpoint already holds it) and say how to resume."""
+        assert self.run_dir is not None
+        self._check_finite()
+        pos = self.position
+        if pos.batch or self.last_saved_epoch != pos.epoch - 1:
+            self.save(LAST)
+        where = f"epoch {pos.epoch}, batch {pos.batch}" if pos.batch else f"the end of epoch {pos.epoch - 1}"
+        name = signal.Signals(stop.signal).name if stop.signal is not None else "a signal"
+        raise TrainingInterrupted(
+            f"training stopped by {name} at {where}; progress saved in {self.run_dir / LAST}",
+            hint=f"resume with `mtl train --resume {self.run_dir}`",
+        )
+
+    def _check_finite(self) -> None:
+        """Read the device-side non-finite record (CUDA, `stop`); name the last good checkpoint."""
+        pos = self.position
+        first = self.global_step - pos.batch
+        try:
+            self.guard.check(lambda step: f"epoch {pos.epoch}, batch {step - first}")
+        except NonFiniteError as exc:
+            exc.hint = self._nonfinite_hint()
+            raise
+
+    def _nonfinite_hint(self) -> str:
+        assert self.run_dir is not None
+        kept = (
+            f"the last good checkpoint, {self.run_dir / LAST} (end of epoch {self.last_saved_epoch}), is kept"
+            if self.last_saved_epoch
+            else "no checkpoint had been written yet"
+        )
+        return f"{kept}; lower optim.lr, or set train.on_nonfinite: skip to drop such steps"
 
     def _train_epoch(self, progress: Progress, stop: StopRequest) -> bool:
         r = self.recipe
@@ -362,6 +589,11 @@ class Trainer:
         self.model.train()
         started = time.perf_counter()
         while pos.batch < steps:
+            if stop:  # the step before has finished: stop between steps
+                pos.step_times.extend(timer.collect())
+                pos.epoch_seconds += time.perf_counter() - started
+                self.elapsed += time.perf_counter() - started
+                return False
             index = pos.perm[pos.batch * batch_size : (pos.batch + 1) * batch_size]
             x, y = train.batch(index)
             timer.start()
@@ -371,20 +603,27 @@ class Trainer:
                 [t.loss_scale * t.compute_loss(outputs[t.name], y[:, c]) for t, c in zip(self.tasks, self.columns, strict=True)]
             )
             weights = self.method.backward(Step(self.model, z, losses))
-            self.optimizer.step()
+            try:
+                apply = self.guard.observe(self.global_step + 1, losses, f"epoch {pos.epoch}, batch {pos.batch + 1}")
+            except NonFiniteError as exc:
+                exc.hint = self._nonfinite_hint()
+                raise
+            if apply:
+                self.optimizer.step()
+                pos.loss_sum += losses.detach()
+                pos.weight_sum += weights.to(pos.weight_sum.dtype)
+            else:  # skip: no parameter or optimiser-state change, not averaged into the epoch's losses
+                pos.skipped += 1
+                self.skipped_steps += 1
             timer.stop()
-            pos.loss_sum += losses.detach()
-            pos.weight_sum += weights.to(pos.weight_sum.dtype)
             pos.batch += 1
             self.global_step += 1
             if pos.batch % REFRESH_EVERY == 0 or pos.batch == steps:
-                status = self._status(pos.loss_sum / pos.batch, pos.weight_sum / pos.batch)
+                self._check_finite()
+                done = max(pos.batch - pos.skipped, 1)
+                status = self._status(pos.loss_sum / done, pos.weight_sum / done)
                 progress.update(bar, completed=pos.batch, status=status)
-            if stop and pos.batch < steps:
-                pos.step_times.extend(timer.collect())
-                pos.epoch_seconds += time.perf_counter() - started
-                self.elapsed += time.perf_counter() - started
-                return False
+        self._check_finite()
         pos.step_times.extend(timer.collect())
         train_seconds = pos.epoch_seconds + (time.perf_counter() - started)
         lr = self.scheduler.get_last_lr()[0]
@@ -408,13 +647,15 @@ class Trainer:
         test = evaluate(self.model, self.tasks, self.columns, self.splits["test"], batch_size=r.train.eval_batch_size)
         eval_seconds = time.perf_counter() - eval_started
         score = selection_score(val, self.tasks)
-        mean_losses = (pos.loss_sum / steps).tolist()
-        mean_weights = (pos.weight_sum / steps).tolist()
+        applied = max(steps - pos.skipped, 1)
+        mean_losses = (pos.loss_sum / applied).tolist()
+        mean_weights = (pos.weight_sum / applied).tolist()
         times = pos.step_times
         record = {
             "epoch": pos.epoch,
             "lr": lr,
             "steps": steps,
+            "skipped_steps": pos.skipped,
             "train": {"loss": {t.name: v for t, v in zip(self.tasks, mean_losses, strict=True)}},
             "alphas": {t.name: v for t, v in zip(self.tasks, mean_weights, strict=True)},
             "val": val,
@@ -433,11 +674,16 @@ class Trainer:
         self.position = Position(epoch=pos.epoch + 1)
         state = self.checkpoint()
         append_jsonl(self.run_dir / METRICS, record)
+        # last before best: a crash in between leaves a last.pt that knows it is the best (resume re-saves it)
+        if pos.epoch % r.train.checkpoint_every == 0 or pos.epoch == r.train.epochs:
+            self.save(LAST, state)
+            self.last_saved_epoch = pos.epoch
         if improved:
             self.save(BEST, state)
-        self.save(LAST, state)
         accs = "  ".join(f"{t.name} {val[t.name][t.metrics[0]]:.2f}" for t in self.tasks)
         mark = " *" if improved else ""
+        if pos.skipped:
+            mark += f"  [{pos.skipped} non-finite step(s) skipped]"
         self.console.print(
             f"epoch {record['epoch']}/{r.train.epochs}  val {accs}  ({train_seconds:.1f}s train, "
             f"{1000 * (record['step_seconds_median'] or 0):.1f} ms/step){mark}"
@@ -456,6 +702,7 @@ class Trainer:
             "tasks": [t.name for t in self.tasks],
             "device": str(self.device),
             "epochs": self.recipe.train.epochs,
+            "skipped_steps": self.skipped_steps,
             "best_epoch": self.best_epoch,
             "selection": "best mean validation " + "/".join(dict.fromkeys(t.metrics[0] for t in self.tasks)),
             "val": best["val"],
@@ -476,17 +723,43 @@ class Trainer:
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save to a temp file, fsync, rename: a crash never leaves a torn checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while it trains (a second trainer is refused).
+
+    `flock` locks die with their process, so a kill -9 never leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._handle: Any = None
+
+    def acquire(self) -> RunLock:
+        if fcntl is None:
+            return self
+        handle = open(self.run_dir / ".lock", "a+b")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunError(f"{self.run_dir} is being trained by another process", hint="wait for it, or stop it first") from None
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -499,4 +772,7 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
         raise RunError(f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path} is not an mtl checkpoint")
+    position = state.get("position")
+    if not isinstance(state.get("model"), dict) or not isinstance(position, dict) or "epoch" not in position:
+        raise RunError(f"{path} is not a complete mtl checkpoint (no model or position)")
     return state

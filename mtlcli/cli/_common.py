@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from rich.markup import escape
 
 from mtlcli.errors import MtlError
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # an error or warning stays one line (no wrapping)
 out_console = Console(soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,13 +24,30 @@ def debug_enabled() -> bool:
 
 
 def report(exc: MtlError) -> None:
-    err_console.print(f"[bold red]Error:[/] {escape(exc.message)}", highlight=False)
+    err_console.print(f"[bold red]Error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        err_console.print(f"[bold]Hint:[/] {escape(exc.hint)}", highlight=False)
+        err_console.print(f"[bold]Hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free some disk space (or choose another --out); files already written are intact",
+    errno.EDQUOT: "free some space under your quota; files already written are intact",
+    errno.EROFS: "the file system is read-only: choose a writable directory (--out, --data-dir)",
+    errno.EACCES: "check the permissions, or choose another directory",
+    errno.EPERM: "check the permissions, or choose another directory",
+}
+
+
+def os_error(exc: OSError) -> MtlError:
+    """An OSError (disk full, read-only, permissions, ...) as one line naming the file."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f"{exc.filename}: " if exc.filename else ""
+    return MtlError(f"{where}{reason}", hint=_OS_HINTS.get(exc.errno or 0))
 
 
 def handle_errors(func: F) -> F:
-    """User errors (MtlError) print 'Error: ...' (+ 'Hint: ...') and exit 1; --debug re-raises them."""
+    """User errors (MtlError) and OS errors (disk full, read-only, ...) print 'Error: ...'
+    (+ 'Hint: ...') and exit non-zero (an error's `exit_code`, default 1); --debug re-raises them."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -39,6 +57,11 @@ def handle_errors(func: F) -> F:
             if debug_enabled():
                 raise
             report(exc)
+            raise typer.Exit(getattr(exc, "exit_code", 1)) from None
+        except OSError as exc:
+            if debug_enabled():
+                raise
+            report(os_error(exc))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]Interrupted.[/]")

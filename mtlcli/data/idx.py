@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mtlcli.errors import DataError
+from mtlcli.io import write_bytes_atomic
 
 _UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -68,4 +69,4 @@ def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> None:
     payload = header + array.tobytes()
     if compress:
         payload = gzip.compress(payload, mtime=0)
-    Path(path).write_bytes(payload)
+    write_bytes_atomic(Path(path), payload)

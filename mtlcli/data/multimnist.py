@@ -92,20 +92,24 @@ def build(
     `raw[source]` holds train_images, train_labels, test_images, test_labels.
     """
     streams = np.random.SeedSequence(seed).spawn(2 + 3)
-    split_rngs = {"left": np.random.default_rng(streams[0]), "right": np.random.default_rng(streams[1])}
     pair_rngs = dict(zip(("train", "val", "test"), (np.random.default_rng(s) for s in streams[2:]), strict=True))
-    same = spec.left == spec.right
+    # one train/val split per raw source (computed once, so both sides of a same-source pair agree)
+    splits = {
+        source: split_train_val(len(raw[source]["train_images"]), np.random.default_rng(stream))
+        for source, stream in zip(spec.sources, streams[:2], strict=False)
+    }
 
-    def pools(side: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        src = raw[spec.left if side == "left" else spec.right]
-        train_idx, val_idx = split_train_val(len(src["train_images"]), split_rngs["left" if same else side])
+    def pools(source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        src = raw[source]
+        train_idx, val_idx = splits[source]
         return {
             "train": (src["train_images"][train_idx], src["train_labels"][train_idx]),
             "val": (src["train_images"][val_idx], src["train_labels"][val_idx]),
             "test": (src["test_images"], src["test_labels"]),
         }
 
-    left_pools, right_pools = pools("left"), pools("right")
+    left_pools, right_pools = pools(spec.left), pools(spec.right)
+    same = spec.left == spec.right
     out = {}
     for split in ("train", "val", "test"):
         left_images, left_labels = left_pools[split]

@@ -82,8 +82,8 @@ def prepare(
         if existing.get("seed") == seed and existing.get("size") == size:
             return PrepareResult(path=target, built=False, meta=existing)
         raise DataError(
-            f"{target} was prepared with seed {existing.get('seed')}, size {existing.get('size')}",
-            hint=f"pass --force to rebuild it with seed {seed}, size {size}",
+            f"{target} was prepared with seed {existing.get('seed')}, size {existing.get('size')}; "
+            f"pass --force to rebuild it with seed {seed}, size {size}",
         )
     data_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(data_dir, spec.name)

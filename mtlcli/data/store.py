@@ -112,11 +112,26 @@ def _fsync_dir(path: Path) -> None:
 
 
 def read_meta(path: Path) -> dict[str, Any] | None:
-    """meta.json of a prepared dataset dir, or None when there is none (or it is unreadable)."""
+    """meta.json of a prepared dataset dir, or None when there is none (or it is unreadable or malformed)."""
     try:
-        return json.loads((path / META).read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads((path / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
+    return meta if isinstance(meta, dict) and _meta_shape_ok(meta) else None
+
+
+def _meta_shape_ok(meta: dict[str, Any]) -> bool:
+    """The keys training relies on: format, files {name: sha256}, size, tasks [{name, num_classes}]."""
+    if meta.get("format") != FORMAT_VERSION:
+        return True  # another format: load_prepared says so
+    files, tasks, size = meta.get("files"), meta.get("tasks"), meta.get("size")
+    return (
+        isinstance(files, dict)
+        and all(isinstance(v, str) for v in files.values())
+        and isinstance(size, int)
+        and isinstance(tasks, list)
+        and all(isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("num_classes"), int) for t in tasks)
+    )
 
 
 def load_prepared(data_dir: Path, name: str, *, verify: bool = True) -> PreparedDataset:
@@ -129,7 +144,7 @@ def load_prepared(data_dir: Path, name: str, *, verify: bool = True) -> Prepared
         raise DataError(f"dataset {name} is not prepared in {data_dir}/", hint=prepare_hint)
     meta = read_meta(path)
     if meta is None or meta.get("format") != FORMAT_VERSION:
-        raise DataError(f"{path} has no valid {META}", hint=f"{prepare_hint}, with --force")
+        raise DataError(f"{path} has no valid {META} (missing, corrupt or another format)", hint=f"{prepare_hint}, with --force")
     images: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     for split in SPLITS:
@@ -143,8 +158,15 @@ def load_prepared(data_dir: Path, name: str, *, verify: bool = True) -> Prepared
                 raise DataError(f"{fpath} is corrupt (sha256 differs from meta.json)", hint=f"{prepare_hint}, with --force")
             try:
                 store[split] = np.load(fpath, allow_pickle=False)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, EOFError) as exc:
                 raise DataError(f"cannot read {fpath}: {exc}", hint=f"{prepare_hint}, with --force") from None
+        ntasks = len(meta["tasks"])
+        if images[split].ndim != 3 or labels[split].ndim != 2 or labels[split].shape[1] != ntasks:
+            raise DataError(
+                f"{path}: {split} arrays have shapes {images[split].shape} and {labels[split].shape}, "
+                f"expected [N, H, W] images and [N, {ntasks}] labels",
+                hint=f"{prepare_hint}, with --force",
+            )
         if len(images[split]) != len(labels[split]):
             raise DataError(f"{path}: {split} has {len(images[split])} images but {len(labels[split])} labels")
     return PreparedDataset(path=path, meta=meta, images=images, labels=labels)

@@ -9,6 +9,7 @@ Public API::
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,8 +66,9 @@ def option_problems(name: str, options: dict[str, Any]) -> list[tuple[tuple[str 
         if key not in known:
             users = [m for m, i in REGISTRY.items() if key in i.options.model_fields]
             where = f"applies to {', '.join(users)}" if users else "is not an option of any method"
-            valid = ", ".join(sorted(known)) or "none"
-            problems.append(((key,), f"does not apply to {name}: it {where} (options of {name}: {valid})"))
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            valid = f"did you mean {close[0]!r}?" if close else f"options of {name}: {', '.join(sorted(known)) or 'none'}"
+            problems.append(((key,), f"does not apply to {name}: it {where} ({valid})"))
     try:
         info.options(**{k: v for k, v in options.items() if k in known})
     except ValidationError as exc:

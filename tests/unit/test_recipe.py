@@ -1,0 +1,125 @@
+"""Recipe validation: every problem at once, with its key path; overrides; shipped recipes."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from mtlcli import recipe as recipes
+from mtlcli.errors import MtlError, RecipeError
+from tests.conftest import ROOT, load_shipped_recipe
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid_and_say_how_to_run(path: Path) -> None:
+    assert path.read_text().startswith(f"# run: mtl train recipes/{path.name}")
+    recipe = recipes.load(path)
+    assert recipe.optim.name == "sgd" and recipe.optim.momentum == 0.9
+    assert recipe.optim.scheduler.step_size == 30 and recipe.optim.scheduler.gamma == 0.5
+    assert recipe.train.epochs == 100 and recipe.train.batch_size == 256 and recipe.train.device == "auto"
+
+
+def test_all_problems_reported_at_once_with_key_paths() -> None:
+    raw = load_shipped_recipe()
+    raw["optim"]["lr"] = -1
+    raw["train"]["epochs"] = 0
+    raw["optim"]["lrr"] = 0.1
+    raw["model"]["dropout"] = 1.5
+    raw["train"]["device"] = "tpu"
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw=raw)
+    problems = info.value.problems
+    assert "optim.lr: must be > 0, got -1" in problems
+    assert "train.epochs: must be > 0, got 0" in problems
+    assert "optim.lrr: unknown key (did you mean 'lr'?)" in problems
+    assert "model.dropout: must be < 1, got 1.5" in problems
+    assert any(p.startswith("train.device: must be auto, cpu, cuda or cuda:N") for p in problems)
+    assert len(problems) == 5
+
+
+def test_missing_sections_and_wrong_types() -> None:
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw={"data": {"name": "multifashion"}, "tasks": "left"})
+    problems = info.value.problems
+    assert "method: required" in problems and "optim: required" in problems
+    assert any(p.startswith("tasks: must be a list") for p in problems)
+    with pytest.raises(RecipeError, match="must be a mapping of sections"):
+        recipes.load(raw=[1, 2])  # type: ignore[arg-type]
+
+
+def test_unknown_dataset_task_and_method() -> None:
+    raw = load_shipped_recipe()
+    raw["data"]["name"] = "cifar"
+    raw["method"] = {"name": "mgda_ub"}
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw=raw)
+    text = "\n".join(info.value.problems)
+    assert "data.name: must be one of multimnist, multifashion or multi-fashion-mnist, got 'cifar'" in text
+    assert "method.name: unknown method 'mgda_ub' (did you mean 'mgda-ub'?); choose one of:" in text
+    raw = load_shipped_recipe()
+    raw["tasks"][1]["name"] = "top"
+    with pytest.raises(RecipeError, match=r"tasks.1.name: 'top' is not a task of multifashion \(its tasks: left, right\)"):
+        recipes.load(raw=raw)
+
+
+def test_method_options_are_validated_by_the_method() -> None:
+    raw = load_shipped_recipe()
+    raw["method"] = {"name": "mgda-ub", "normalization": "l3", "head_grad": "raw"}
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw=raw)
+    text = "\n".join(info.value.problems)
+    assert "method.normalization: must be one of none, l2, loss or loss+, got 'l3'" in text
+    assert "method.head_grad: does not apply to mgda-ub: it is not an option of any method (did you mean 'head_grads'?)" in text
+    raw["method"] = {"name": "uniform", "normalization": "l2"}
+    with pytest.raises(RecipeError, match=r"method\.normalization: does not apply to uniform: it applies to mgda-ub"):
+        recipes.load(raw=raw)
+
+
+def test_cli_overrides_and_set() -> None:
+    raw = load_shipped_recipe()
+    recipe = recipes.load(
+        raw=copy.deepcopy(raw),
+        method="uniform",
+        epochs=3,
+        seed=7,
+        device="cpu",
+        out="elsewhere",
+        data_dir="/d",
+        sets=["optim.lr=0.01", "tasks.0.loss_scale=10", "optim.scheduler={name: none}"],
+    )
+    assert recipe.method.name == "uniform" and recipe.method.options == {}  # mgda-ub options dropped
+    assert (recipe.train.epochs, recipe.train.seed, recipe.train.device) == (3, 7, "cpu")
+    assert recipe.output.dir == "elsewhere" and recipe.data.dir == "/d"
+    assert recipe.optim.lr == 0.01 and recipe.tasks[0].loss_scale == 10
+    assert recipe.optim.scheduler.name == "none"
+    same = recipes.load(raw=copy.deepcopy(raw), method="mgda-ub", sets=["method.normalization=l2"])
+    assert same.method.options["normalization"] == "l2" and same.method.options["head_grads"] == "weighted"
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [("optim.lr", "expected key.path=value"), ("tasks.5.name=x", "'5' is not an index"), ("optim..lr=1", "empty key")],
+)
+def test_bad_set_assignments(assignment: str, message: str) -> None:
+    with pytest.raises(MtlError, match=message):
+        recipes.load(raw=load_shipped_recipe(), sets=[assignment])
+
+
+def test_broken_yaml_names_file_and_line(tmp_path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("data:\n  name: multifashion\n  size: [28\ntasks: []\n")
+    with pytest.raises(MtlError, match=r"broken.yaml:4:\d+: broken YAML"):
+        recipes.load(path)
+
+
+def test_missing_recipe_file(tmp_path) -> None:
+    with pytest.raises(MtlError, match="does not exist"):
+        recipes.load(tmp_path / "nope.yaml")
+
+
+def test_resolved_recipe_round_trips() -> None:
+    recipe = recipes.load(raw=load_shipped_recipe())
+    again = recipes.validate(recipe.dump())
+    assert again == recipe
