@@ -132,3 +132,22 @@ def test_more_than_two_tasks_get_pairwise_and_radar_figures(tmp_path: Path, monk
     # uniform is 5 points below single-task on every task: Δm = mean_i 5 / (80.5 + i) * 100
     expected = np.mean([5 / (80.5 + i) * 100 for i in range(12)])
     assert frame.loc["uniform", "Δm% (metrics)"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_lower_is_better_metrics_flip_the_profile_axes(tmp_path: Path) -> None:
+    from mtlcli.report.figures import profile_figure
+    from mtlcli.report.tables import groups_of
+    from mtlcli.results import Selection, load_runs, results_of
+
+    tasks = [{"name": "left", "metrics": ["error"]}, {"name": "right", "metrics": ["error"]}]
+    for method, acc in (("single-task", 80.0), ("uniform", 70.0), ("mgda-ub", 75.0)):
+        write_run(tmp_path / "runs", method, method=method, seed=0, test={"left": acc, "right": acc}, tasks=tasks)
+    runs, _ = load_runs([tmp_path / "runs"])
+    results, _ = results_of(runs, Selection())
+    (groups,) = groups_of(results).values()
+    figure = profile_figure("multifashion", groups, tmp_path / "fig")
+    assert_real_image(figure.png)
+    frame = pd.read_csv(io.StringIO(invoke(str(tmp_path / "runs"), "--format", "csv"))).set_index("method")
+    # error 30 vs single-task 20: lower is better, so Δm = +(30 - 20) / 20 * 100
+    assert frame.loc["uniform", "Δm% (metrics)"] == pytest.approx(50.0)
+    assert frame.loc["mgda-ub", "mean rank"] == pytest.approx(1.0)
