@@ -30,6 +30,7 @@ class DataConfig(Section):
     size: int | None = Field(None, ge=16, le=36, description="expected image side; null: whatever was prepared")
     mean: float = 0.1307
     std: float = Field(0.3081, gt=0)
+    synthetic: bool = Field(False, description="random tensors of the recipe's shapes instead of prepared data")
 
 
 class ModelConfig(Section):
@@ -232,7 +233,9 @@ def _method_problems(method: Any) -> list[str]:
 
 def _task_problems(raw: dict[str, Any]) -> list[str]:
     data, tasks = raw.get("data"), raw.get("tasks")
-    if not isinstance(data, dict) or data.get("name") not in SPECS or not isinstance(tasks, list):
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(tasks, list):
+        return []
+    if data["name"] not in SPECS:  # a name that is not a string is unhashable: checked above
         return []
     problems = []
     for i, task in enumerate(tasks):

@@ -1,18 +1,41 @@
-"""Comparison tables over run directories (`mtl compare`)."""
+"""Results of finished runs, read back for `mtl compare`: selection rule, method labels, seed groups.
+
+A run contributes the test metrics of the epochs its selection rule picks - the best mean validation
+score (`best`, the default) or the mean of the last K epochs (`last:K`); the test split never decides
+anything. Runs are grouped per dataset by method variant (the method name plus whatever recipe keys
+differ between runs, e.g. `mgda (grads=loop)`) and by the tasks' loss scales; seeds of a group are
+aggregated by the table builders in `mtlcli.report`.
+"""
 
 from __future__ import annotations
 
-import io
-import json
+import math
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-import pandas as pd
-from tabulate import tabulate
-
+from mtlcli.errors import MtlError
 from mtlcli.runs import Run, find_runs, read_run
+from mtlcli.tasks import METRICS
 
-Format = Literal["table", "markdown", "csv", "json"]
+MetricKey = tuple[str, str]  # (task, metric)
+
+# Recipe keys that never distinguish methods: where the run went, which seed, which hardware.
+IGNORED_KEYS = ("train.seed", "output.dir", "data.dir", "train.device", "train.eval_batch_size")
+SINGLE_TASK = "single-task"
+UNIFORM = "uniform"
+GRID = "grid"
+
+
+GRID_SWEEP = "grid.json"  # `mtl train --method grid` writes its static runs into a sweep directory with this file
+
+
+def method_of(run: Run) -> str:
+    """The method a run stands for in tables: `grid` for the static runs of a grid-search sweep."""
+    if run.method == GRID or (run.path.parent / GRID_SWEEP).is_file():
+        return GRID
+    return run.method
 
 
 def load_runs(roots: list[Path]) -> tuple[list[Run], list[str]]:
@@ -31,57 +54,239 @@ def load_runs(roots: list[Path]) -> tuple[list[Run], list[str]]:
     return runs, warnings
 
 
-def run_table(runs: list[Run]) -> dict[str, pd.DataFrame]:
-    """One DataFrame per dataset: a row per run with its test metrics at the best-validation epoch."""
-    tables: dict[str, pd.DataFrame] = {}
+@dataclass(frozen=True)
+class Selection:
+    """Which epochs of a run are reported: `best` validation epoch, or the mean of the `last` K."""
+
+    kind: str = "best"
+    k: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Selection:
+        text = text.strip()
+        if text == "best":
+            return cls("best")
+        if text == "last":
+            return cls("last", 1)
+        if text.startswith("last:"):
+            try:
+                k = int(text[5:])
+            except ValueError:
+                k = 0
+            if k > 0:
+                return cls("last", k)
+        raise MtlError(f"--select {text!r}: expected best, last or last:K (K >= 1)", hint="e.g. --select last:5")
+
+    def __str__(self) -> str:
+        return "best" if self.kind == "best" else f"last:{self.k}"
+
+    def describe(self) -> str:
+        """The rule in words, for table captions."""
+        if self.kind == "best":
+            return "test metrics at the epoch with the best mean validation score (selection never sees test)"
+        if self.k == 1:
+            return "test metrics at the last epoch"
+        return f"test metrics averaged over the last {self.k} epochs"
+
+    def epochs(self, records: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The metric records this rule reports (one for `best`, up to K for `last:K`)."""
+        if not records:
+            return []
+        if self.kind == "last":
+            return records[-self.k :]
+        best, best_score = records[0], -math.inf
+        for rec in records:  # first epoch with the strictly highest score, as the trainer's best.pt
+            score = validation_score(rec, tasks)
+            if score > best_score:
+                best, best_score = rec, score
+        return [best]
+
+
+def validation_score(record: dict[str, Any], tasks: list[dict[str, Any]]) -> float:
+    """Mean over tasks of each task's first validation metric, negated when lower is better."""
+    values = []
+    for task in tasks:
+        metric = task["metrics"][0]
+        value = float(record["val"][task["name"]][metric])
+        values.append(value if METRICS[metric].higher_is_better else -value)
+    return sum(values) / len(values)
+
+
+@dataclass
+class RunResult:
+    """One finished run as a table sees it: its label, loss scales and the selected metrics."""
+
+    run: Run
+    label: str
+    scales: tuple[tuple[str, float], ...]
+    epochs: list[int]
+    test: dict[MetricKey, float]
+    val: dict[MetricKey, float]
+    val_score: float
+    alphas: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def method(self) -> str:
+        return method_of(self.run)
+
+    @property
+    def dataset(self) -> str:
+        return self.run.dataset
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.run.recipe["method"].items() if k != "name"}
+
+    @property
+    def step_seconds(self) -> float | None:
+        value = (self.run.summary or {}).get("step_seconds_median")
+        return float(value) if value is not None else None
+
+    @property
+    def total_seconds(self) -> float | None:
+        value = (self.run.summary or {}).get("total_seconds")
+        return float(value) if value is not None else None
+
+    @property
+    def train_seconds(self) -> float | None:
+        summary = self.run.summary or {}
+        value = summary.get("train_seconds", summary.get("total_seconds"))
+        return float(value) if value is not None else None
+
+
+def metric_keys(recipe: dict[str, Any]) -> list[MetricKey]:
+    return [(t["name"], m) for t in recipe["tasks"] for m in t["metrics"]]
+
+
+def loss_scales(recipe: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    """(task, factor) for every task whose loss is scaled (loss_scale != 1)."""
+    return tuple((t["name"], float(t.get("loss_scale", 1.0))) for t in recipe["tasks"] if float(t.get("loss_scale", 1.0)) != 1.0)
+
+
+def describe_scales(scales: tuple[tuple[str, float], ...]) -> str:
+    return ", ".join(f"{task} ×{factor:g}" for task, factor in scales) or "none"
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a.b.0.c': value} for a nested mapping/list."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    if isinstance(node, list) and not all(isinstance(v, int | float) for v in node):
+        out = {}
+        for i, value in enumerate(node):
+            out.update(flatten(value, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "/".join(format_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _is_ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.startswith("method.") or (key.startswith("tasks.") and key.endswith(".loss_scale"))
+
+
+def method_options(run: Run) -> dict[str, Any]:
+    """The run's method options with the method's defaults filled in (as given when it is not registered)."""
+    from mtlcli.methods import REGISTRY  # local: keeps `results` importable without the method registry loaded
+
+    given = {k: v for k, v in run.recipe["method"].items() if k != "name"}
+    info = REGISTRY.get(run.method)
+    if info is None:
+        return given
+    try:
+        return info.options(**given).model_dump(mode="json")
+    except Exception:  # options of another version of the method: compare them as written
+        return given
+
+
+def variant_labels(runs: list[Run]) -> dict[Path, str]:
+    """A label per run: its method name plus the method options and recipe keys that differ.
+
+    Method options (defaults filled in) are compared among runs of the same method
+    (`mgda (grads=loop)`); other recipe keys across all runs of the dataset that have them
+    (`uniform (optim.lr=0.01)`); seeds, devices, paths and loss scales never count.
+    """
+    flat = {run.path: flatten(run.recipe) for run in runs}
+    shared = set.intersection(*(set(f) for f in flat.values())) if flat else set()
+    varying = sorted(k for k in shared if not _is_ignored(k) and len({repr(f[k]) for f in flat.values()}) > 1)
+    labels = {}
+    by_method: dict[str, list[Run]] = {}
+    for run in runs:
+        by_method.setdefault(method_of(run), []).append(run)
+    for method, group in by_method.items():
+        options = {run.path: method_options(run) for run in group}
+        option_keys = sorted({k for o in options.values() for k in o})
+        differing = [k for k in option_keys if len({repr(o.get(k)) for o in options.values()}) > 1]
+        for run in group:
+            parts = [f"{k}={format_value(options[run.path].get(k, '-'))}" for k in differing]
+            parts += [f"{k}={format_value(flat[run.path][k])}" for k in varying]
+            labels[run.path] = f"{method} ({', '.join(parts)})" if parts else method
+    return labels
+
+
+def results_of(runs: list[Run], selection: Selection) -> tuple[list[RunResult], list[str]]:
+    """Every run with its selected metrics; warnings for runs that cannot be read that way."""
+    results, warnings = [], []
     by_dataset: dict[str, list[Run]] = {}
     for run in runs:
         by_dataset.setdefault(run.dataset, []).append(run)
-    for dataset, group in by_dataset.items():
-        rows = []
+    for group in by_dataset.values():
+        labels = variant_labels(group)
         for run in group:
-            assert run.summary is not None
-            row: dict[str, object] = {"method": run.method, "seed": run.seed, "epoch": run.summary["best_epoch"]}
-            primary = []
-            for task in run.recipe["tasks"]:
-                for metric in task["metrics"]:
-                    value = run.summary["test"][task["name"]][metric]
-                    row[f"{task['name']} {metric}"] = value
-                primary.append(run.summary["test"][task["name"]][task["metrics"][0]])
-            row["mean"] = sum(primary) / len(primary)
-            step = run.summary.get("step_seconds_median")
-            row["ms/step"] = step * 1000 if step is not None else None
-            row["run"] = run.path.name
-            rows.append(row)
-        frame = pd.DataFrame(rows)
-        uniform = frame.loc[frame["method"] == "uniform", "ms/step"].dropna()
-        if len(uniform):
-            base = float(uniform.median())
-            frame.insert(frame.columns.get_loc("ms/step") + 1, "x uniform", frame["ms/step"] / base)
-        frame = frame.sort_values(["method", "seed", "run"], kind="stable").reset_index(drop=True)
-        tables[dataset] = frame
-    return tables
+            result, problem = _result_or_problem(run, labels[run.path], selection)
+            if result is not None:
+                results.append(result)
+            else:
+                warnings.append(f"skipped {run.path}: metrics.jsonl lacks what compare needs ({problem})")
+    warnings.extend(
+        f"{r.run.path.name}: only {len(r.epochs)} epoch(s) for --select {selection}"
+        for r in results
+        if selection.kind == "last" and len(r.epochs) < selection.k
+    )
+    return results, warnings
 
 
-def render(tables: dict[str, pd.DataFrame], fmt: Format) -> str:
-    if fmt == "json":
-        payload = {name: json.loads(frame.to_json(orient="records")) for name, frame in tables.items()}
-        return json.dumps(payload, indent=2) + "\n"
-    if fmt == "csv":
-        parts = []
-        for name, frame in tables.items():
-            buffer = io.StringIO()
-            frame.insert(0, "dataset", name)
-            frame.to_csv(buffer, index=False, float_format="%.6g")
-            frame.pop("dataset")
-            parts.append(buffer.getvalue())
-        header, *rest = parts or [""]
-        return header + "".join(p.split("\n", 1)[1] for p in rest)
-    style = "github" if fmt == "markdown" else "simple"
-    blocks = []
-    for name, frame in tables.items():
-        caption = f"{name}: test metrics (%) at the best-validation epoch"
-        title = f"### {caption}" if fmt == "markdown" else caption
-        body = tabulate(frame, headers="keys", tablefmt=style, showindex=False, floatfmt=".2f", missingval="-")
-        blocks.append(f"{title}\n\n{body}\n")
-    return "\n".join(blocks)
+def _result_or_problem(run: Run, label: str, selection: Selection) -> tuple[RunResult | None, str]:
+    try:
+        return _result(run, label, selection), ""
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _result(run: Run, label: str, selection: Selection) -> RunResult:
+    tasks = run.recipe["tasks"]
+    chosen = selection.epochs(run.metrics, tasks)
+    if not chosen:
+        raise ValueError("no epochs recorded")
+    keys = metric_keys(run.recipe)
+
+    def mean_of(split: str) -> dict[MetricKey, float]:
+        return {(t, m): statistics.fmean(float(rec[split][t][m]) for rec in chosen) for t, m in keys}
+
+    alphas: dict[str, list[float]] = {t["name"]: [] for t in tasks}
+    for rec in run.metrics:
+        for name in alphas:
+            alphas[name].append(float(rec.get("alphas", {}).get(name, math.nan)))
+    return RunResult(
+        run=run,
+        label=label,
+        scales=loss_scales(run.recipe),
+        epochs=[int(rec["epoch"]) for rec in chosen],
+        test=mean_of("test"),
+        val=mean_of("val"),
+        val_score=statistics.fmean(validation_score(rec, tasks) for rec in chosen),
+        alphas=alphas,
+    )

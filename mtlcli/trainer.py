@@ -39,6 +39,7 @@ except ImportError:  # not POSIX: run directories are not locked
 
 from mtlcli import __version__, methods
 from mtlcli.data.store import PreparedDataset, load_prepared, resolve_data_dir
+from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError, RunError
 from mtlcli.evaluation import DeviceSplit, evaluate, selection_score
 from mtlcli.io import append_jsonl, atomic_open, read_jsonl, write_json_atomic, write_text_atomic
@@ -84,6 +85,8 @@ def tasks_of(recipe: Recipe) -> list[Task]:
 
 
 def load_dataset(recipe: Recipe, data_dir: Path | None = None) -> PreparedDataset:
+    if recipe.data.synthetic:  # random tensors of the recipe's shapes: no download, for timing and smoke tests
+        return synthetic_dataset(recipe.data.name, size=recipe.data.size or 28, seed=recipe.train.seed)
     dataset = load_prepared(resolve_data_dir(data_dir or recipe.data.dir), recipe.data.name)
     size = int(dataset.meta["size"])
     if recipe.data.size is not None and recipe.data.size != size:

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from mtlcli import __version__
-from mtlcli.cli import compare, evaluate, methods, prepare, train
+from mtlcli.cli import ablate, compare, evaluate, methods, prepare, train
 
 app = typer.Typer(
     name="mtl",
@@ -39,6 +39,7 @@ app.command("prepare", no_args_is_help=True)(prepare.prepare)
 app.command("train")(train.train)
 app.command("eval", no_args_is_help=True)(evaluate.evaluate)
 app.command("compare", no_args_is_help=True)(compare.compare)
+app.command("ablate", no_args_is_help=True)(ablate.ablate)
 app.command("methods")(methods.list_methods)
 
 

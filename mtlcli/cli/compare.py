@@ -1,4 +1,4 @@
-"""`mtl compare`: one table per dataset over every run found under the given directories."""
+"""`mtl compare`: the papers' tables (and, with --out, figures and report.html) from run directories."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Annotated
 
 import typer
 
-from mtlcli.cli._common import err_console, handle_errors, out_console
+from mtlcli.ablation import ablation_table, find_ablations
+from mtlcli.cli._common import err_console, handle_errors
 from mtlcli.errors import MtlError
-from mtlcli.io import write_text_atomic
-from mtlcli.results import load_runs, render, run_table
+from mtlcli.report import render, write_report
+from mtlcli.report.tables import build_tables, groups_of
+from mtlcli.results import Selection, load_runs, results_of
 
 
 class Format(str, Enum):
@@ -19,23 +21,44 @@ class Format(str, Enum):
     markdown = "markdown"
     csv = "csv"
     json = "json"
+    latex = "latex"
 
 
 @handle_errors
 def compare(
     dirs: Annotated[list[Path], typer.Argument(help="Directories searched recursively for run directories.")],
-    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
-    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Format of the tables printed to stdout.")] = Format.table,
+    select: Annotated[
+        str, typer.Option(help="best (test at the best-validation epoch) or last:K (mean of the last K epochs).")
+    ] = "best",
+    runs_: Annotated[bool, typer.Option("--runs", help="Also print a table with a row per run.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Directory to write every table (csv, md, tex, json), every figure (png, svg) and report.html."),
+    ] = None,
 ) -> None:
-    """Compare runs: test metrics at the best-validation epoch, step time and its ratio to uniform."""
+    """Compare methods: per-dataset tables over seeds, Δm% vs single-task, ranks, timing and scale ablations.
+
+    Tables go to stdout in --format; with --out DIR, DIR also gets each table in every format (the
+    per-run tables included), the figures and a self-contained report.html. Step-cost tables written
+    by `mtl ablate` under the same directories are included.
+    """
+    selection = Selection.parse(select)
     runs, warnings = load_runs(dirs)
-    for warning in warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    if not runs:
+    results, more = results_of(runs, selection)
+    ablations, even_more = find_ablations(dirs)
+    notes = [*warnings, *more, *even_more]
+    for note in notes:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
+    if not results and not ablations:
         raise MtlError(f"no finished runs under {', '.join(map(str, dirs))}", hint="train some with `mtl train`")
-    text = render(run_table(runs), fmt.value)
+    ablation_tables = [ablation_table(a) for a in ablations]
+    tables = build_tables(results, selection, runs=runs_) + ablation_tables
+    typer.echo(render(tables, fmt.value), nl=False)
     if out is not None:
-        write_text_atomic(out, text)
-        err_console.print(f"wrote {out}")
-    else:
-        out_console.print(text, markup=False, highlight=False, end="")
+        tables = build_tables(results, selection, runs=True) + ablation_tables  # the folder gets every table
+        summary = (
+            f"{len(results)} runs from {', '.join(map(str, dirs))}; --select {selection}: {selection.describe()}."
+        )
+        written = write_report(out, tables, groups_of(results), fmt.value, notes=notes, summary=summary)
+        err_console.print(f"wrote {len(written)} files to {out} (open {out / 'report.html'})", highlight=False)

@@ -24,6 +24,9 @@ def train(
     method: Annotated[str | None, typer.Option(help="Method to train (see `mtl methods`); replaces the recipe's.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Train once per seed, e.g. 0,1,2 (one run directory each).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     out: Annotated[str | None, typer.Option(help="Override output.dir (runs are created inside it).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Prepared-data directory [default: $MTL_DATA_DIR or ./data].")] = None,
@@ -33,21 +36,34 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train a recipe; prints the run directory when done."""
+    """Train a recipe; prints the run directory when done (one per seed with --seeds)."""
     if resume is not None:
-        if recipe is not None or any(v is not None for v in (method, epochs, seed, device, out, data_dir)) or set_:
+        if recipe is not None or any(v is not None for v in (method, epochs, seed, seeds, device, out, data_dir)) or set_:
             raise MtlError("--resume takes no recipe or overrides: a run continues with its own recipe")
         trainer = Trainer.resume(resume, console=err_console, show_progress=not quiet)
-    else:
-        if recipe is None:
-            raise MtlError("no recipe given", hint="e.g. mtl train recipes/multifashion.yaml --method mgda-ub")
-        resolved = recipes.load(
-            recipe, method=method, epochs=epochs, seed=seed, device=device, out=out, data_dir=data_dir, sets=set_ or []
+        _run(trainer)
+        return
+    if recipe is None:
+        raise MtlError("no recipe given", hint="e.g. mtl train recipes/multifashion.yaml --method mgda-ub")
+    if seed is not None and seeds is not None:
+        raise MtlError("--seed and --seeds both given", hint="use --seeds 0,1,2 alone (or --seed N for one run)")
+    seed_list = parse_seeds(seeds) if seeds is not None else [seed]
+    resolved = [
+        recipes.load(
+            recipe, method=method, epochs=epochs, seed=s, device=device, out=out, data_dir=data_dir, sets=set_ or []
         )
-        if resolved.method.name == "grid":
-            out_console.print(str(train_grid(resolved, quiet=quiet)))
-            return
-        trainer = Trainer(resolved, console=err_console, show_progress=not quiet)
+        for s in seed_list
+    ]  # every seed's recipe is validated before the first one trains
+    for i, one in enumerate(resolved):
+        if len(resolved) > 1:
+            err_console.print(f"seed {one.train.seed} ({i + 1}/{len(resolved)})")
+        if one.method.name == "grid":
+            out_console.print(str(train_grid(one, quiet=quiet)))
+            continue
+        _run(Trainer(one, console=err_console, show_progress=not quiet))
+
+
+def _run(trainer: Trainer) -> None:
     err_console.print(f"training {trainer.recipe.method.name} on {trainer.recipe.data.name} ({trainer.device})")
     run_dir = trainer.run()
     out_console.print(str(run_dir))
@@ -86,3 +102,23 @@ def train_grid(recipe: Recipe, *, quiet: bool = False) -> Path:
     write_json_atomic(summary_path, summary)
     err_console.print(f"grid: best on validation {runs[best]['weights']} ({runs[best]['run']})")
     return sweep
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' -> [0, 1, 2]; also ranges '0-4'. Seeds are non-negative and listed once each."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        try:
+            if "-" in part[1:]:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                values = list(range(lo, hi + 1))
+            else:
+                values = [int(part)]
+        except ValueError:
+            raise MtlError(f"--seeds {text!r}: {part!r} is not a seed", hint="e.g. --seeds 0,1,2 or --seeds 0-4") from None
+        seeds.extend(values)
+    if not seeds or any(s < 0 for s in seeds):
+        raise MtlError(f"--seeds {text!r}: seeds must be non-negative integers", hint="e.g. --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise MtlError(f"--seeds {text!r}: a seed is listed twice")
+    return seeds

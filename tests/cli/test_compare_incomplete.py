@@ -23,11 +23,11 @@ def test_compare_skips_incomplete_runs(data_dir, tmp_path) -> None:
     damaged = shutil.copytree(finished, out / "damaged-run")
     (damaged / "metrics.jsonl").write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
 
-    result = CliRunner().invoke(app, ["compare", str(out), "--format", "json"])
+    result = CliRunner().invoke(app, ["compare", str(out), "--format", "json", "--runs"])
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2, result.stderr
     assert any(t.run_dir.name in w and "incomplete" in w for w in warnings)
     assert any("damaged-run" in w for w in warnings)
-    rows = json.loads(result.stdout)["multifashion"]
+    rows = json.loads(result.stdout)["multifashion-runs"]["rows"]
     assert [row["run"] for row in rows] == [finished.name]

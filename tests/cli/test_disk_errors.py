@@ -60,17 +60,18 @@ def test_disk_full_mid_training_keeps_last_checkpoint_and_resume_works(data_dir,
 def test_read_only_file_system_leaves_existing_results_unchanged(data_dir, tmp_path, monkeypatch) -> None:
     run_dir = trainer(recipe(data_dir, tmp_path / "out", epochs=1)).run()
     assert runner.invoke(app, ["eval", str(run_dir), "--device", "cpu"]).exit_code == 0
-    table = tmp_path / "table.md"
-    assert runner.invoke(app, ["compare", str(tmp_path / "out"), "--out", str(table)]).exit_code == 0
+    report = tmp_path / "report"  # compare --out writes a directory of tables, figures and report.html
+    table = report / "tables.txt"
+    assert runner.invoke(app, ["compare", str(tmp_path / "out"), "--out", str(report)]).exit_code == 0
     before, table_before = snapshot(run_dir), table.read_bytes()
     (run_dir / "eval-test-best.json").write_text('{"old": true}\n')
     before = snapshot(run_dir)
 
     fail_replace(monkeypatch, errno.EROFS, lambda dst: True)
     assert_clean_error(["eval", str(run_dir), "--device", "cpu"], "eval-test-best.json: Read-only file system", "read-only")
-    assert_clean_error(["compare", str(tmp_path / "out"), "--out", str(table)], "Read-only file system")
+    assert_clean_error(["compare", str(tmp_path / "out"), "--out", str(report)], "Read-only file system")
     assert snapshot(run_dir) == before and table.read_bytes() == table_before
-    assert not list(run_dir.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    assert not list(run_dir.glob(".*.tmp")) and not list(report.rglob(".*.tmp"))
 
 
 def test_read_only_output_directory_for_a_new_run(data_dir, tmp_path, write_recipe, monkeypatch) -> None:

@@ -41,7 +41,7 @@ def test_prepare_train_eval_compare(raw_dirs, tmp_path, write_recipe, tiny_recip
 
     result = runner.invoke(app, ["compare", str(tmp_path / "results"), "--format", "json"])
     assert result.exit_code == 0, result.output
-    table = json.loads(result.stdout)["multifashion"]
+    table = json.loads(result.stdout)["multifashion-methods"]["rows"]
     assert sorted(row["method"] for row in table) == ["mgda-ub", "uniform"]
     uniform = next(row for row in table if row["method"] == "uniform")
-    assert uniform["x uniform"] == 1.0
+    assert uniform["× uniform"] == 1.0

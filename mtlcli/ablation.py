@@ -1,0 +1,303 @@
+"""`mtl ablate`: what one training step of each method costs, on the same model, batch and device.
+
+Every method starts from the same initial weights and the same batch, in one process: a warm-up,
+then the median of N timed steps (zero_grad + forward + the method's backward + optimiser step),
+with CUDA synchronised around each step on a GPU. Reported absolute and as a ratio to uniform, with
+the peak memory where the device reports it (CUDA).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+
+from mtlcli import __version__, methods
+from mtlcli.data.store import PreparedDataset
+from mtlcli.data.synthetic import synthetic_dataset
+from mtlcli.errors import MtlError
+from mtlcli.evaluation import DeviceSplit
+from mtlcli.methods.base import Step
+from mtlcli.recipe import MethodConfig, Recipe
+from mtlcli.report.tables import Table
+from mtlcli.trainer import load_dataset, make_model, make_optimizer, resolve_device, tasks_of
+
+KIND = "mtl-ablation"
+BLOCK = 5  # timed steps per method before the next method takes its turn
+# The timing-relevant methods, in the order the table shows them; names not registered are skipped.
+DEFAULT_METHODS = (
+    "uniform",
+    "mgda-ub",
+    "mgda:grads=loop",
+    "mgda:grads=batched",
+    "imtl-g",
+    "imtl-g-exact",
+    "pcgrad",
+    "gradnorm",
+)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """`name[:key=value[:key=value]]`, e.g. `mgda:grads=batched` (values parsed as YAML)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name} ({opts})" if opts else self.name
+
+    @classmethod
+    def parse(cls, text: str) -> MethodSpec:
+        name, *assignments = text.strip().split(":")
+        options: dict[str, Any] = {}
+        for item in assignments:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise MtlError(f"--methods {text!r}: {item!r} is not key=value", hint="e.g. --methods mgda:grads=batched")
+            options[key.strip()] = yaml.safe_load(value)
+        if not name:
+            raise MtlError(f"--methods {text!r}: no method name")
+        return cls(name, options)
+
+
+def parse_methods(items: list[str] | None) -> tuple[list[MethodSpec], list[str]]:
+    """The methods to time and notes on skipped defaults; explicit unknown methods are errors."""
+    if not items:
+        specs = [MethodSpec.parse(s) for s in DEFAULT_METHODS]
+        kept = [s for s in specs if s.name in methods.REGISTRY and _valid(s)]
+        notes = [f"{s.label}: not available in this build, skipped" for s in specs if s not in kept]
+        return kept, notes
+    specs = [MethodSpec.parse(part) for item in items for part in item.split(",") if part.strip()]
+    for spec in specs:
+        if spec.name not in methods.REGISTRY:
+            raise MtlError(f"unknown method {spec.name!r}", hint=f"choose from: {', '.join(methods.REGISTRY)}")
+        problems = methods.option_problems(spec.name, spec.options)
+        if problems:
+            text = "; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems)
+            raise MtlError(f"--methods {spec.label}: {text}")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise MtlError("--methods lists a method twice")
+    return specs, []
+
+
+def _valid(spec: MethodSpec) -> bool:
+    return not methods.option_problems(spec.name, spec.options)
+
+
+def _synchronize(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit, list[int]]:
+    """The dataset (for the model's shapes) and a one-batch train split: real data, or random tensors."""
+    batch = recipe.train.batch_size
+    if recipe.data.synthetic:
+        counts = {"train": batch, "val": 1, "test": 1}
+        dataset = synthetic_dataset(recipe.data.name, size=recipe.data.size or 28, seed=recipe.train.seed, counts=counts)
+    else:
+        dataset = load_dataset(recipe)
+    columns = [dataset.task_names.index(t.name) for t in recipe.tasks]
+    images = torch.from_numpy(dataset.images["train"][:batch])
+    labels = torch.from_numpy(dataset.labels["train"][:batch].astype("int64"))
+    split = DeviceSplit(images=images, labels=labels, mean=recipe.data.mean, std=recipe.data.std)
+    return dataset, split, columns
+
+
+@dataclass
+class _Contender:
+    """One method under test with its own copy of the model (same initial weights) and optimiser."""
+
+    spec: MethodSpec
+    method: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    times: list[float] = field(default_factory=list)
+    cpu_times: list[float] = field(default_factory=list)
+    peak_mib: float | None = None
+
+
+def run_ablation(
+    recipe: Recipe,
+    specs: list[MethodSpec],
+    *,
+    steps: int = 20,
+    warmup: int = 5,
+    block: int = BLOCK,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Time every method on the same model, batch and device; the JSON payload `mtl ablate` writes.
+
+    The timed steps run in blocks of `block` steps, method after method, round after round, so that
+    a machine busy with other work slows every method alike instead of whichever ran at that moment.
+    """
+    if steps < 1 or warmup < 0 or block < 1:
+        raise MtlError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    device = resolve_device(recipe.train.device)
+    sync = _synchronize(device)
+    cuda = device.type == "cuda"
+    dataset, split, columns = ablation_batch(recipe)
+    x, y = split.batch(slice(None))
+    x, y = x.to(device), y.to(device)
+    tasks = tasks_of(recipe)
+    contenders = []
+    for spec in specs:
+        options = dict(recipe.method.options) if spec.name == recipe.method.name else {}
+        options.update(spec.options)
+        method = methods.build(spec.name, **options)
+        setup = getattr(method, "setup", None)  # methods with learnable state create it here
+        if setup is not None:
+            setup(len(tasks), device)
+        for p in method.parameters():
+            p.data = p.data.to(device)
+        as_trained = recipe.model_copy(update={"method": MethodConfig(name=spec.name, **options)})
+        torch.manual_seed(recipe.train.seed)  # the same initial weights for every method
+        model = make_model(as_trained, dataset).to(device).train()  # the method's own architecture, if any
+        optimizer = make_optimizer(recipe, [*model.parameters(), *method.parameters()])
+        contenders.append(_Contender(spec, method, model, optimizer))
+
+    def step(c: _Contender) -> None:
+        c.optimizer.zero_grad(set_to_none=True)
+        z, outputs = c.model(x)
+        losses = torch.stack(
+            [t.loss_scale * t.compute_loss(outputs[t.name], y[:, col]) for t, col in zip(tasks, columns, strict=True)]
+        )
+        c.method.backward(Step(c.model, z, losses))
+        c.optimizer.step()
+
+    torch.manual_seed(recipe.train.seed)
+    for c in contenders:
+        for _ in range(warmup):
+            step(c)
+    remaining = steps
+    while remaining > 0:
+        size = min(block, remaining)
+        for c in contenders:
+            c.optimizer.zero_grad(set_to_none=True)
+            sync()
+            if cuda:
+                resident = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            for _ in range(size):
+                sync()
+                start, cpu_start = time.perf_counter(), time.process_time()
+                step(c)
+                sync()
+                c.times.append(time.perf_counter() - start)
+                c.cpu_times.append(time.process_time() - cpu_start)
+            if cuda:
+                peak = (torch.cuda.max_memory_allocated(device) - resident) / 2**20
+                c.peak_mib = max(c.peak_mib or 0.0, peak)
+        remaining -= size
+    rows = []
+    for c in contenders:
+        rows.append(
+            {
+                "label": c.spec.label,
+                "method": c.spec.name,
+                "options": c.spec.options,
+                "median_ms": statistics.median(c.times) * 1000.0,
+                "mean_ms": statistics.fmean(c.times) * 1000.0,
+                "min_ms": min(c.times) * 1000.0,
+                "max_ms": max(c.times) * 1000.0,
+                "cpu_median_ms": statistics.median(c.cpu_times) * 1000.0,
+                "peak_mib": c.peak_mib,
+                "timed_steps": len(c.times),
+            }
+        )
+        if progress is not None:
+            progress(f"{c.spec.label}: {rows[-1]['median_ms']:.2f} ms/step")
+    base = next((r["median_ms"] for r in rows if r["method"] == "uniform" and not r["options"]), None)
+    for row in rows:
+        row["ratio"] = row["median_ms"] / base if base else None
+    cpu_base = next((r["cpu_median_ms"] for r in rows if r["method"] == "uniform" and not r["options"]), None)
+    for row in rows:
+        row["cpu_ratio"] = row["cpu_median_ms"] / cpu_base if cpu_base else None
+    return {
+        "kind": KIND,
+        "dataset": recipe.data.name,
+        "synthetic": recipe.data.synthetic,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "batch_size": recipe.train.batch_size,
+        "tasks": [t.name for t in tasks],
+        "warmup": warmup,
+        "steps": steps,
+        "block": block,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"mtlcli": __version__, "torch": torch.__version__},
+        "methods": rows,
+    }
+
+
+def ablation_table(payload: dict[str, Any]) -> Table:
+    """The measured step costs as a compare table."""
+    cpu = not payload["device"].startswith("cuda")
+    rows = []
+    for r in payload["methods"]:
+        row = {
+            "method": r["label"],
+            "ms/step": r["median_ms"],
+            "× uniform": r["ratio"] if r["ratio"] is not None else math.nan,
+            "min ms": r["min_ms"],
+            "max ms": r["max_ms"],
+        }
+        if cpu and "cpu_median_ms" in r:  # CPU time: what a step costs whatever else runs on the machine
+            row["CPU ms/step"] = r["cpu_median_ms"]
+            row["CPU × uniform"] = r["cpu_ratio"] if r.get("cpu_ratio") is not None else math.nan
+        else:
+            row["peak MiB"] = r["peak_mib"] if r["peak_mib"] is not None else math.nan
+        rows.append(row)
+    data = "random tensors of its shapes" if payload["synthetic"] else "its real data"
+    device = payload["device"]
+    caption = (
+        f"{payload['dataset']} ({data}), batch {payload['batch_size']}, {len(payload['tasks'])} tasks, on {device} "
+        f"({payload['device_name']}, {payload['threads']} threads): median of {payload['steps']} steps after "
+        f"{payload['warmup']} warm-up steps; every method starts from the same initial weights on the same batch; a step "
+        "is zero_grad + forward + the method's backward + optimiser step; methods take turns in blocks of "
+        f"{payload.get('block', BLOCK)} steps, so a busy machine slows them alike"
+        + (
+            "; CUDA synchronised around each step; peak MiB: the most memory a step allocates beyond what was resident."
+            if device.startswith("cuda")
+            else (
+                "; CPU ms/step: the process's CPU time per step (median), robust to other load on the machine"
+                if any("cpu_median_ms" in r for r in payload["methods"])
+                else ""
+            )
+            + "; peak memory is not reported on the CPU."
+        )
+    )
+    key = f"ablation-{payload['dataset']}-{device.replace(':', '')}"
+    return Table(key, f"{payload['dataset']}: step-cost ablation ({device})", caption, pd.DataFrame(rows))
+
+
+def find_ablations(roots: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Ablation payloads (`ablation-*.json` written by `mtl ablate`) under `roots`."""
+    found, warnings = [], []
+    paths = sorted({p for root in roots for p in ([root] if root.is_file() else root.rglob("ablation-*.json"))})
+    for path in paths:
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            warnings.append(f"skipped {path}: {exc}")
+            continue
+        if isinstance(payload, dict) and payload.get("kind") == KIND:
+            found.append(payload)
+    return found, warnings

@@ -1,0 +1,329 @@
+"""The tables of `mtl compare`: methods per dataset, grid search, exact-vs-UB timing, scale invariance.
+
+Every table is a `Table`: a numeric DataFrame (means, with their seed standard deviations in
+companion `<column> std` columns), a title and a caption that states the selection rule. Renderers
+(`mtlcli.report.render`) turn the pairs into "mean ± std" where the format is for people.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from mtlcli.results import (
+    GRID,
+    SINGLE_TASK,
+    UNIFORM,
+    MetricKey,
+    RunResult,
+    Selection,
+    describe_scales,
+    metric_keys,
+)
+from mtlcli.tasks import METRICS
+
+# (exact, representation-level) variants of the same method: the paper's Table 2 ablation.
+EXACT_PAIRS: tuple[tuple[str, str], ...] = (("mgda", "mgda-ub"), ("imtl-g-exact", "imtl-g"))
+DELTA_METRICS = "Δm% (metrics)"
+DELTA_TASKS = "Δm% (tasks)"
+MEAN_RANK = "mean rank"
+DELTA_NOTE = (
+    "Δm% = mean of (-1)^h (M - M_st) / M_st × 100 against single-task (h = 1 when higher is better; "
+    "lower is better, negative beats single-task): (metrics) averages over all metrics (Nash-MTL, CAGrad, FAMO), "
+    "(tasks) over tasks of each task's mean (LibMTL)."
+)
+
+
+@dataclass
+class Table:
+    """A numeric table; `spread` maps a value column to the column holding its std over seeds."""
+
+    key: str
+    title: str
+    caption: str
+    frame: pd.DataFrame
+    spread: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    """The runs (seeds) of one method variant on one dataset with the same loss scales."""
+
+    dataset: str
+    label: str
+    method: str
+    scales: tuple[tuple[str, float], ...]
+    results: list[RunResult]
+
+    @property
+    def n(self) -> int:
+        return len(self.results)
+
+    @property
+    def keys(self) -> list[MetricKey]:
+        return metric_keys(self.results[0].run.recipe)
+
+    @property
+    def tasks(self) -> list[dict]:
+        return self.results[0].run.recipe["tasks"]
+
+    def stat(self, value: Callable[[RunResult], float | None]) -> tuple[float, float]:
+        """Mean and sample std (n - 1; NaN for one run) of `value` over the runs that have it."""
+        values = [v for v in (value(r) for r in self.results) if v is not None and not math.isnan(v)]
+        if not values:
+            return math.nan, math.nan
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
+
+    def test(self, key: MetricKey) -> tuple[float, float]:
+        return self.stat(lambda r: r.test.get(key, math.nan))
+
+    @property
+    def val_score(self) -> float:
+        return self.stat(lambda r: r.val_score)[0]
+
+
+def groups_of(results: Iterable[RunResult]) -> dict[str, list[Group]]:
+    """Groups per dataset, in a stable order: single-task, uniform, then by label."""
+    found: dict[tuple[str, str, tuple[tuple[str, float], ...]], list[RunResult]] = {}
+    for result in results:
+        found.setdefault((result.dataset, result.label, result.scales), []).append(result)
+    out: dict[str, list[Group]] = {}
+    for (dataset, label, scales), members in found.items():
+        members.sort(key=lambda r: (r.seed, r.run.path.name))
+        out.setdefault(dataset, []).append(Group(dataset, label, members[0].method, scales, members))
+    order = {SINGLE_TASK: 0, UNIFORM: 1}
+    for groups in out.values():
+        groups.sort(key=lambda g: (order.get(g.method, 2), g.label, g.scales))
+    return dict(sorted(out.items()))
+
+
+def column(key: MetricKey) -> str:
+    return f"{key[0]} {key[1]}"
+
+
+def reference_group(groups: list[Group]) -> Group | None:
+    """The unscaled single-task group (the one with most seeds when there are variants)."""
+    candidates = [g for g in groups if g.method == SINGLE_TASK and not g.scales]
+    return max(candidates, key=lambda g: g.n) if candidates else None
+
+
+def delta_m(values: dict[MetricKey, float], reference: dict[MetricKey, float]) -> tuple[float, float]:
+    """(Δm% over all metrics, Δm% over tasks of each task's mean); lower is better in both."""
+    terms: dict[MetricKey, float] = {}
+    for key, value in values.items():
+        base = reference.get(key, math.nan)
+        sign = -1.0 if METRICS[key[1]].higher_is_better else 1.0
+        terms[key] = sign * (value - base) / base * 100.0 if base else math.nan
+    by_task: dict[str, list[float]] = {}
+    for (task, _), term in terms.items():
+        by_task.setdefault(task, []).append(term)
+    over_metrics = statistics.fmean(terms.values()) if terms else math.nan
+    over_tasks = statistics.fmean(statistics.fmean(v) for v in by_task.values()) if by_task else math.nan
+    return over_metrics, over_tasks
+
+
+def primary_metric(groups: list[Group]) -> str | None:
+    """The first metric shared by every task, when all tasks lead with the same one."""
+    firsts = {t["metrics"][0] for t in groups[0].tasks}
+    return next(iter(firsts)) if len(firsts) == 1 else None
+
+
+def collapse_grid(groups: list[Group]) -> tuple[list[Group], Group | None, int]:
+    """Replace the grid points by the one with the best mean validation score (never test)."""
+    points = [g for g in groups if g.method == GRID and not g.scales]
+    if not points:
+        return groups, None, 0
+    best = max(points, key=lambda g: g.val_score)
+    return [g for g in groups if g not in points or g is best], best, len(points)
+
+
+def method_table(dataset: str, groups: list[Group], selection: Selection) -> Table:
+    """A row per method variant (seeds aggregated), single-task reference first; Δm%, mean rank, timing."""
+    unscaled = [g for g in groups if not g.scales]
+    rows_groups, grid_best, grid_points = collapse_grid(unscaled)
+    keys = unscaled[0].keys
+    reference = reference_group(unscaled)
+    ref_values = {k: reference.test(k)[0] for k in keys} if reference else None
+    primary = primary_metric(unscaled)
+    uniform = next((g for g in unscaled if g.method == UNIFORM), None)
+    uniform_step = uniform.stat(lambda r: r.step_seconds)[0] if uniform else math.nan
+    rows, spread = [], {}
+    for group in rows_groups:
+        label = group.label
+        if group is grid_best:
+            label = f"{label} [best of {grid_points} on val]"
+        row: dict[str, object] = {"method": label, "n": group.n}
+        for key in keys:
+            mean, std = group.test(key)
+            row[column(key)], row[f"{column(key)} std"] = mean, std
+            spread[column(key)] = f"{column(key)} std"
+        if primary is not None:
+            name = f"mean {primary}"
+            firsts = [(t["name"], t["metrics"][0]) for t in group.tasks]
+            row[name], row[f"{name} std"] = group.stat(
+                lambda r, f=firsts: statistics.fmean(r.test.get(k, math.nan) for k in f)
+            )
+            spread[name] = f"{name} std"
+        if ref_values is not None:
+            row[DELTA_METRICS], row[f"{DELTA_METRICS} std"] = group.stat(lambda r: delta_m(r.test, ref_values)[0])
+            row[DELTA_TASKS], row[f"{DELTA_TASKS} std"] = group.stat(lambda r: delta_m(r.test, ref_values)[1])
+            spread[DELTA_METRICS], spread[DELTA_TASKS] = f"{DELTA_METRICS} std", f"{DELTA_TASKS} std"
+        step = group.stat(lambda r: r.step_seconds)[0]
+        row["ms/step"] = step * 1000.0
+        row["× uniform"] = step / uniform_step if uniform_step else math.nan
+        row["train min"] = group.stat(lambda r: r.train_seconds)[0] / 60.0
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    ranked = pd.Series([g.method != SINGLE_TASK for g in rows_groups], index=frame.index)
+    if ranked.any():
+        ranks = pd.DataFrame(
+            {
+                column(k): frame.loc[ranked, column(k)].rank(ascending=not METRICS[k[1]].higher_is_better, method="average")
+                for k in keys
+            }
+        )
+        frame.insert(frame.columns.get_loc("ms/step"), MEAN_RANK, ranks.mean(axis=1))
+    caption = f"{dataset}: {selection.describe()}; mean ± std over n seeds (std with n - 1)."
+    if ref_values is not None:
+        caption += " " + DELTA_NOTE
+    else:
+        caption += " No single-task runs, so no Δm%."
+    caption += " Mean rank over all metrics among the multi-task rows (1 is best)."
+    if grid_best is not None:
+        caption += f" The grid row is the grid point with the best mean validation score of {grid_points}."
+    caption += " ms/step: median step time (mean over seeds); train min: training time without evaluation."
+    return Table(f"{dataset}-methods", f"{dataset}: methods", caption, frame, spread)
+
+
+def _grid_order(group: Group) -> tuple:
+    """Grid points in the order of their weight vectors (then by label)."""
+    weights = group.results[0].options.get("weights")
+    numeric = isinstance(weights, list) and all(isinstance(w, int | float) for w in weights)
+    return (tuple(-w for w in weights) if numeric else (), group.label)
+
+
+def grid_table(dataset: str, groups: list[Group], selection: Selection) -> Table | None:
+    """Every grid-search point with its validation score and test metrics (the front of the figures)."""
+    points = [g for g in groups if g.method == GRID and not g.scales]
+    if not points:
+        return None
+    keys = points[0].keys
+    rows, spread = [], {}
+    for group in sorted(points, key=_grid_order):
+        row: dict[str, object] = {"grid point": group.label, "n": group.n, "val score": group.val_score}
+        for key in keys:
+            row[column(key)], row[f"{column(key)} std"] = group.test(key)
+            spread[column(key)] = f"{column(key)} std"
+        rows.append(row)
+    caption = (
+        f"{dataset}: every grid-search point (fixed loss weights); {selection.describe()}. "
+        "val score: mean validation score that picks the grid row of the methods table."
+    )
+    return Table(f"{dataset}-grid", f"{dataset}: grid search", caption, pd.DataFrame(rows), spread)
+
+
+def timing_table(dataset: str, groups: list[Group], selection: Selection) -> Table | None:
+    """Exact vs representation-level variants (paper Table 2): time, ms/step, speed-up, metrics."""
+    unscaled = [g for g in groups if not g.scales]
+    rows, spread = [], {}
+    for exact, approx in EXACT_PAIRS:
+        exact_groups = [g for g in unscaled if g.method == exact]
+        approx_groups = [g for g in unscaled if g.method == approx]
+        if not exact_groups or not approx_groups:
+            continue
+        times = [g.stat(lambda r: r.train_seconds)[0] for g in exact_groups]
+        steps = [g.stat(lambda r: r.step_seconds)[0] for g in exact_groups]
+        fastest_time, fastest_step = min(times), min(steps)
+        for group in exact_groups + approx_groups:
+            seconds = group.stat(lambda r: r.train_seconds)[0]
+            step = group.stat(lambda r: r.step_seconds)[0]
+            row: dict[str, object] = {
+                "method": group.label,
+                "gradients": "shared parameters (exact)" if group.method == exact else "representation",
+                "n": group.n,
+                "train min": seconds / 60.0,
+                "total min": group.stat(lambda r: r.total_seconds)[0] / 60.0,
+                "ms/step": step * 1000.0,
+                "speed-up": fastest_time / seconds if seconds else math.nan,
+                "step speed-up": fastest_step / step if step else math.nan,
+            }
+            for key in group.keys:
+                row[column(key)], row[f"{column(key)} std"] = group.test(key)
+                spread[column(key)] = f"{column(key)} std"
+            rows.append(row)
+    if not rows:
+        return None
+    caption = (
+        f"{dataset}: exact methods (per-task gradients on the shared parameters) vs their representation-level "
+        "variants, as in Sener & Koltun (2018) Table 2. train min: training time without evaluation, total min: with it "
+        "(means over seeds); "
+        "speed-up: the fastest exact variant's time divided by the row's; step speed-up: the same for the median "
+        f"ms/step. Metrics: {selection.describe()}, mean ± std over n seeds. Times are as each run recorded them: "
+        "runs trained at different times on a shared machine are not comparable; `mtl ablate` times the methods "
+        "side by side."
+    )
+    return Table(f"{dataset}-timing", f"{dataset}: exact vs representation-level", caption, pd.DataFrame(rows), spread)
+
+
+def scale_table(dataset: str, groups: list[Group], selection: Selection) -> Table | None:
+    """Runs with scaled task losses against the same method unscaled: |change| of every metric (IMTL Table 1)."""
+    unscaled = {g.label: g for g in groups if not g.scales}
+    rows = []
+    for group in groups:
+        base = unscaled.get(group.label)
+        if not group.scales or base is None:
+            continue
+        row: dict[str, object] = {"method": group.label, "scaling": describe_scales(group.scales), "n": group.n, "n base": base.n}
+        changes = []
+        for key in group.keys:
+            change = abs(group.test(key)[0] - base.test(key)[0])
+            row[f"|Δ| {column(key)}"] = change
+            changes.append(change)
+        row["mean |Δ|"] = statistics.fmean(changes)
+        rows.append(row)
+    if not rows:
+        return None
+    caption = (
+        f"{dataset}: scale invariance (IMTL, Liu et al. 2021, Table 1). Each row trains with the listed task losses "
+        "multiplied by a constant; |Δ| is the absolute change of the mean test metric against the same method "
+        f"unscaled (smaller is more scale-invariant). {selection.describe()}."
+    )
+    return Table(f"{dataset}-scale", f"{dataset}: scale invariance", caption, pd.DataFrame(rows))
+
+
+def runs_table(dataset: str, groups: list[Group], selection: Selection) -> Table:
+    """A row per run: what the aggregated rows are made of (label, seed, selected epochs, metrics)."""
+    rows = []
+    for group in groups:
+        for result in group.results:
+            row: dict[str, object] = {
+                "method": group.label,
+                "scaling": describe_scales(group.scales),
+                "seed": result.seed,
+                "epochs": ",".join(map(str, result.epochs)),
+            }
+            row.update({column(k): result.test.get(k, math.nan) for k in group.keys})
+            row["ms/step"] = (result.step_seconds or math.nan) * 1000.0
+            row["run"] = result.run.path.name
+            rows.append(row)
+    caption = f"{dataset}: every run compared; {selection.describe()}; epochs: the epochs reported."
+    return Table(f"{dataset}-runs", f"{dataset}: runs", caption, pd.DataFrame(rows))
+
+
+def build_tables(results: list[RunResult], selection: Selection, *, runs: bool = False) -> list[Table]:
+    """Every table compare produces, per dataset, in reading order (with `runs`, a row per run too)."""
+    tables: list[Table] = []
+    for dataset, groups in groups_of(results).items():
+        if any(not g.scales for g in groups):
+            tables.append(method_table(dataset, groups, selection))
+        for builder in (grid_table, timing_table, scale_table):
+            table = builder(dataset, groups, selection)
+            if table is not None:
+                tables.append(table)
+        if runs:
+            tables.append(runs_table(dataset, groups, selection))
+    return tables
