@@ -21,7 +21,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 
 from mtlcli import __version__, methods
 from mtlcli.data.store import PreparedDataset
@@ -29,7 +28,7 @@ from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError
 from mtlcli.evaluation import DeviceSplit
 from mtlcli.methods.base import Step
-from mtlcli.recipe import MethodConfig, Recipe
+from mtlcli.recipe import MethodConfig, Recipe, parse_yaml
 from mtlcli.report.tables import Table
 from mtlcli.trainer import load_dataset, make_model, make_optimizer, resolve_device, tasks_of
 
@@ -68,10 +67,27 @@ class MethodSpec:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 raise MtlError(f"--methods {text!r}: {item!r} is not key=value", hint="e.g. --methods mgda:grads=batched")
-            options[key.strip()] = yaml.safe_load(value)
+            options[key.strip()] = parse_yaml(value, source=f"--methods {text}")
         if not name:
             raise MtlError(f"--methods {text!r}: no method name")
         return cls(name, options)
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split on commas outside brackets: 'a,static:weights=[0.5,0.5]' -> ['a', 'static:weights=[0.5,0.5]']."""
+    parts, depth, current = [], 0, []
+    for char in text:
+        if char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        if char == "," and depth <= 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 def parse_methods(items: list[str] | None) -> tuple[list[MethodSpec], list[str]]:
@@ -81,7 +97,7 @@ def parse_methods(items: list[str] | None) -> tuple[list[MethodSpec], list[str]]
         kept = [s for s in specs if s.name in methods.REGISTRY and _valid(s)]
         notes = [f"{s.label}: not available in this build, skipped" for s in specs if s not in kept]
         return kept, notes
-    specs = [MethodSpec.parse(part) for item in items for part in item.split(",") if part.strip()]
+    specs = [MethodSpec.parse(part) for item in items for part in split_top_level(item) if part.strip()]
     for spec in specs:
         if spec.name not in methods.REGISTRY:
             raise MtlError(f"unknown method {spec.name!r}", hint=f"choose from: {', '.join(methods.REGISTRY)}")

@@ -88,3 +88,17 @@ def test_every_registered_method_can_be_timed(name: str, tiny_recipe) -> None:
     row = payload["methods"][-1]
     assert row["timed_steps"] == 3 and payload["block"] == 2
     assert row["median_ms"] > 0 and row["ratio"] > 0 and row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+
+
+def test_methods_with_list_options_and_bad_yaml(tiny_recipe, write_recipe) -> None:
+    from mtlcli.ablation import parse_methods, split_top_level
+
+    assert split_top_level("uniform,static:weights=[0.3,0.7],mgda:grads=loop") == [
+        "uniform",
+        "static:weights=[0.3,0.7]",
+        "mgda:grads=loop",
+    ]
+    specs, _ = parse_methods(["uniform,static:weights=[0.3,0.7]"])
+    assert specs[1].options == {"weights": [0.3, 0.7]}
+    result = runner.invoke(app, ["ablate", str(write_recipe(tiny_recipe)), "--methods", "static:weights=[0.5", "--synthetic"])
+    assert result.exit_code == 1 and "broken YAML" in result.output and "Traceback" not in result.output
