@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from mtlcli import recipe as recipes
 from mtlcli.cli._common import err_console, handle_errors, out_console
 from mtlcli.errors import MtlError
-from mtlcli.io import write_json_atomic
-from mtlcli.methods.grid import GridOptions, default_points, simplex_grid
-from mtlcli.recipe import Recipe
-from mtlcli.runs import SUMMARY, create_run_dir
+from mtlcli.sweep import train_grid
 from mtlcli.trainer import Trainer
 
 
@@ -58,7 +54,7 @@ def train(
         if len(resolved) > 1:
             err_console.print(f"seed {one.train.seed} ({i + 1}/{len(resolved)})")
         if one.method.name == "grid":
-            out_console.print(str(train_grid(one, quiet=quiet)))
+            out_console.print(str(train_grid(one, console=err_console, show_progress=not quiet)))
             continue
         _run(Trainer(one, console=err_console, show_progress=not quiet))
 
@@ -67,41 +63,6 @@ def _run(trainer: Trainer) -> None:
     err_console.print(f"training {trainer.recipe.method.name} on {trainer.recipe.data.name} ({trainer.device})")
     run_dir = trainer.run()
     out_console.print(str(run_dir))
-
-
-GRID = "grid.json"
-
-
-def train_grid(recipe: Recipe, *, quiet: bool = False) -> Path:
-    """The grid-search baseline: one `static` run per point of an even simplex grid, in one sweep
-    directory; `grid.json` lists every run with its weights and validation score and names the best,
-    whose summary.json also gets `"grid_best": true`."""
-    options = GridOptions(**recipe.method.options)
-    num_tasks = len(recipe.tasks)
-    points = options.points or default_points(num_tasks)
-    grid = simplex_grid(num_tasks, points)
-    sweep = create_run_dir(Path(recipe.output.dir), "grid", recipe.train.seed)
-    err_console.print(f"grid: {len(grid)} static runs ({points} points per axis) in {sweep}")
-    runs: list[dict[str, Any]] = []
-    for weights in grid:
-        raw = recipe.dump()
-        raw["method"] = {"name": "static", "weights": weights}
-        raw["output"]["dir"] = str(sweep)
-        trainer = Trainer(recipes.validate(raw, source=f"grid point {weights}"), console=err_console, show_progress=not quiet)
-        err_console.print(f"training static {weights} on {recipe.data.name} ({trainer.device})")
-        run_dir = trainer.run()
-        runs.append({"weights": weights, "run": run_dir.name, "val_score": trainer.best_score, "best_epoch": trainer.best_epoch})
-    best = max(range(len(runs)), key=lambda i: runs[i]["val_score"])  # first of equals: grid order
-    for i, run in enumerate(runs):
-        run["best"] = i == best
-    tasks = [t.name for t in recipe.tasks]
-    write_json_atomic(sweep / GRID, {"method": "grid", "points": points, "tasks": tasks, "runs": runs, "best": runs[best]})
-    summary_path = sweep / runs[best]["run"] / SUMMARY
-    summary = json.loads(summary_path.read_text())
-    summary["grid_best"] = True
-    write_json_atomic(summary_path, summary)
-    err_console.print(f"grid: best on validation {runs[best]['weights']} ({runs[best]['run']})")
-    return sweep
 
 
 def parse_seeds(text: str) -> list[int]:
