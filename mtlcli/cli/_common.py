@@ -6,6 +6,7 @@ import errno
 import functools
 import os
 from collections.abc import Callable
+from enum import Enum
 from typing import Any, TypeVar
 
 import typer
@@ -13,6 +14,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from mtlcli.errors import MtlError
+
+
+class TableFormat(str, Enum):
+    """Output formats of the table-printing commands."""
+
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+    latex = "latex"
+
 
 err_console = Console(stderr=True, soft_wrap=True)  # an error or warning stays one line (no wrapping)
 out_console = Console(soft_wrap=True)

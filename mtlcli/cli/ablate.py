@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -10,17 +9,10 @@ import typer
 
 from mtlcli import recipe as recipes
 from mtlcli.ablation import ablation_table, parse_methods, run_ablation
+from mtlcli.cli._common import TableFormat as Format
 from mtlcli.cli._common import err_console, handle_errors
 from mtlcli.io import write_json_atomic, write_text_atomic
 from mtlcli.report.render import render_one
-
-
-class Format(str, Enum):
-    table = "table"
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-    latex = "latex"
 
 
 @handle_errors

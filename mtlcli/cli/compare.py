@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mtlcli.ablation import ablation_table, find_ablations
+from mtlcli.cli._common import TableFormat as Format
 from mtlcli.cli._common import err_console, handle_errors
 from mtlcli.errors import MtlError
 from mtlcli.report import render, write_report
 from mtlcli.report.tables import build_tables, groups_of
 from mtlcli.results import Selection, load_runs, results_of
-
-
-class Format(str, Enum):
-    table = "table"
-    markdown = "markdown"
-    csv = "csv"
-    json = "json"
-    latex = "latex"
 
 
 @handle_errors

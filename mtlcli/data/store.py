@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mtlcli.errors import DataError
-from mtlcli.io import sha256_file, write_json_atomic
+from mtlcli.io import fsync_dir, sha256_file, write_json_atomic
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
@@ -66,13 +65,13 @@ def write_prepared(
                     os.fsync(handle.fileno())
                 files[fname] = sha256_file(tmp / fname)
         write_json_atomic(tmp / META, {**meta, "format": FORMAT_VERSION, "files": files})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if final.exists():
             old = data_dir / f".{name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -100,15 +99,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def read_meta(path: Path) -> dict[str, Any] | None:
