@@ -63,8 +63,12 @@ def _primary(group: Group) -> list[MetricKey]:
     return [(t["name"], t["metrics"][0]) for t in group.tasks]
 
 
-def _style(index: int) -> tuple[str, str]:
-    return f"C{index % 10}", MARKERS[index % len(MARKERS)]
+_PALETTE = [plt.get_cmap("tab20")(i) for i in (*range(0, 20, 2), *range(1, 20, 2))]  # 10 strong, then 10 light
+
+
+def _style(index: int) -> tuple[tuple[float, ...], str]:
+    """A distinct (colour, marker) per method: 20 colours, and the marker cycle offsets repeats."""
+    return _PALETTE[index % len(_PALETTE)], MARKERS[index % len(MARKERS)]
 
 
 def _axis_label(key: MetricKey) -> str:
@@ -142,8 +146,8 @@ def _plot_pair(ax: plt.Axes, groups: list[Group], kx: MetricKey, ky: MetricKey, 
     ax.set_ylabel(_axis_label(ky))
     _orient(ax, kx, ky)
     ax.grid(alpha=0.3)
-    if legend:
-        ax.legend(fontsize=7, loc="best", framealpha=0.8)
+    if legend:  # outside the axes: with many methods an inside legend hides the points
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
 def profile_figure(dataset: str, groups: list[Group], directory: Path) -> Figure:
