@@ -20,7 +20,7 @@ from mtlcli.errors import MtlError
 from mtlcli.methods.base import Method, Options, Step
 from mtlcli.methods.gls import Gls, GlsOptions
 from mtlcli.methods.gradnorm import GradNorm, GradNormOptions
-from mtlcli.methods.grid import Grid, GridOptions
+from mtlcli.methods.grid import GridOptions, sweep_only
 from mtlcli.methods.imtl import Imtl, ImtlOptions
 from mtlcli.methods.imtl_g import ImtlG, ImtlGExact, ImtlGExactOptions, ImtlGOptions
 from mtlcli.methods.imtl_l import ImtlL, ImtlLOptions
@@ -75,7 +75,7 @@ REGISTRY: dict[str, MethodInfo] = {
         MethodInfo("static", Static, StaticOptions, "fixed weights on the simplex: sum_t w_t L_t", "baseline"),
         MethodInfo(
             "grid",
-            Grid,
+            sweep_only,
             GridOptions,
             "static over an even grid of the simplex, one run each, best marked on validation",
             f"{SENER} (grid-search baseline)",

@@ -5,7 +5,7 @@ per-step rule, so `mtl train --method grid` expands it (see `mtlcli.cli.train`).
 from __future__ import annotations
 
 import itertools
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import Field
 
@@ -28,16 +28,10 @@ def simplex_grid(num_tasks: int, points: int) -> list[list[float]]:
     return sorted(([k / steps for k in (steps - sum(c), *c)] for c in combos), reverse=True)
 
 
-class Grid:
-    """Placeholder registered so that options validate; training it expands into `static` runs."""
-
-    name: ClassVar[str] = "grid"
-
-    def __init__(self, options: GridOptions | None = None) -> None:
-        raise MtlError(
-            "grid is a sweep of static runs, not a per-step method",
-            hint="run it with `mtl train RECIPE --method grid`",
-        )
-
-    def backward(self, step: Any) -> Any:  # pragma: no cover - never constructed
-        raise NotImplementedError
+def sweep_only(options: GridOptions | None = None) -> Any:
+    """The registry's factory for `grid`: its options validate like any method's, but it has no
+    per-step rule; `mtl train --method grid` expands it into `static` runs (mtlcli.sweep)."""
+    raise MtlError(
+        "grid is a sweep of static runs, not a per-step method",
+        hint="run it with `mtl train RECIPE --method grid`",
+    )
