@@ -15,7 +15,7 @@ from mtlcli.methods.base import Options, Stateless, Step
 
 
 class GlsOptions(Options):
-    pass
+    """No options: the method has no hyper-parameters."""
 
 
 class Gls(Stateless):

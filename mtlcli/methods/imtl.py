@@ -22,7 +22,7 @@ from mtlcli.methods.base import Options, Step
 
 
 class ImtlOptions(Options):
-    pass
+    """No options: the method has no hyper-parameters."""
 
 
 class Imtl(LearnedScale):

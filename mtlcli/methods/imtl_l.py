@@ -17,7 +17,7 @@ from mtlcli.methods.base import Options, Step
 
 
 class ImtlLOptions(Options):
-    pass
+    """No options: the method has no hyper-parameters."""
 
 
 class ImtlL(LearnedScale):

@@ -17,7 +17,7 @@ from mtlcli.methods.base import Options, Stateless, Step, weighted_backward
 
 
 class SingleTaskOptions(Options):
-    pass
+    """No options: the method has no hyper-parameters."""
 
 
 class SingleTask(Stateless):

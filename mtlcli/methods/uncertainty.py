@@ -24,7 +24,7 @@ from mtlcli.methods.base import Options, Step
 
 
 class UncertaintyOptions(Options):
-    pass
+    """No options: the method has no hyper-parameters."""
 
 
 class Uncertainty(LearnedScale):

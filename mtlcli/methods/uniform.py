@@ -11,7 +11,7 @@ from mtlcli.methods.base import Options, Stateless, Step, weighted_backward
 
 
 class UniformOptions(Options):
-    pass
+    """No options: the method has no hyper-parameters."""
 
 
 class Uniform(Stateless):

@@ -114,7 +114,7 @@ def test_a_crash_between_last_and_best_is_repaired_on_resume(data_dir, tmp_path,
     real = trainer_module.save_checkpoint
 
     class Crash(Exception):
-        pass
+        """Raised by the test to simulate a crash."""
 
     def crash_on_first_best(path, state) -> None:
         if path.name == "best.pt":

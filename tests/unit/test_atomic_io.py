@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 
 
 class Boom(Exception):
-    pass
+    """Raised by the tests to interrupt a write."""
 
 
 def test_an_interrupted_write_leaves_the_old_file_and_no_temp(tmp_path) -> None:
