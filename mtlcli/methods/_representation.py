@@ -7,6 +7,7 @@ equals the encoder gradient of sum_t alpha_t L_t.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,6 +56,18 @@ def apply_representation_update(
             _accumulate(p, g * scale if scale is not None else g)
     combined = (weights.to(grads.z_grads.dtype) @ grads.z_grads).reshape(step.z.shape)
     step.z.backward(combined)
+
+
+WeightsFn = Callable[[Tensor, Tensor], Tensor]  # (losses, gram) -> weights [T]
+
+
+def gram_step_on_representation(step: Step, weights: WeightsFn, *, head_grads: HeadGrads) -> Tensor:
+    """The whole step of a Gram-based method on dL_t/dz: gradients, weights from their Gram matrix,
+    then the update (one encoder backward). Returns the detached weights."""
+    grads = representation_grads(step)
+    alpha = weights(step.losses.detach(), grads.gram())
+    apply_representation_update(step, grads, alpha, head_grads=head_grads)
+    return alpha.detach()
 
 
 def _accumulate(param: nn.Parameter, grad: Tensor) -> None:

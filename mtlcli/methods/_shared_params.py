@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mtlcli.methods._representation import HeadGrads, _accumulate
+from mtlcli.methods._representation import HeadGrads, WeightsFn, _accumulate
 from mtlcli.methods.base import Step
 
 GradsMode = Literal["loop", "batched"]
@@ -93,3 +93,12 @@ def apply_shared_update(step: Step, grads: SharedGrads, shared_weights: Tensor, 
 
 def head_weights_for(weights: Tensor, head_grads: HeadGrads) -> Tensor | None:
     return weights if head_grads == "weighted" else None
+
+
+def gram_step_on_shared_parameters(step: Step, weights: WeightsFn, *, grads: GradsMode, head_grads: HeadGrads) -> Tensor:
+    """The whole step of a Gram-based method on dL_t/dtheta_sh: per-task gradients (loop or batched),
+    weights from their Gram matrix, then sum_t alpha_t g_t as the shared update. Returns the weights."""
+    task_grads = shared_grads(step, grads)
+    alpha = weights(step.losses.detach(), task_grads.gram())
+    apply_shared_update(step, task_grads, alpha, head_weights=head_weights_for(alpha, head_grads))
+    return alpha.detach()

@@ -17,8 +17,8 @@ from pydantic import Field
 from torch import Tensor
 
 from mtlcli.methods._closed_form import imtl_g_weights
-from mtlcli.methods._representation import HeadGrads, apply_representation_update, representation_grads
-from mtlcli.methods._shared_params import GradsMode, apply_shared_update, head_weights_for, shared_grads
+from mtlcli.methods._representation import HeadGrads, gram_step_on_representation
+from mtlcli.methods._shared_params import GradsMode, gram_step_on_shared_parameters
 from mtlcli.methods.base import Options, Stateless, Step
 
 
@@ -46,10 +46,7 @@ class ImtlG(Stateless):
         return imtl_g_weights(gram)
 
     def backward(self, step: Step) -> Tensor:
-        grads = representation_grads(step)
-        alpha = self.weights(step.losses.detach(), grads.gram())
-        apply_representation_update(step, grads, alpha, head_grads=self.options.head_grads)
-        return alpha.detach()
+        return gram_step_on_representation(step, self.weights, head_grads=self.options.head_grads)
 
 
 class ImtlGExact(Stateless):
@@ -67,7 +64,5 @@ class ImtlGExact(Stateless):
         return imtl_g_weights(gram)
 
     def backward(self, step: Step) -> Tensor:
-        grads = shared_grads(step, self.options.grads)
-        alpha = self.weights(step.losses.detach(), grads.gram())
-        apply_shared_update(step, grads, alpha, head_weights=head_weights_for(alpha, self.options.head_grads))
-        return alpha.detach()
+        o = self.options
+        return gram_step_on_shared_parameters(step, self.weights, grads=o.grads, head_grads=o.head_grads)

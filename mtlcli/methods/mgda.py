@@ -12,11 +12,9 @@ from typing import ClassVar
 from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._representation import normalize_gram
-from mtlcli.methods._shared_params import GradsMode, apply_shared_update, head_weights_for, shared_grads
+from mtlcli.methods._shared_params import GradsMode, gram_step_on_shared_parameters
 from mtlcli.methods.base import Stateless, Step
-from mtlcli.methods.mgda_ub import MgdaOptions
-from mtlcli.methods.min_norm import min_norm
+from mtlcli.methods.mgda_ub import MgdaOptions, min_norm_weights
 
 
 class MgdaExactOptions(MgdaOptions):
@@ -36,11 +34,8 @@ class Mgda(Stateless):
         return f"Mgda(normalization={o.normalization!r}, solver={o.solver!r}, head_grads={o.head_grads!r}, grads={o.grads!r})"
 
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
-        o = self.options
-        return min_norm(normalize_gram(gram, losses, o.normalization), solver=o.solver, max_iter=o.max_iter, tol=o.tol)
+        return min_norm_weights(losses, gram, self.options)
 
     def backward(self, step: Step) -> Tensor:
-        grads = shared_grads(step, self.options.grads)
-        alpha = self.weights(step.losses.detach(), grads.gram())
-        apply_shared_update(step, grads, alpha, head_weights=head_weights_for(alpha, self.options.head_grads))
-        return alpha.detach()
+        o = self.options
+        return gram_step_on_shared_parameters(step, self.weights, grads=o.grads, head_grads=o.head_grads)

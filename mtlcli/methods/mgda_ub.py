@@ -13,12 +13,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._representation import (
-    HeadGrads,
-    apply_representation_update,
-    normalize_gram,
-    representation_grads,
-)
+from mtlcli.methods._representation import HeadGrads, gram_step_on_representation, normalize_gram
 from mtlcli.methods.base import Options, Stateless, Step
 from mtlcli.methods.min_norm import Solver, min_norm
 
@@ -31,6 +26,12 @@ class MgdaOptions(Options):
     max_iter: int = Field(250, gt=0, description="solver iteration limit")
     tol: float = Field(1e-10, gt=0, description="solver tolerance (duality gap, or step size)")
     head_grads: HeadGrads = Field("weighted", description="heads get alpha_t-scaled (authors) or raw (paper) grads")
+
+
+def min_norm_weights(losses: Tensor, gram: Tensor, options: MgdaOptions) -> Tensor:
+    """MGDA's weights (shared by mgda and mgda-ub): the min-norm point for the normalised Gram matrix."""
+    normalized = normalize_gram(gram, losses, options.normalization)
+    return min_norm(normalized, solver=options.solver, max_iter=options.max_iter, tol=options.tol)
 
 
 class MgdaUb(Stateless):
@@ -47,11 +48,7 @@ class MgdaUb(Stateless):
 
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """Min-norm weights on the simplex for the (normalised) Gram matrix."""
-        o = self.options
-        return min_norm(normalize_gram(gram, losses, o.normalization), solver=o.solver, max_iter=o.max_iter, tol=o.tol)
+        return min_norm_weights(losses, gram, self.options)
 
     def backward(self, step: Step) -> Tensor:
-        grads = representation_grads(step)
-        alpha = self.weights(step.losses.detach(), grads.gram())
-        apply_representation_update(step, grads, alpha, head_grads=self.options.head_grads)
-        return alpha.detach()
+        return gram_step_on_representation(step, self.weights, head_grads=self.options.head_grads)

@@ -14,12 +14,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mtlcli.methods._closed_form import unconstrained_min_norm_weights
-from mtlcli.methods._representation import (
-    HeadGrads,
-    apply_representation_update,
-    normalize_gram,
-    representation_grads,
-)
+from mtlcli.methods._representation import HeadGrads, gram_step_on_representation, normalize_gram
 from mtlcli.methods.base import Options, Stateless, Step
 from mtlcli.methods.mgda_ub import Normalization
 
@@ -45,7 +40,4 @@ class MgdaUnconstrained(Stateless):
         return unconstrained_min_norm_weights(normalize_gram(gram, losses, self.options.normalization))
 
     def backward(self, step: Step) -> Tensor:
-        grads = representation_grads(step)
-        alpha = self.weights(step.losses.detach(), grads.gram())
-        apply_representation_update(step, grads, alpha, head_grads=self.options.head_grads)
-        return alpha.detach()
+        return gram_step_on_representation(step, self.weights, head_grads=self.options.head_grads)
