@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -30,7 +31,7 @@ from mtlcli.evaluation import DeviceSplit
 from mtlcli.methods.base import Step
 from mtlcli.recipe import MethodConfig, Recipe, parse_yaml
 from mtlcli.report.tables import Table
-from mtlcli.trainer import load_dataset, make_model, make_optimizer, resolve_device, tasks_of
+from mtlcli.trainer import input_normalization, load_dataset, make_model, make_optimizer, resolve_device, tasks_of
 
 KIND = "mtl-ablation"
 BLOCK = 5  # timed steps per method before the next method takes its turn
@@ -126,13 +127,14 @@ def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit, list[i
     batch = recipe.train.batch_size
     if recipe.data.synthetic:
         counts = {"train": batch, "val": 1, "test": 1}
-        dataset = synthetic_dataset(recipe.data.name, size=recipe.data.size or 28, seed=recipe.train.seed, counts=counts)
+        dataset = synthetic_dataset(recipe.data.name, size=recipe.data.size, seed=recipe.train.seed, counts=counts)
     else:
         dataset = load_dataset(recipe)
     columns = [dataset.task_names.index(t.name) for t in recipe.tasks]
-    images = torch.from_numpy(dataset.images["train"][:batch])
+    images = torch.from_numpy(np.ascontiguousarray(dataset.images["train"][:batch]))
     labels = torch.from_numpy(dataset.labels["train"][:batch].astype("int64"))
-    split = DeviceSplit(images=images, labels=labels, mean=recipe.data.mean, std=recipe.data.std)
+    mean, std = input_normalization(recipe, dataset)
+    split = DeviceSplit.create(images, labels, mean, std, torch.device("cpu"))
     return dataset, split, columns
 
 

@@ -13,18 +13,38 @@ from mtlcli.tasks import METRICS, Task
 
 @dataclass
 class DeviceSplit:
-    """A split on the device: uint8 images [N, H, W] and int64 labels [N, T]; normalised per batch."""
+    """A split ready for training: uint8 images [N, H, W] or [N, H, W, C] and int64 labels [N, T].
+
+    Labels live on the device; images too when they fit, otherwise in host memory (memory-mapped
+    from the prepared files), and each batch is gathered there and moved. `batch` turns images into
+    float [B, C, H, W] normalised per channel by `mean` and `std` ([C, 1, 1] on the device).
+    """
 
     images: Tensor
     labels: Tensor
-    mean: float
-    std: float
+    mean: Tensor
+    std: Tensor
+
+    @classmethod
+    def create(cls, images: Tensor, labels: Tensor, mean: list[float], std: list[float], device: torch.device) -> DeviceSplit:
+        stats = {k: torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for k, v in (("mean", mean), ("std", std))}
+        return cls(images=images, labels=labels.to(device), **stats)
+
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
     def batch(self, index: Tensor | slice) -> tuple[Tensor, Tensor]:
-        x = self.images[index].unsqueeze(1).to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        if isinstance(index, Tensor) and index.device != self.images.device:
+            x = self.images[index.to(self.images.device)]
+        else:
+            x = self.images[index]
+        x = x.to(self.device, non_blocking=True)
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
+        x = x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
         return x, self.labels[index]
 
 
@@ -36,7 +56,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     names = [(t.name, m) for t in tasks for m in t.metrics]
-    device = split.images.device
+    device = split.device
     sums = torch.zeros(len(names), dtype=torch.float64, device=device)
     loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
     n = len(split)

@@ -13,11 +13,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mtlcli.data.multimnist import SPECS, TASKS
+from mtlcli.data.registry import DATASETS
 from mtlcli.errors import MtlError, RecipeError
+from mtlcli.models import ENCODERS, encoder_option_problems
 from mtlcli.tasks import LOSSES, METRICS
 
-DATASET_NAMES = tuple(SPECS)
+DATASET_NAMES = tuple(DATASETS)
+ALL_TASKS = "all"  # `tasks: all` = every task of the dataset, with its default loss and metrics
 
 
 class Section(BaseModel):
@@ -27,22 +29,35 @@ class Section(BaseModel):
 class DataConfig(Section):
     name: Literal[DATASET_NAMES]  # type: ignore[valid-type]
     dir: str | None = Field(None, description="prepared-data dir; null: --data-dir, $MTL_DATA_DIR or ./data")
-    size: int | None = Field(None, ge=16, le=36, description="expected image side; null: whatever was prepared")
-    mean: float = 0.1307
-    std: float = Field(0.3081, gt=0)
+    size: int | None = Field(None, ge=1, description="expected image side; null: whatever was prepared")
+    mean: float | list[float] | None = Field(None, description="per-channel input mean; null: the dataset's")
+    std: float | list[float] | None = Field(None, description="per-channel input std; null: the dataset's")
     synthetic: bool = Field(False, description="random tensors of the recipe's shapes instead of prepared data")
 
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, value: float | list[float] | None) -> float | list[float] | None:
+        values = value if isinstance(value, list) else [value] if value is not None else []
+        if any(v <= 0 for v in values):
+            raise ValueError(f"must be > 0, got {value}")
+        return value
 
-class ModelConfig(Section):
-    encoder: Literal["multilenet"] = "multilenet"
-    hidden: int = Field(50, gt=0)
-    dropout: float = Field(0.5, ge=0, lt=1)
+
+class ModelConfig(BaseModel):
+    """`encoder` (null: the dataset's default) plus that encoder's options (validated by its schema)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    encoder: str | None = None
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class TaskConfig(Section):
     name: str
-    loss: Literal[tuple(LOSSES)] = "cross_entropy"  # type: ignore[valid-type]
-    metrics: list[Literal[tuple(METRICS)]] = Field(default_factory=lambda: ["accuracy"], min_length=1)  # type: ignore[valid-type]
+    loss: Literal[tuple(LOSSES)] | None = Field(None, description="null: the dataset's loss for this task")  # type: ignore[valid-type]
+    metrics: list[Literal[tuple(METRICS)]] | None = Field(None, min_length=1, description="null: the dataset's metrics")  # type: ignore[valid-type]
     loss_scale: float = Field(1.0, gt=0)
 
 
@@ -108,7 +123,23 @@ class Recipe(Section):
     def _tasks_match_data(self) -> Recipe:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
-            raise ValueError(f"tasks: names must be unique, got {names}")
+            duplicated = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"tasks: names must be unique, {', '.join(duplicated)} appear(s) more than once")
+        return self
+
+    def resolve_defaults(self) -> Recipe:
+        """Fill what the recipe left to the dataset (encoder, its options, each task's loss and metrics),
+        so that the saved recipe.yaml says everything the run used."""
+        spec = DATASETS[self.data.name]
+        encoder = self.model.encoder or spec.default_encoder
+        options = ENCODERS[encoder].options.model_validate(self.model.options).model_dump()
+        self.model = ModelConfig(encoder=encoder, **options)
+        for task in self.tasks:
+            known = spec.task(task.name)
+            if task.loss is None:
+                task.loss = known.loss if known else "cross_entropy"
+            if task.metrics is None:
+                task.metrics = list(known.metrics) if known else ["accuracy"]
         return self
 
     def dump(self) -> dict[str, Any]:
@@ -189,6 +220,7 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
     if not isinstance(raw, dict):
         kind = type(raw).__name__ if raw is not None else "nothing"
         raise RecipeError(source, [f"(top level): must be a mapping of sections (data, tasks, method, ...), got {kind}"])
+    raw = _expand_all_tasks(raw)
     problems: list[str] = []
     recipe: Recipe | None = None
     try:
@@ -207,11 +239,29 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
                 problems.append(_format_problem(loc, describe_error(err)))
     problems.extend(_method_problems(raw.get("method")))
     problems.extend(_task_problems(raw))
+    problems.extend(_data_problems(raw))
+    problems.extend(_model_problems(raw))
     problems.extend(_weights_problems(raw))
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
-    return recipe
+    return recipe.resolve_defaults()
+
+
+def _dataset_of(raw: dict[str, Any]) -> Any:
+    """The registry entry the recipe names, or None (a missing or unknown name is reported elsewhere)."""
+    data = raw.get("data")
+    name = data.get("name") if isinstance(data, dict) else None
+    return DATASETS.get(name) if isinstance(name, str) else None
+
+
+def _expand_all_tasks(raw: dict[str, Any]) -> dict[str, Any]:
+    if raw.get("tasks") != ALL_TASKS:
+        return raw
+    spec = _dataset_of(raw)
+    if spec is None:
+        return raw  # `tasks: all` of an unknown dataset: the dataset problem is reported
+    return {**raw, "tasks": [{"name": name} for name in spec.task_names]}
 
 
 def _method_problems(method: Any) -> list[str]:
@@ -232,18 +282,62 @@ def _method_problems(method: Any) -> list[str]:
 
 
 def _task_problems(raw: dict[str, Any]) -> list[str]:
-    data, tasks = raw.get("data"), raw.get("tasks")
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(tasks, list):
-        return []
-    if data["name"] not in SPECS:  # a name that is not a string is unhashable: checked above
+    spec, tasks = _dataset_of(raw), raw.get("tasks")
+    if spec is None or not isinstance(tasks, list):
         return []
     problems = []
     for i, task in enumerate(tasks):
-        if isinstance(task, dict) and isinstance(task.get("name"), str) and task["name"] not in TASKS:
+        if isinstance(task, dict) and isinstance(task.get("name"), str) and spec.task(task["name"]) is None:
+            close = difflib.get_close_matches(task["name"], spec.task_names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            shown = (
+                ", ".join(spec.task_names)
+                if len(spec.task_names) <= 12
+                else f"{len(spec.task_names)} tasks, see `mtl prepare --help`"
+            )
+            problems.append(f"tasks.{i}.name: {task['name']!r} is not a task of {spec.name} ({hint}its tasks: {shown})")
+    return problems
+
+
+def _data_problems(raw: dict[str, Any]) -> list[str]:
+    """Image side within the dataset's range; mean/std with one value or one per channel."""
+    spec = _dataset_of(raw)
+    if spec is None:
+        return []
+    data = raw["data"]
+    problems = []
+    size = data.get("size")
+    if isinstance(size, int) and not isinstance(size, bool) and not spec.min_size <= size <= spec.max_size:
+        problems.append(f"data.size: {spec.name} images are {spec.min_size}..{spec.max_size} pixels a side, got {size}")
+    for key in ("mean", "std"):
+        value = data.get(key)
+        if isinstance(value, list) and len(value) not in (1, spec.channels):
             problems.append(
-                f"tasks.{i}.name: {task['name']!r} is not a task of {data['name']} (its tasks: {', '.join(TASKS)})"
+                f"data.{key}: {spec.name} has {spec.channels} channel(s): give 1 or {spec.channels} values, got {len(value)}"
             )
     return problems
+
+
+def _model_problems(raw: dict[str, Any]) -> list[str]:
+    """The encoder is registered and its options fit its schema."""
+    model = raw.get("model")
+    if model is None:
+        return []
+    if not isinstance(model, dict):
+        return [f"model: must be a mapping, got {_show(model)}"]
+    spec = _dataset_of(raw)
+    encoder = model.get("encoder") if model.get("encoder") is not None else spec.default_encoder if spec else None
+    if encoder is None:
+        return []
+    if not isinstance(encoder, str) or encoder not in ENCODERS:
+        close = difflib.get_close_matches(str(encoder), list(ENCODERS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return [f"model.encoder: unknown encoder {_show(encoder)}{hint}; choose one of: {', '.join(ENCODERS)}"]
+    options = {k: v for k, v in model.items() if k != "encoder"}
+    not_names = [k for k in options if not isinstance(k, str)]
+    if not_names:
+        return [_format_problem(("model", str(k)), f"option names must be strings, got {_show(k)}") for k in not_names]
+    return [_format_problem(("model", *loc), msg) for loc, msg in encoder_option_problems(encoder, options)]
 
 
 def _weights_problems(raw: dict[str, Any]) -> list[str]:

@@ -38,6 +38,7 @@ except ImportError:  # not POSIX: run directories are not locked
     fcntl = None  # type: ignore[assignment]
 
 from mtlcli import __version__, methods
+from mtlcli.data import registry
 from mtlcli.data.store import PreparedDataset, load_prepared, resolve_data_dir
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError, RunError
@@ -50,6 +51,7 @@ from mtlcli.runs import BEST, LAST, METRICS, SUMMARY, create_run_dir, write_reci
 from mtlcli.tasks import Task
 
 REFRESH_EVERY = 50
+DEVICE_DATA_FRACTION = 0.5  # images go to the GPU when they take at most this share of its free memory
 CHECKPOINT_FORMAT = 1
 
 
@@ -86,7 +88,7 @@ def tasks_of(recipe: Recipe) -> list[Task]:
 
 def load_dataset(recipe: Recipe, data_dir: Path | None = None) -> PreparedDataset:
     if recipe.data.synthetic:  # random tensors of the recipe's shapes: no download, for timing and smoke tests
-        return synthetic_dataset(recipe.data.name, size=recipe.data.size or 28, seed=recipe.train.seed)
+        return synthetic_dataset(recipe.data.name, size=recipe.data.size, seed=recipe.train.seed)
     dataset = load_prepared(resolve_data_dir(data_dir or recipe.data.dir), recipe.data.name)
     size = int(dataset.meta["size"])
     if recipe.data.size is not None and recipe.data.size != size:
@@ -97,26 +99,57 @@ def load_dataset(recipe: Recipe, data_dir: Path | None = None) -> PreparedDatase
     return dataset
 
 
+def input_normalization(recipe: Recipe, dataset: PreparedDataset) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std): the recipe's, else the prepared data's measured ones, else the registry's."""
+    spec = registry.get(recipe.data.name)
+
+    def pick(key: str) -> list[float]:
+        value = getattr(recipe.data, key)
+        if value is None:
+            value = dataset.meta.get(key) or list(getattr(spec, key))
+        values = [float(v) for v in (value if isinstance(value, list) else [value])]
+        return values * spec.channels if len(values) == 1 else values
+
+    return pick("mean"), pick("std")
+
+
+def images_fit_on(device: torch.device, dataset: PreparedDataset) -> bool:
+    """Whether the images go to the device (CUDA with room to spare); on the CPU they stay memory-mapped."""
+    if device.type != "cuda":
+        return False
+    free, _total = torch.cuda.mem_get_info(device)
+    return sum(a.nbytes for a in dataset.images.values()) <= DEVICE_DATA_FRACTION * free
+
+
 def device_splits(recipe: Recipe, dataset: PreparedDataset, device: torch.device) -> dict[str, DeviceSplit]:
-    return {
-        split: DeviceSplit(
-            images=torch.from_numpy(dataset.images[split]).to(device),
-            labels=torch.from_numpy(dataset.labels[split].astype(np.int64)).to(device),
-            mean=recipe.data.mean,
-            std=recipe.data.std,
+    mean, std = input_normalization(recipe, dataset)
+    on_device = images_fit_on(device, dataset)
+    splits = {}
+    for split in ("train", "val", "test"):
+        images = torch.from_numpy(dataset.images[split])
+        splits[split] = DeviceSplit.create(
+            images.to(device) if on_device else images,
+            torch.from_numpy(dataset.labels[split].astype(np.int64)),
+            mean,
+            std,
+            device,
         )
-        for split in ("train", "val", "test")
-    }
+    return splits
+
+
+def input_shape(dataset: PreparedDataset) -> tuple[int, int, int]:
+    """(channels, height, width) of the dataset's images."""
+    shape = dataset.images["train"].shape[1:]
+    return (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1])
 
 
 def make_model(recipe: Recipe, dataset: PreparedDataset) -> MultiTaskModel:
     classes = dataset.num_classes
     return build_model(
-        encoder=recipe.model.encoder,
+        encoder=recipe.model.encoder or registry.get(recipe.data.name).default_encoder,
         num_classes={t.name: classes[t.name] for t in recipe.tasks},
-        input_size=int(dataset.meta["size"]),
-        dropout=recipe.model.dropout,
-        hidden=recipe.model.hidden,
+        input_shape=input_shape(dataset),
+        options=recipe.model.options,
         independent=methods.needs_independent_networks(recipe.method.name),
     )
 

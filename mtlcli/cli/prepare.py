@@ -8,59 +8,60 @@ from typing import Annotated
 import typer
 
 from mtlcli.cli._common import err_console, handle_errors
-from mtlcli.data import prepare as builder
-from mtlcli.data.multimnist import SPECS
+from mtlcli.data import registry
 from mtlcli.data.store import resolve_data_dir
 from mtlcli.errors import DataError
 
 
-def _parse_sources(values: list[str], dataset: str) -> dict[str, Path]:
-    needed = SPECS[dataset].sources
-    result: dict[str, Path] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if sep and name in ("mnist", "fashion-mnist"):
-            result[name] = Path(path)
-        elif len(needed) == 1:
-            result[needed[0]] = Path(value)
-        else:
-            raise DataError(
-                f"--source {value!r}: {dataset} is built from {' and '.join(needed)}",
-                hint="name each source: --source mnist=DIR --source fashion-mnist=DIR",
-            )
-    return result
+def _datasets_help() -> str:
+    return "; ".join(f"{spec.name}: {spec.description}" for spec in registry.DATASETS.values())
 
 
 @handle_errors
 def prepare(
-    dataset: Annotated[str, typer.Argument(help="multimnist, multifashion or multi-fashion-mnist.")],
+    dataset: Annotated[str, typer.Argument(help=f"The dataset ({', '.join(registry.DATASETS)}).")],
     source: Annotated[
         list[str] | None,
-        typer.Option("--source", help="Directory with the raw IDX files (gz or not); NAME=DIR when two sources."),
+        typer.Option(
+            "--source",
+            help="Directory with the raw files (MNIST family: IDX files, NAME=DIR when two sources; celeba: the official release).",
+        ),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Where prepared data goes [default: $MTL_DATA_DIR or ./data].")] = None,
-    mirror: Annotated[str | None, typer.Option(help="Base URL to download the raw files from.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the pairing and the validation split.")] = 0,
-    size: Annotated[int, typer.Option(help="Image side: 28 (resized, default) or 36 (the raw canvas).")] = 28,
+    mirror: Annotated[str | None, typer.Option(help="Base URL to download the raw files from (MNIST family).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the pairing and the validation split (MNIST family).")] = 0,
+    size: Annotated[
+        int | None, typer.Option(help="Image side [default: the dataset's: 28 for the MNIST family, 64 for celeba].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes decoding images (celeba) [default: one per core].", min=1)
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if already prepared.")] = False,
 ) -> None:
-    """Build a MultiMNIST-style dataset: two items per image, one classification task each."""
-    name = builder.canonical_name(dataset)
-    root = resolve_data_dir(data_dir)
-    result = builder.prepare(
-        name,
-        data_dir=root,
-        source_dirs=_parse_sources(source or [], name),
-        mirror=mirror,
-        seed=seed,
+    """Build a dataset once into DATA_DIR/<dataset>/ (uint8 arrays + meta.json with checksums)."""
+    spec = registry.get(dataset)
+    if size is not None and not spec.min_size <= size <= spec.max_size:
+        raise DataError(f"--size {size}: {spec.name} images are {spec.min_size}..{spec.max_size} pixels a side")
+    request = registry.PrepareRequest(
+        data_dir=resolve_data_dir(data_dir),
+        sources=list(source or []),
         size=size,
+        seed=seed,
         force=force,
+        mirror=mirror,
+        workers=workers,
         console=err_console,
     )
-    counts = ", ".join(f"{k} {v:,}" for k, v in result.meta["counts"].items())
+    result = spec.prepare(spec, request)
+    meta = result.meta
+    counts = ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())
+    side = meta["size"]
+    what = f"{counts}; {side}x{side}" + (f"; seed {meta.get('seed')}" if spec.uses_seed else "")
     if result.built:
-        err_console.print(f"prepared {name} in {result.path} ({counts}; seed {seed}, {size}x{size})")
+        took = f" in {meta['prepare_seconds']:.0f}s" if isinstance(meta.get("prepare_seconds"), (int, float)) else ""
+        err_console.print(f"prepared {spec.name} in {result.path} ({what}){took}", highlight=False)
     else:
-        err_console.print(
-            f"{name} is already prepared in {result.path} ({counts}; seed {seed}, {size}x{size}); --force rebuilds it"
-        )
+        err_console.print(f"{spec.name} is already prepared in {result.path} ({what}); --force rebuilds it", highlight=False)
+
+
+prepare.__doc__ = f"{prepare.__doc__}\n\nDatasets: {_datasets_help()}."

@@ -16,8 +16,6 @@ from mtlcli.errors import DataError
 from mtlcli.io import sha256_file
 
 NUM_CLASSES = 10
-ALIASES = {"multi-fashion": "multifashion", "multi-mnist": "multimnist"}
-DATASETS = tuple(multimnist.SPECS)
 
 
 @dataclass(frozen=True)
@@ -25,13 +23,6 @@ class PrepareResult:
     path: Path
     built: bool
     meta: dict
-
-
-def canonical_name(name: str) -> str:
-    key = ALIASES.get(name.lower(), name.lower())
-    if key not in multimnist.SPECS:
-        raise DataError(f"unknown dataset {name!r}", hint=f"choose one of: {', '.join(DATASETS)}")
-    return key
 
 
 def load_raw(located: sources.LocatedFiles) -> dict[str, np.ndarray]:
@@ -68,7 +59,9 @@ def prepare(
 ) -> PrepareResult:
     """Build `data_dir/name` unless it is already there with the same seed and size."""
     console = console or Console(stderr=True)
-    spec = multimnist.SPECS[canonical_name(name)]
+    if name not in multimnist.SPECS:
+        raise DataError(f"{name!r} is not a MultiMNIST-style dataset", hint=f"choose one of: {', '.join(multimnist.SPECS)}")
+    spec = multimnist.SPECS[name]
     if size < 1 or size > multimnist.CANVAS:
         raise DataError(f"--size {size}: must be between 1 and {multimnist.CANVAS}")
     unknown = set(source_dirs) - set(spec.sources)

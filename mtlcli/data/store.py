@@ -30,7 +30,10 @@ def resolve_data_dir(data_dir: Path | str | None) -> Path:
 
 @dataclass
 class PreparedDataset:
-    """A prepared dataset: uint8 images [N, H, W] and labels [N, T] per split, and its meta.json."""
+    """A prepared dataset: uint8 images [N, H, W] or [N, H, W, C] and labels [N, T] per split, and its meta.json.
+
+    Arrays loaded from disk are memory-mapped: a dataset larger than RAM trains from the page cache.
+    """
 
     path: Path
     meta: dict[str, Any]
@@ -146,15 +149,15 @@ def load_prepared(data_dir: Path, name: str, *, verify: bool = True) -> Prepared
                 raise DataError(f"{fpath} is missing", hint=f"{prepare_hint}, with --force")
             if verify and sha256_file(fpath) != expected:
                 raise DataError(f"{fpath} is corrupt (sha256 differs from meta.json)", hint=f"{prepare_hint}, with --force")
-            try:
-                store[split] = np.load(fpath, allow_pickle=False)
+            try:  # memory-mapped (copy-on-write, so torch can wrap it): pages are read when a batch needs them
+                store[split] = np.load(fpath, mmap_mode="c", allow_pickle=False)
             except (OSError, ValueError, EOFError) as exc:
                 raise DataError(f"cannot read {fpath}: {exc}", hint=f"{prepare_hint}, with --force") from None
         ntasks = len(meta["tasks"])
-        if images[split].ndim != 3 or labels[split].ndim != 2 or labels[split].shape[1] != ntasks:
+        if images[split].ndim not in (3, 4) or labels[split].ndim != 2 or labels[split].shape[1] != ntasks:
             raise DataError(
                 f"{path}: {split} arrays have shapes {images[split].shape} and {labels[split].shape}, "
-                f"expected [N, H, W] images and [N, {ntasks}] labels",
+                f"expected [N, H, W] or [N, H, W, C] images and [N, {ntasks}] labels",
                 hint=f"{prepare_hint}, with --force",
             )
         if len(images[split]) != len(labels[split]):

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
 from mtlcli.models.lenet import MultiLeNetEncoder, MultiLeNetHead
 
-__all__ = ["IndependentEncoders", "MultiLeNetEncoder", "MultiLeNetHead", "MultiTaskModel", "SliceHead", "build_model"]
+__all__ = [
+    "ENCODERS",
+    "EncoderSpec",
+    "IndependentEncoders",
+    "MultiLeNetEncoder",
+    "MultiLeNetHead",
+    "MultiTaskModel",
+    "SliceHead",
+    "build_model",
+    "encoder_option_problems",
+]
 
 
 class MultiTaskModel(nn.Module):
@@ -70,13 +83,105 @@ class SliceHead(nn.Module):
         return self.head(z[:, self.start : self.stop])
 
 
+class MultiLeNetOptions(BaseModel):
+    """Options of `multilenet` (Sener & Koltun 2018, appendix C.1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hidden: int = Field(50, gt=0, description="width of z and of the heads' hidden layer")
+    dropout: float = Field(0.5, ge=0, lt=1, description="channel dropout in the encoder, dropout in the heads")
+
+
+class ResNetOptions(BaseModel):
+    """Options of `resnet18-cifar` (the authors' CelebA encoder)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    width: int = Field(64, gt=0, description="channels of the first stage (64: the authors'; stages are x1, x2, x4, x8)")
+
+
+InputShape = tuple[int, int, int]  # (channels, height, width)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A registry entry: the encoder (input shape -> z, with `out_features` and `last_layer`) and its head."""
+
+    name: str
+    description: str
+    options: type[BaseModel]
+    encoder: Callable[[InputShape, Any], nn.Module]
+    head: Callable[[int, int, Any], nn.Module]  # (z features, classes, options) -> head
+
+
+def _lenet(shape: InputShape, o: MultiLeNetOptions) -> nn.Module:
+    return MultiLeNetEncoder(input_size=shape[1:], dropout=o.dropout, out_features=o.hidden, in_channels=shape[0])
+
+
+def _lenet_head(features: int, classes: int, o: MultiLeNetOptions) -> nn.Module:
+    return MultiLeNetHead(in_features=features, hidden=o.hidden, num_classes=classes, dropout=o.dropout)
+
+
+def _resnet(shape: InputShape, o: ResNetOptions) -> nn.Module:
+    from mtlcli.models.resnet import ResNet18CifarEncoder
+
+    channels, height, width = shape
+    if height != width:
+        raise ValueError(f"resnet18-cifar takes square images, got {height}x{width}")
+    return ResNet18CifarEncoder(in_channels=channels, input_size=height, width=o.width)
+
+
+def _resnet_head(features: int, classes: int, _o: ResNetOptions) -> nn.Module:
+    from mtlcli.models.resnet import resnet_head
+
+    return resnet_head(features, classes)
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    spec.name: spec
+    for spec in (
+        EncoderSpec(
+            "multilenet",
+            "MultiLeNet (Sener & Koltun 2018): 2 conv + FC, z is `hidden`-d; heads FC-ReLU-dropout-FC",
+            MultiLeNetOptions,
+            _lenet,
+            _lenet_head,
+        ),
+        EncoderSpec(
+            "resnet18-cifar",
+            "CIFAR-style ResNet-18 (3x3 stem, no max-pool, avg-pool 4): z is 2048-d at 64x64; heads Linear(z, classes)",
+            ResNetOptions,
+            _resnet,
+            _resnet_head,
+        ),
+    )
+}
+
+
+def encoder_option_problems(name: str, options: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """(key path, message) for every problem with an encoder's options; [] when they are valid."""
+    try:
+        ENCODERS[name].options.model_validate(options)
+    except ValidationError as exc:
+        from mtlcli.recipe import describe_error
+
+        problems = []
+        for err in exc.errors():
+            if err["type"] == "extra_forbidden":
+                key = str(err["loc"][-1])
+                others = [n for n, spec in ENCODERS.items() if key in spec.options.model_fields]
+                where = f"; it is an option of {', '.join(others)}" if others else ""
+                problems.append((tuple(err["loc"]), f"not an option of encoder {name}{where}"))
+            else:
+                problems.append((tuple(err["loc"]), describe_error(err)))
+        return problems
+    return []
+
+
 def build_model(
     *,
     encoder: str,
     num_classes: dict[str, int],
-    input_size: int,
-    dropout: float,
-    hidden: int = 50,
+    input_shape: InputShape,
+    options: dict[str, Any] | None = None,
     independent: bool = False,
 ) -> MultiTaskModel:
     """Build the recipe's model; `num_classes` maps each task (in order) to its number of classes.
@@ -84,24 +189,25 @@ def build_model(
     `independent`: one encoder per task and each head on its own encoder's slice of z (single-task
     baseline: T separate networks in one module, so L_t reaches only network t).
     """
-    if encoder != "multilenet":
-        raise ValueError(f"unknown encoder {encoder!r}")
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of: {', '.join(ENCODERS)}")
+    spec = ENCODERS[encoder]
+    opts = spec.options.model_validate(options or {})
 
-    def new_encoder() -> MultiLeNetEncoder:
-        return MultiLeNetEncoder(input_size=input_size, dropout=dropout, out_features=hidden)
-
-    def new_head(n: int) -> MultiLeNetHead:
-        return MultiLeNetHead(in_features=hidden, hidden=hidden, num_classes=n, dropout=dropout)
+    def new_encoder() -> nn.Module:
+        return spec.encoder(input_shape, opts)
 
     if independent:
         encoders = [new_encoder() for _ in num_classes]
+        width = encoders[0].out_features
         heads: dict[str, nn.Module] = {
-            name: SliceHead(new_head(n), i * hidden, (i + 1) * hidden) for i, (name, n) in enumerate(num_classes.items())
+            name: SliceHead(spec.head(width, n, opts), i * width, (i + 1) * width)
+            for i, (name, n) in enumerate(num_classes.items())
         }
         return MultiTaskModel(IndependentEncoders(encoders), heads)
-    return MultiTaskModel(new_encoder(), {name: new_head(n) for name, n in num_classes.items()})
+    shared = new_encoder()
+    return MultiTaskModel(shared, {name: spec.head(shared.out_features, n, opts) for name, n in num_classes.items()})
 
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-

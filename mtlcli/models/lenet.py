@@ -18,15 +18,18 @@ def _conv_out(size: int) -> int:
 
 
 class MultiLeNetEncoder(nn.Module):
-    def __init__(self, *, input_size: int = 28, dropout: float = 0.5, out_features: int = 50) -> None:
+    def __init__(
+        self, *, input_size: int | tuple[int, int] = 28, dropout: float = 0.5, out_features: int = 50, in_channels: int = 1
+    ) -> None:
         super().__init__()
-        side = _conv_out(input_size)
-        if side < 1:
-            raise ValueError(f"input size {input_size} is too small for MultiLeNet (needs >= 16)")
-        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
+        height, width = (input_size, input_size) if isinstance(input_size, int) else input_size
+        rows, cols = _conv_out(height), _conv_out(width)
+        if rows < 1 or cols < 1:
+            raise ValueError(f"input size {height}x{width} is too small for MultiLeNet (needs >= 16)")
+        self.conv1 = nn.Conv2d(in_channels, 10, kernel_size=5)
         self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
         self.dropout = nn.Dropout2d(dropout)
-        self.fc = nn.Linear(20 * side * side, out_features)
+        self.fc = nn.Linear(20 * rows * cols, out_features)
         self.out_features = out_features
 
     @property

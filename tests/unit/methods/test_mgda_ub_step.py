@@ -13,7 +13,9 @@ from mtlcli.models import build_model
 
 def _tiny_batch(seed: int = 0):
     torch.manual_seed(seed)
-    model = build_model(encoder="multilenet", num_classes={"left": 10, "right": 10}, input_size=28, dropout=0.0)
+    model = build_model(
+        encoder="multilenet", num_classes={"left": 10, "right": 10}, input_shape=(1, 28, 28), options={"dropout": 0.0}
+    )
     x = torch.randn(8, 1, 28, 28)
     y = torch.randint(0, 10, (8, 2))
     return model, x, y

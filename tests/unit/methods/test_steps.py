@@ -19,7 +19,13 @@ TASKS = {"a": 10, "b": 10, "c": 10}
 
 def tiny(seed: int = 0, independent: bool = False):
     torch.manual_seed(seed)
-    model = build_model(encoder="multilenet", num_classes=TASKS, input_size=16, dropout=0.0, hidden=8, independent=independent)
+    model = build_model(
+        encoder="multilenet",
+        num_classes=TASKS,
+        input_shape=(1, 16, 16),
+        options={"dropout": 0.0, "hidden": 8},
+        independent=independent,
+    )
     model = model.double()
     x = torch.randn(6, 1, 16, 16, dtype=torch.float64)
     y = torch.randint(0, 10, (6, len(TASKS)))
