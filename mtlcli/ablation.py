@@ -28,6 +28,7 @@ from mtlcli.data.store import PreparedDataset
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError
 from mtlcli.evaluation import DeviceSplit
+from mtlcli.methods._representation import representation_grads
 from mtlcli.methods.base import Step
 from mtlcli.recipe import MethodConfig, Recipe, parse_yaml
 from mtlcli.report.tables import Table
@@ -190,13 +191,13 @@ def run_ablation(
         optimizer = make_optimizer(recipe, [*model.parameters(), *method.parameters()])
         contenders.append(_Contender(spec, method, model, optimizer))
 
+    def losses_of(outputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        return [t.loss_scale * t.compute_loss(outputs[t.name], y[:, col]) for t, col in zip(tasks, columns, strict=True)]
+
     def step(c: _Contender) -> None:
         c.optimizer.zero_grad(set_to_none=True)
         z, outputs = c.model(x)
-        losses = torch.stack(
-            [t.loss_scale * t.compute_loss(outputs[t.name], y[:, col]) for t, col in zip(tasks, columns, strict=True)]
-        )
-        c.method.backward(Step(c.model, z, losses))
+        c.method.backward(Step.of(c.model, z, losses_of(outputs)))
         c.optimizer.step()
 
     torch.manual_seed(recipe.train.seed)
@@ -241,6 +242,7 @@ def run_ablation(
         )
         if progress is not None:
             progress(f"{c.spec.label}: {rows[-1]['median_ms']:.2f} ms/step")
+    solve = _min_norm_timing(contenders, x, lambda outputs: losses_of(outputs), sync)
     base = next((r["median_ms"] for r in rows if r["method"] == "uniform" and not r["options"]), None)
     for row in rows:
         row["ratio"] = row["median_ms"] / base if base else None
@@ -262,7 +264,62 @@ def run_ablation(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"mtlcli": __version__, "torch": torch.__version__},
         "methods": rows,
+        "min_norm": solve,
     }
+
+
+SOLVES = 200  # min-norm solves timed for the caption
+
+
+def _min_norm_timing(
+    contenders: list[_Contender],
+    x: torch.Tensor,
+    losses_of: Callable[[dict[str, torch.Tensor]], list[torch.Tensor]],
+    sync: Callable[[], None],
+) -> dict[str, Any] | None:
+    """The median time of mgda-ub's min-norm solve on the Gram matrix of this batch's dL_t/dz (after
+    the timed steps, on mgda-ub's own model): the part of a step that grows with T^2 or worse."""
+    ub = next((c for c in contenders if c.spec.name == "mgda-ub"), None)
+    if ub is None:
+        return None
+    z, outputs = ub.model(x)
+    step = Step.of(ub.model, z, losses_of(outputs))
+    gram = representation_grads(step).gram().detach()
+    losses = step.losses.detach()
+    times = []
+    for i in range(SOLVES + 5):
+        sync()
+        start = time.perf_counter()
+        ub.method.weights(losses, gram)
+        sync()
+        if i >= 5:
+            times.append(time.perf_counter() - start)
+    options = ub.method.options
+    return {
+        "tasks": int(gram.shape[0]),
+        "solver": options.solver,
+        "normalization": options.normalization,
+        "solves": SOLVES,
+        "median_ms": statistics.median(times) * 1000.0,
+    }
+
+
+def _speedups(payload: dict[str, Any]) -> str:
+    """Exact MGDA's step over MGDA-UB's (the paper's Table 2 speed-up) and the min-norm solve time."""
+    rows = {r["label"]: r["median_ms"] for r in payload["methods"]}
+    ub = rows.get("mgda-ub")
+    parts = []
+    if ub:
+        exact = [(label, ms) for label, ms in rows.items() if label.split(" ")[0] == "mgda"]
+        if exact:
+            parts.append("exact MGDA / MGDA-UB: " + ", ".join(f"x{ms / ub:.2f} ({label})" for label, ms in exact))
+    solve = payload.get("min_norm")
+    if solve:
+        parts.append(
+            f"min-norm solve ({solve['solver']}, T = {solve['tasks']}, normalization {solve['normalization']}): "
+            f"median {solve['median_ms']:.3f} ms over {solve['solves']} solves"
+        )
+    return "".join(f"; {p}" for p in parts)
 
 
 def ablation_table(payload: dict[str, Any]) -> Table:
@@ -288,7 +345,8 @@ def ablation_table(payload: dict[str, Any]) -> Table:
     caption = (
         f"{payload['dataset']} ({data}), batch {payload['batch_size']}, {len(payload['tasks'])} tasks, on {device} "
         f"({payload['device_name']}, {payload['threads']} threads): median of {payload['steps']} steps after "
-        f"{payload['warmup']} warm-up steps; every method starts from the same initial weights on the same batch; a step "
+        f"{payload['warmup']} warm-up steps{_speedups(payload)}; every method starts from the same initial weights on the "
+        "same batch; a step "
         "is zero_grad + forward + the method's backward + optimiser step; methods take turns in blocks of "
         f"{payload.get('block', BLOCK)} steps, so a busy machine slows them alike"
         + (

@@ -51,6 +51,7 @@ from mtlcli.runs import BEST, LAST, METRICS, SUMMARY, create_run_dir, write_reci
 from mtlcli.tasks import Task
 
 REFRESH_EVERY = 50
+CONSOLE_TASKS = 4  # more tasks than this: the console shows means instead of one number per task
 DEVICE_DATA_FRACTION = 0.5  # images go to the GPU when they take at most this share of its free memory
 CHECKPOINT_FORMAT = 1
 
@@ -632,10 +633,13 @@ class Trainer:
             timer.start()
             self.optimizer.zero_grad(set_to_none=True)
             z, outputs = self.model(x)
-            losses = torch.stack(
-                [t.loss_scale * t.compute_loss(outputs[t.name], y[:, c]) for t, c in zip(self.tasks, self.columns, strict=True)]
+            step = Step.of(
+                self.model,
+                z,
+                [t.loss_scale * t.compute_loss(outputs[t.name], y[:, c]) for t, c in zip(self.tasks, self.columns, strict=True)],
             )
-            weights = self.method.backward(Step(self.model, z, losses))
+            losses = step.losses
+            weights = self.method.backward(step)
             try:
                 apply = self.guard.observe(self.global_step + 1, losses, f"epoch {pos.epoch}, batch {pos.batch + 1}")
             except NonFiniteError as exc:
@@ -667,9 +671,21 @@ class Trainer:
     def _status(self, mean_losses: torch.Tensor, mean_weights: torch.Tensor) -> str:
         losses = mean_losses.tolist()
         weights = mean_weights.tolist()
+        if len(self.tasks) > CONSOLE_TASKS:  # many tasks: a summary that fits a line
+            return f"loss mean {statistics.fmean(losses):.3f} | α min {min(weights):.3f} max {max(weights):.3f}"
         parts = [f"{t.name} {loss:.3f}" for t, loss in zip(self.tasks, losses, strict=True)]
         alphas = "/".join(f"{w:.2f}" for w in weights)
         return f"loss {' '.join(parts)} | α {alphas}"
+
+    def _val_line(self, val: dict[str, dict[str, float]]) -> str:
+        """Validation metrics for the epoch line: per task, or their mean when there are many tasks."""
+        if len(self.tasks) <= CONSOLE_TASKS:
+            return "  ".join(f"{t.name} {val[t.name][t.metrics[0]]:.2f}" for t in self.tasks)
+        metrics = dict.fromkeys(t.metrics[0] for t in self.tasks)
+        means = [
+            f"mean {m} {statistics.fmean(val[t.name][m] for t in self.tasks if t.metrics[0] == m):.2f}" for m in metrics
+        ]
+        return "  ".join(means) + f" ({len(self.tasks)} tasks)"
 
     def _end_epoch(self, steps: int, train_seconds: float, lr: float) -> None:
         r = self.recipe
@@ -713,7 +729,7 @@ class Trainer:
             self.last_saved_epoch = pos.epoch
         if improved:
             self.save(BEST, state)
-        accs = "  ".join(f"{t.name} {val[t.name][t.metrics[0]]:.2f}" for t in self.tasks)
+        accs = self._val_line(val)
         mark = " *" if improved else ""
         if pos.skipped:
             mark += f"  [{pos.skipped} non-finite step(s) skipped]"
@@ -733,6 +749,9 @@ class Trainer:
             "dataset": self.recipe.data.name,
             "seed": self.recipe.train.seed,
             "tasks": [t.name for t in self.tasks],
+            "encoder": self.recipe.model.encoder,
+            "input_shape": list(input_shape(self.dataset)),
+            "normalization": dict(zip(("mean", "std"), input_normalization(self.recipe, self.dataset), strict=True)),
             "device": str(self.device),
             "epochs": self.recipe.train.epochs,
             "skipped_steps": self.skipped_steps,

@@ -124,3 +124,54 @@ def write_study(root: Path) -> Path:
     write_run(root, "ms", method="mgda-ub", seed=0, test={"left": 90.5, "right": 83}, tasks=t, scales={"left": 10.0})
     write_run(root, "unfinished", method="uniform", seed=7, test={"left": 1, "right": 1}, tasks=t, complete=False)
     return root
+
+
+def tasks_named(names: list[str], metrics: tuple[str, ...] = ("error",)) -> list[dict[str, Any]]:
+    """A task list in which every task reports the same `metrics` (e.g. 40 binary attributes scored by error)."""
+    return [{"name": name, "metrics": list(metrics)} for name in names]
+
+
+def write_error_run(
+    root: Path,
+    name: str,
+    *,
+    method: str,
+    seed: int,
+    errors: dict[str, float],
+    metrics: tuple[str, ...] = ("error",),
+    **kwargs: Any,
+) -> Path:
+    """`write_run` with a task per key of `errors`: its test `error` (%) at the best epoch is the value.
+
+    Every task reports `metrics`; accuracy, where listed, is 100 - error.
+    """
+    test = {task: 100.0 - error for task, error in errors.items()}
+    return write_run(root, name, method=method, seed=seed, test=test, tasks=tasks_named(list(errors), metrics), **kwargs)
+
+
+def base_errors(n: int) -> list[float]:
+    """Single-task errors 1..n (%) in an order unrelated to the task order: task i gets (7 i mod n) + 1 (n coprime to 7)."""
+    return [float((7 * i) % n + 1) for i in range(n)]
+
+
+def write_many_task_study(
+    root: Path, names: list[str], *, metrics: tuple[str, ...] = ("error",), dataset: str = "celeba"
+) -> Path:
+    """Seeds 0 and 1 of three methods on len(names) tasks, errors integral so everything is exact.
+
+    Task i, seed s: single-task base_errors[i] + s; uniform base + 2 + s; mgda-ub base + 1 + s on the first
+    three quarters of the tasks and base + 3 + s on the rest. ms/step 20, 10 and 12.
+    """
+    base = base_errors(len(names))
+    cut = 3 * len(names) // 4
+    offsets = {
+        "single-task": ([0.0] * len(names), 0.02),
+        "uniform": ([2.0] * len(names), 0.01),
+        "mgda-ub": ([1.0 if i < cut else 3.0 for i in range(len(names))], 0.012),
+    }
+    for method, (shift, step) in offsets.items():
+        for seed in (0, 1):
+            errors = {n: base[i] + shift[i] + seed for i, n in enumerate(names)}
+            write_error_run(root, f"{method}-{seed}", method=method, seed=seed, errors=errors, metrics=metrics,
+                            dataset=dataset, step_seconds=step)
+    return root

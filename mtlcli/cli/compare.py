@@ -12,7 +12,7 @@ from mtlcli.cli._common import TableFormat as Format
 from mtlcli.cli._common import err_console, handle_errors
 from mtlcli.errors import MtlError
 from mtlcli.report import render, write_report
-from mtlcli.report.tables import build_tables, groups_of
+from mtlcli.report.tables import MAX_STDOUT_COLUMNS, Table, build_tables, groups_of, stdout_tables
 from mtlcli.results import Selection, load_runs, results_of
 
 
@@ -24,6 +24,14 @@ def compare(
         str, typer.Option(help="best (test at the best-validation epoch) or last:K (mean of the last K epochs).")
     ] = "best",
     runs_: Annotated[bool, typer.Option("--runs", help="Also print a table with a row per run.")] = False,
+    wide: Annotated[
+        bool,
+        typer.Option(
+            "--wide",
+            help=f"Also print per-task methods tables with more than {MAX_STDOUT_COLUMNS} task-metric columns "
+            "(by default stdout shows their summary: mean metric, Δm%, mean rank, cost).",
+        ),
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option(help="Directory to write every table (csv, md, tex, json), every figure (png, svg) and report.html."),
@@ -31,7 +39,8 @@ def compare(
 ) -> None:
     """Compare methods: per-dataset tables over seeds, Δm% vs single-task, ranks, timing and scale ablations.
 
-    Tables go to stdout in --format; with --out DIR, DIR also gets each table in every format (the
+    Tables go to stdout in --format (a methods table with more than the task-metric columns a terminal
+    holds is summarised there unless --wide); with --out DIR, DIR also gets each table in every format (the
     per-run tables included), the figures and a self-contained report.html. Step-cost tables written
     by `mtl ablate` under the same directories are included.
     """
@@ -46,7 +55,9 @@ def compare(
         raise MtlError(f"no finished runs under {', '.join(map(str, dirs))}", hint="train some with `mtl train`")
     ablation_tables = [ablation_table(a) for a in ablations]
     tables = build_tables(results, selection, runs=runs_) + ablation_tables
-    typer.echo(render(tables, fmt.value), nl=False)
+    typer.echo(render(stdout_tables(tables, wide=wide), fmt.value), nl=False)
+    if not wide and fmt.value in ("csv", "json"):  # for machines: say where the wide tables went on stderr
+        _note_summaries(tables)
     if out is not None:
         tables = build_tables(results, selection, runs=True) + ablation_tables  # the folder gets every table
         summary = (
@@ -54,3 +65,14 @@ def compare(
         )
         written = write_report(out, tables, groups_of(results), fmt.value, notes=notes, summary=summary)
         err_console.print(f"wrote {len(written)} files to {out} (open {out / 'report.html'})", highlight=False)
+
+
+def _note_summaries(tables: list[Table]) -> None:
+    """One stderr line per per-task table that stdout replaced by its summary."""
+    for table in tables:
+        if table.wide:
+            err_console.print(
+                f"note: {table.key} has {table.task_columns} task-metric columns (more than {MAX_STDOUT_COLUMNS}); "
+                "stdout shows its summary; --out DIR writes it, --wide prints it",
+                highlight=False,
+            )

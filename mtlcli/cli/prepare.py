@@ -24,7 +24,10 @@ def prepare(
         list[str] | None,
         typer.Option(
             "--source",
-            help="Directory with the raw files (MNIST family: IDX files, NAME=DIR when two sources; celeba: the official release).",
+            help=(
+                "Directory with the raw files (MNIST family: IDX files, NAME=DIR when two sources; "
+                "celeba: the official release)."
+            ),
         ),
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Where prepared data goes [default: $MTL_DATA_DIR or ./data].")] = None,

@@ -35,7 +35,7 @@ def representation_grads(step: Step) -> RepresentationGrads:
     z_grads = []
     head_grads: list[list[Tensor | None]] = []
     for t, params in enumerate(step.task_parameters()):
-        grads = torch.autograd.grad(step.losses[t], [step.z, *params], retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(step.task_loss(t), [step.z, *params], retain_graph=True, allow_unused=True)
         gz = grads[0] if grads[0] is not None else torch.zeros_like(step.z)
         z_grads.append(gz.reshape(-1))
         head_grads.append(list(grads[1:]))

@@ -51,7 +51,7 @@ def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
     if mode == "loop":
         rows, head_grads = [], []
         for t, params in enumerate(heads):
-            grads = torch.autograd.grad(step.losses[t], [*shared, *params], retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(step.task_loss(t), [*shared, *params], retain_graph=True, allow_unused=True)
             rows.append(_flat(grads[: len(shared)], shared))
             head_grads.append(list(grads[len(shared) :]))
         return SharedGrads(torch.stack(rows), head_grads)

@@ -8,6 +8,7 @@ learnable state; they never subclass the model or the trainer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -30,11 +31,29 @@ class Step:
 
     `losses[t]` is task t's (loss_scale-multiplied) loss, `z` the shared representation with its
     graph attached, `model` the network whose parameters the method must give gradients to.
+    `parts`, when known, are the same per-task losses as separate graph nodes (see `task_loss`).
     """
 
     model: MultiTaskModel
     z: Tensor
     losses: Tensor
+    parts: tuple[Tensor, ...] | None = None
+
+    @classmethod
+    def of(cls, model: MultiTaskModel, z: Tensor, task_losses: Sequence[Tensor]) -> Step:
+        """A step from the per-task losses (kept as `parts`, stacked into `losses`)."""
+        parts = tuple(task_losses)
+        return cls(model, z, torch.stack(parts), parts)
+
+    def task_loss(self, t: int) -> Tensor:
+        """Task t's loss for a per-task backward. A backward from `losses[t]` would run through the
+        stack and visit every task's head (T heads per call, T^2 per step); `parts[t]` visits one."""
+        return self.parts[t] if self.parts is not None else self.losses[t]
+
+    def scaled(self, scale: Tensor) -> Step:
+        """The same step with loss t multiplied by scale[t]."""
+        parts = None if self.parts is None else tuple(scale[t] * part for t, part in enumerate(self.parts))
+        return Step(self.model, self.z, scale * self.losses, parts)
 
     @property
     def num_tasks(self) -> int:

@@ -66,7 +66,7 @@ class GradNorm:
         """||dL_t/dW|| for the last shared layer's weight W, one (small) backward per task."""
         weight = step.model.last_shared_layer().weight
         norms = [
-            torch.linalg.vector_norm(torch.autograd.grad(step.losses[t], weight, retain_graph=True)[0])
+            torch.linalg.vector_norm(torch.autograd.grad(step.task_loss(t), weight, retain_graph=True)[0])
             for t in range(step.num_tasks)
         ]
         return torch.stack(norms).detach()

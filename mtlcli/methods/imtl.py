@@ -43,7 +43,7 @@ class Imtl(LearnedScale):
     def backward(self, step: Step) -> Tensor:
         s = self._scale()
         scale = torch.exp(s.detach())
-        scaled = Step(step.model, step.z, scale * step.losses)
+        scaled = step.scaled(scale)
         grads = representation_grads(scaled)
         alpha = self.weights(scaled.losses.detach(), grads.gram())
         apply_representation_update(scaled, grads, alpha, head_grads="raw")

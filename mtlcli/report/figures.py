@@ -2,8 +2,9 @@
 
 - two tasks: the accuracy profile of Sener & Koltun (2018) Figure 3 - one marker per method (mean,
   with the seed spread), grid-search points joined as a front, single-task as reference lines;
-- more tasks: pairwise projections (their Figure 4) and a radar chart of per-task error (Figure 2,
-  split into easy and hard tasks when there are many);
+- more tasks: pairwise projections (their Figure 4; left out above `MAX_PAIRWISE_TASKS` tasks) and a
+  radar chart of per-task error (Figure 2): tasks ordered from easy to hard, split into an easy and a
+  hard chart when there are many;
 - validation curves per method, and the loss-weight (alpha) trajectories of weighting methods.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +27,15 @@ from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
 from mtlcli.io import write_bytes_atomic
-from mtlcli.report.tables import Group, collapse_grid
+from mtlcli.report.tables import Group, collapse_grid, reference_group
 from mtlcli.results import GRID, SINGLE_TASK, UNIFORM, MetricKey
 from mtlcli.tasks import METRICS
 
 MARKERS = "osD^v<>PX*hp"
 MAX_PAIR_TASKS = 6  # pairwise projections of the first tasks only (15 panels)
+MAX_PAIRWISE_TASKS = 16  # more tasks than this: no pairwise figure (the first few of many tasks say little)
 RADAR_SPLIT = 10  # more tasks than this: an easy and a hard radar chart
+RADAR_SMALL = 12  # more axes than this on one chart: smaller, wrapped labels and a larger chart
 MAX_ALPHA_PANELS = 12
 
 
@@ -191,32 +195,105 @@ def _error(value: float, key: MetricKey) -> float:
     return 100.0 - value if METRICS[key[1]].higher_is_better else value
 
 
-def radar_figure(dataset: str, groups: list[Group], directory: Path) -> Figure:
-    """Per-task error per method on a radar chart (paper Figure 2); easy and hard halves when many."""
+def radar_errors(groups: list[Group], keys: list[MetricKey]) -> dict[str, list[float]]:
+    """Per label, the mean test error (%) of every task in `keys` (an `error` metric as it is, never 100 - error)."""
+    return {g.label: [_error(g.test(k)[0], k) for k in keys] for g in groups}
+
+
+def difficulty_order(errors: dict[str, list[float]], reference: str | None = None) -> list[int]:
+    """Task indices from easy to hard: by the `reference` label's error (single-task), else the mean over labels.
+
+    A task the reference lacks (NaN) falls back on the mean; tasks without any error come last; ties keep task order.
+    """
+    count = len(next(iter(errors.values()), []))
+
+    def difficulty(i: int) -> float:
+        own = errors[reference][i] if reference in errors else math.nan
+        if not math.isnan(own):
+            return own
+        finite = [e[i] for e in errors.values() if not math.isnan(e[i])]
+        return float(np.mean(finite)) if finite else math.inf
+
+    return sorted(range(count), key=lambda i: (difficulty(i), i))
+
+
+def _radar_label(name: str, small: bool) -> str:
+    """An axis label: underscores as spaces, wrapped onto short lines when the chart has many axes."""
+    text = name.replace("_", " ")
+    return "\n".join(textwrap.wrap(text, 11, break_long_words=False)) if small else text
+
+
+def _radar_axes(ax: plt.Axes, names: list[str], top: float) -> list[float]:
+    """Angles clockwise from the top, labelled with `names`; radial axis from 0 to `top`."""
+    small = len(names) > RADAR_SMALL
+    angles = np.linspace(0, 2 * np.pi, len(names), endpoint=False).tolist()
+    ax.set_theta_offset(np.pi / 2)
+    ax.set_theta_direction(-1)
+    ax.set_xticks(angles)
+    ax.set_xticklabels([_radar_label(n, small) for n in names], fontsize=6.5 if small else 8)
+    ax.tick_params(axis="x", pad=10 if small else 4)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_ylim(0, top)
+    ax.grid(alpha=0.4)
+    return angles
+
+
+def _radar_parts(order: list[int]) -> tuple[list[list[int]], list[str]]:
+    """One chart, or easy and hard halves (paper Figure 2) when there are more than `RADAR_SPLIT` tasks."""
+    if len(order) <= RADAR_SPLIT:
+        return [order], ["per-task error (%), easy to hard clockwise"]
+    half = len(order) // 2
+    return [order[:half], order[half:]], ["easy tasks: error (%)", "hard tasks: error (%)"]
+
+
+def radar_figure(dataset: str, groups: list[Group], directory: Path, *, note: str = "") -> Figure:
+    """Per-task error per method on radar charts (paper Figure 2), tasks from easy to hard, halves when many."""
     shown, _, _ = collapse_grid([g for g in groups if not g.scales])
     keys = _primary(groups[0])
-    errors = {g.label: [_error(g.test(k)[0], k) for k in keys] for g in shown}
-    order = sorted(range(len(keys)), key=lambda i: np.nanmean([e[i] for e in errors.values()]))
-    parts = [order] if len(keys) <= RADAR_SPLIT else [order[: len(order) // 2], order[len(order) // 2 :]]
-    titles = ["per-task error (%)"] if len(parts) == 1 else ["easy tasks: error (%)", "hard tasks: error (%)"]
-    fig, axes = plt.subplots(1, len(parts), figsize=(6.2 * len(parts), 6.0), subplot_kw={"projection": "polar"}, squeeze=False)
+    errors = radar_errors(shown, keys)
+    reference = reference_group(shown)
+    order = difficulty_order(errors, reference.label if reference else None)
+    parts, titles = _radar_parts(order)
+    side = 7.2 if max(len(p) for p in parts) > RADAR_SMALL else 6.2
+    fig, axes = plt.subplots(1, len(parts), figsize=(side * len(parts), side + 0.6), squeeze=False,
+                             subplot_kw={"projection": "polar"}, layout="constrained")
+    methods = [g for g in shown if g.method != SINGLE_TASK]
     for ax, part, title in zip(axes.flat, parts, titles, strict=True):
-        angles = np.linspace(0, 2 * np.pi, len(part), endpoint=False).tolist()
-        methods = [g for g in shown if g.method != SINGLE_TASK]
+        top = 1.1 * max([e[j] for e in errors.values() for j in part if not math.isnan(e[j])], default=1.0)
+        angles = _radar_axes(ax, [keys[j][0] for j in part], top)  # each chart its own scale, as in the paper
         for group in shown:
             single = group.method == SINGLE_TASK
             color = "k" if single else _style(methods.index(group))[0]
             data = [errors[group.label][j] for j in part]
             ax.plot([*angles, angles[0]], [*data, data[0]], "--" if single else "-", color=color, lw=1.4, label=group.label)
-        ax.set_xticks(angles)
-        ax.set_xticklabels([keys[j][0] for j in part], fontsize=8)
-        ax.set_title(title, pad=18)
-    axes.flat[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.1))
+        ax.set_title(title, pad=24)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(5, max(1, len(labels))), fontsize=8)
     fig.suptitle(f"{dataset}: per-task test error (lower is better)")
     name = f"{dataset}-radar"
     png, svg = _save(fig, directory, name)
-    caption = f"{dataset}: test error per task (100 - accuracy; lower is better), mean over seeds; dashed: single-task."
-    return Figure(name, f"{dataset}: per-task error", caption, png, svg)
+    return Figure(name, f"{dataset}: per-task error", _radar_caption(dataset, keys, reference is not None) + note, png, svg)
+
+
+def _radar_caption(dataset: str, keys: list[MetricKey], reference: bool) -> str:
+    """What the radar plots: error as recorded or as 100 - metric, and how the tasks are ordered."""
+    inverted = sorted({m for _, m in keys if METRICS[m].higher_is_better})
+    kept = sorted({m for _, m in keys if not METRICS[m].higher_is_better})
+    what = "; ".join([*(f"100 - {m}" for m in inverted), *(f"{m} as recorded" for m in kept)])
+    by = "the single-task error" if reference else "the mean error over methods"
+    split = "; split at the median into easy and hard tasks" if len(keys) > RADAR_SPLIT else ""
+    return (
+        f"{dataset}: test error per task ({what}; lower is better), mean over seeds; dashed: single-task. "
+        f"Tasks run clockwise from the top, easy to hard by {by}{split}."
+    )
+
+
+def _pairwise_note(tasks: int) -> str:
+    """Why there is no pairwise figure, for the caption of the radar that stands in for it."""
+    return (
+        f" No pairwise projections (paper Figure 4): {tasks} tasks make {tasks * (tasks - 1) // 2} pairs, "
+        f"more than the {MAX_PAIRWISE_TASKS} tasks they are drawn for."
+    )
 
 
 def _per_epoch(group: Group, value: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -268,6 +345,9 @@ def curves_figure(dataset: str, groups: list[Group], directory: Path) -> Figure:
     name = f"{dataset}-curves"
     png, svg = _save(fig, directory, name)
     caption = f"{dataset}: validation metric per epoch, mean over seeds (shaded: one std); grid points left out."
+    total = len(_primary(groups[0]))
+    if total > len(keys):
+        caption += f" The first {len(keys)} of {total} tasks."
     return Figure(name, f"{dataset}: validation curves", caption, png, svg)
 
 
@@ -318,9 +398,11 @@ def build_figures(groups_by_dataset: dict[str, list[Group]], directory: Path) ->
             continue
         if len(unscaled[0].tasks) == 2:
             figures.append(profile_figure(dataset, unscaled, directory))
-        elif len(unscaled[0].tasks) > 2:
-            figures.append(pairwise_figure(dataset, unscaled, directory))
-            figures.append(radar_figure(dataset, unscaled, directory))
+        elif (count := len(unscaled[0].tasks)) > 2:
+            if count <= MAX_PAIRWISE_TASKS:
+                figures.append(pairwise_figure(dataset, unscaled, directory))
+            note = _pairwise_note(count) if count > MAX_PAIRWISE_TASKS else ""
+            figures.append(radar_figure(dataset, unscaled, directory, note=note))
         figures.append(curves_figure(dataset, unscaled, directory))
         alphas = alphas_figure(dataset, unscaled, directory)
         if alphas is not None:

@@ -20,15 +20,21 @@ thead th { border-bottom: 2px solid #444; }
 .caption { color: #555; font-size: 0.85rem; max-width: 60rem; }
 figure { margin: 1.5rem 0; }
 figure img { max-width: 100%; border: 1px solid #eee; }
+.scroll { overflow-x: auto; }
+.wide table { font-size: 0.75rem; }
+.wide th, .wide td { padding: 0.2rem 0.4rem; }
 """
 
 
 def table_html(table: Table) -> str:
+    """A table section; its rows scroll sideways when too wide for the page (a column per task of many)."""
     frame = display_frame(table)
     body = frame.to_html(index=False, border=0, escape=True)
+    wide = ' class="wide"' if table.wide else ""
+    caption = "<br>".join(html.escape(line) for line in table.caption.split("\n"))
     return (
-        f'<section id="{html.escape(table.key)}"><h3>{html.escape(table.title)}</h3>\n{body}\n'
-        f'<p class="caption">{html.escape(table.caption)}</p></section>'
+        f'<section id="{html.escape(table.key)}"{wide}><h3>{html.escape(table.title)}</h3>\n'
+        f'<div class="scroll">{body}</div>\n<p class="caption">{caption}</p></section>'
     )
 
 

@@ -31,6 +31,10 @@ EXACT_PAIRS: tuple[tuple[str, str], ...] = (("mgda", "mgda-ub"), ("imtl-g-exact"
 DELTA_METRICS = "Δm% (metrics)"
 DELTA_TASKS = "Δm% (tasks)"
 MEAN_RANK = "mean rank"
+# More task-metric columns than this: stdout shows the methods table's summary (`--wide` prints it whole),
+# and the timing, grid and scale tables show means over tasks instead of a column per task metric.
+MAX_STDOUT_COLUMNS = 8
+COST_COLUMNS = ("ms/step", "× uniform", "train min")
 DELTA_NOTE = (
     "Δm% = mean of (-1)^h (M - M_st) / M_st × 100 against single-task (h = 1 when higher is better; "
     "lower is better, negative beats single-task): (metrics) averages over all metrics (Nash-MTL, CAGrad, FAMO), "
@@ -40,13 +44,22 @@ DELTA_NOTE = (
 
 @dataclass
 class Table:
-    """A numeric table; `spread` maps a value column to the column holding its std over seeds."""
+    """A numeric table; `spread` maps a value column to the column holding its std over seeds.
+
+    `task_columns`: how many columns hold a task metric when the table has one per task metric; more than
+    `MAX_STDOUT_COLUMNS` makes it `wide`, and compare prints its summary instead.
+    """
 
     key: str
     title: str
     caption: str
     frame: pd.DataFrame
     spread: dict[str, str] = field(default_factory=dict)
+    task_columns: int = 0
+
+    @property
+    def wide(self) -> bool:
+        return self.task_columns > MAX_STDOUT_COLUMNS
 
 
 @dataclass
@@ -126,6 +139,41 @@ def delta_m(values: dict[MetricKey, float], reference: dict[MetricKey, float]) -
     return over_metrics, over_tasks
 
 
+def is_wide(keys: list[MetricKey]) -> bool:
+    """Whether a column per task metric is too many for stdout."""
+    return len(keys) > MAX_STDOUT_COLUMNS
+
+
+def primary_keys(group: Group) -> dict[str, list[MetricKey]]:
+    """Each task's first metric, grouped by metric name (in task order)."""
+    out: dict[str, list[MetricKey]] = {}
+    for task in group.tasks:
+        out.setdefault(task["metrics"][0], []).append((task["name"], task["metrics"][0]))
+    return out
+
+
+def mean_cells(group: Group) -> dict[str, tuple[float, float]]:
+    """'mean <metric>': each seed's mean over the tasks led by that metric, then (mean, std) over seeds."""
+    return {
+        f"mean {metric}": group.stat(lambda r, ks=keys: statistics.fmean(r.test.get(k, math.nan) for k in ks))
+        for metric, keys in primary_keys(group).items()
+    }
+
+
+def metric_cells(group: Group) -> dict[str, tuple[float, float]]:
+    """(mean, std) per task-metric column, or per `mean_cells` column when the columns would be too many."""
+    if is_wide(group.keys):
+        return mean_cells(group)
+    return {column(k): group.test(k) for k in group.keys}
+
+
+def put_cells(row: dict[str, object], spread: dict[str, str], cells: dict[str, tuple[float, float]]) -> None:
+    """Write (mean, std) cells into `row` as `<name>` and `<name> std`, and record the pair in `spread`."""
+    for name, (mean, std) in cells.items():
+        row[name], row[f"{name} std"] = mean, std
+        spread[name] = f"{name} std"
+
+
 def primary_metric(groups: list[Group]) -> str | None:
     """The first metric shared by every task, when all tasks lead with the same one."""
     firsts = {t["metrics"][0] for t in groups[0].tasks}
@@ -196,7 +244,45 @@ def method_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
     if grid_best is not None:
         caption += f" The grid row is the grid point with the best mean validation score of {grid_points}."
     caption += " ms/step: median step time (mean over seeds); train min: training time without evaluation."
-    return Table(f"{dataset}-methods", f"{dataset}: methods", caption, frame, spread)
+    return Table(f"{dataset}-methods", f"{dataset}: methods", caption, frame, spread, task_columns=len(keys))
+
+
+def _summary_columns(methods: Table, group: Group) -> list[str]:
+    """The methods-table columns a summary keeps: Δm% (per task only when tasks have several metrics), rank, cost."""
+    several = any(len(t["metrics"]) > 1 for t in group.tasks)
+    wanted = [DELTA_METRICS, *([DELTA_TASKS] if several else []), MEAN_RANK, *COST_COLUMNS]
+    return [name for name in wanted if name in methods.frame.columns]
+
+
+def summary_table(dataset: str, groups: list[Group], methods: Table) -> Table:
+    """The methods table in a few columns: per method the mean of each primary metric over tasks, Δm%, rank, cost."""
+    rows_groups, _, _ = collapse_grid([g for g in groups if not g.scales])
+    source, kept = methods.frame, _summary_columns(methods, rows_groups[0])
+    rows, spread = [], {}
+    for index, group in zip(source.index, rows_groups, strict=True):
+        row: dict[str, object] = {"method": source.at[index, "method"], "n": group.n}
+        put_cells(row, spread, mean_cells(group))
+        for name in kept:
+            row[name] = source.at[index, name]
+            if name in methods.spread:
+                row[methods.spread[name]] = source.at[index, methods.spread[name]]
+                spread[name] = methods.spread[name]
+        rows.append(row)
+    means = ", ".join(mean_cells(rows_groups[0]))
+    caption = (
+        f"{dataset}: summary of the per-task methods table. {means}: each seed's mean over the tasks whose first "
+        "metric it is, then mean ± std over n seeds; the other columns are the per-task table's. "
+        + methods.caption.removeprefix(f"{dataset}: ")
+        + f"\nNote: the per-task table ({methods.key}) has {methods.task_columns} task-metric columns "
+        f"(more than {MAX_STDOUT_COLUMNS}): --out DIR writes it (csv, md, tex, json and report.html); --wide prints it."
+    )
+    title = f"{dataset}: methods (summary over {len(rows_groups[0].tasks)} tasks)"
+    return Table(f"{dataset}-summary", title, caption, pd.DataFrame(rows), spread)
+
+
+def stdout_tables(tables: list[Table], *, wide: bool = False) -> list[Table]:
+    """What compare prints: every table but the wide ones (their summaries stand in), or all with `wide`."""
+    return [t for t in tables if wide or not t.wide]
 
 
 def _grid_order(group: Group) -> tuple:
@@ -212,18 +298,27 @@ def grid_table(dataset: str, groups: list[Group], selection: Selection) -> Table
     if not points:
         return None
     keys = points[0].keys
-    rows, spread = [], {}
+    rows: list[dict[str, object]] = []
+    spread: dict[str, str] = {}
     for group in sorted(points, key=_grid_order):
         row: dict[str, object] = {"grid point": group.label, "n": group.n, "val score": group.val_score}
-        for key in keys:
-            row[column(key)], row[f"{column(key)} std"] = group.test(key)
-            spread[column(key)] = f"{column(key)} std"
+        put_cells(row, spread, metric_cells(group))
         rows.append(row)
     caption = (
         f"{dataset}: every grid-search point (fixed loss weights); {selection.describe()}. "
         "val score: mean validation score that picks the grid row of the methods table."
-    )
+    ) + _means_note(keys)
     return Table(f"{dataset}-grid", f"{dataset}: grid search", caption, pd.DataFrame(rows), spread)
+
+
+def _means_note(keys: list[MetricKey]) -> str:
+    """A caption's note that the metric columns are means over tasks (nothing when they are per task)."""
+    if not is_wide(keys):
+        return ""
+    return (
+        f" With {len(keys)} task metrics (more than {MAX_STDOUT_COLUMNS}), the metric columns are means: each seed's mean "
+        "over the tasks whose first metric it is, then mean ± std over seeds; the runs table has every task metric."
+    )
 
 
 def timing_table(dataset: str, groups: list[Group], selection: Selection) -> Table | None:
@@ -251,9 +346,7 @@ def timing_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
                 "speed-up": fastest_time / seconds if seconds else math.nan,
                 "step speed-up": fastest_step / step if step else math.nan,
             }
-            for key in group.keys:
-                row[column(key)], row[f"{column(key)} std"] = group.test(key)
-                spread[column(key)] = f"{column(key)} std"
+            put_cells(row, spread, metric_cells(group))
             rows.append(row)
     if not rows:
         return None
@@ -265,7 +358,7 @@ def timing_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
         f"ms/step. Metrics: {selection.describe()}, mean ± std over n seeds. Times are as each run recorded them: "
         "runs trained at different times on a shared machine are not comparable; `mtl ablate` times the methods "
         "side by side."
-    )
+    ) + _means_note(unscaled[0].keys)
     return Table(f"{dataset}-timing", f"{dataset}: exact vs representation-level", caption, pd.DataFrame(rows), spread)
 
 
@@ -278,11 +371,11 @@ def scale_table(dataset: str, groups: list[Group], selection: Selection) -> Tabl
         if not group.scales or base is None:
             continue
         row: dict[str, object] = {"method": group.label, "scaling": describe_scales(group.scales), "n": group.n, "n base": base.n}
-        changes = []
-        for key in group.keys:
-            change = abs(group.test(key)[0] - base.test(key)[0])
-            row[f"|Δ| {column(key)}"] = change
-            changes.append(change)
+        changes = [abs(group.test(key)[0] - base.test(key)[0]) for key in group.keys]
+        if is_wide(group.keys):
+            row["max |Δ|"] = max(changes)
+        else:
+            row.update({f"|Δ| {column(key)}": change for key, change in zip(group.keys, changes, strict=True)})
         row["mean |Δ|"] = statistics.fmean(changes)
         rows.append(row)
     if not rows:
@@ -292,6 +385,8 @@ def scale_table(dataset: str, groups: list[Group], selection: Selection) -> Tabl
         "multiplied by a constant; |Δ| is the absolute change of the mean test metric against the same method "
         f"unscaled (smaller is more scale-invariant). {selection.describe()}."
     )
+    if rows and "max |Δ|" in rows[0]:
+        caption += f" More than {MAX_STDOUT_COLUMNS} task metrics: the largest and the mean |Δ| over them."
     return Table(f"{dataset}-scale", f"{dataset}: scale invariance", caption, pd.DataFrame(rows))
 
 
@@ -319,7 +414,10 @@ def build_tables(results: list[RunResult], selection: Selection, *, runs: bool =
     tables: list[Table] = []
     for dataset, groups in groups_of(results).items():
         if any(not g.scales for g in groups):
-            tables.append(method_table(dataset, groups, selection))
+            methods = method_table(dataset, groups, selection)
+            if methods.wide:
+                tables.append(summary_table(dataset, groups, methods))
+            tables.append(methods)
         for builder in (grid_table, timing_table, scale_table):
             table = builder(dataset, groups, selection)
             if table is not None:

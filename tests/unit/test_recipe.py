@@ -16,7 +16,11 @@ from tests.conftest import ROOT, load_shipped_recipe
 def test_shipped_recipes_are_valid_and_say_how_to_run(path: Path) -> None:
     assert path.read_text().startswith(f"# run: mtl train recipes/{path.name}")
     recipe = recipes.load(path)
-    assert recipe.optim.name == "sgd" and recipe.optim.momentum == 0.9
+    if recipe.data.name == "celeba":  # the authors' CelebA setting: Adam 5e-4, loss+ normalisation
+        assert recipe.optim.name == "adam" and recipe.optim.lr == 5e-4
+        assert recipe.method.options["normalization"] == "loss+" and len(recipe.tasks) == 40
+    else:  # the MNIST family: SGD with momentum
+        assert recipe.optim.name == "sgd" and recipe.optim.momentum == 0.9
     assert recipe.optim.scheduler.step_size == 30 and recipe.optim.scheduler.gamma == 0.5
     assert recipe.train.epochs == 100 and recipe.train.batch_size == 256 and recipe.train.device == "auto"
 
