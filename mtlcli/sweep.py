@@ -9,8 +9,9 @@ from typing import Any
 from rich.console import Console
 
 from mtlcli import recipe as recipes
+from mtlcli.errors import MtlError
 from mtlcli.io import write_json_atomic
-from mtlcli.methods.grid import GridOptions, default_points, simplex_grid
+from mtlcli.methods.grid import MAX_GRID_RUNS, GridOptions, default_points, grid_size, simplex_grid
 from mtlcli.recipe import Recipe
 from mtlcli.runs import SUMMARY, create_run_dir
 from mtlcli.trainer import Trainer
@@ -25,6 +26,12 @@ def train_grid(recipe: Recipe, *, console: Console, show_progress: bool = True) 
     options = GridOptions(**recipe.method.options)
     num_tasks = len(recipe.tasks)
     points = options.points or default_points(num_tasks)
+    size = grid_size(num_tasks, points)
+    if size > MAX_GRID_RUNS:
+        raise MtlError(
+            f"grid over {num_tasks} tasks with {points} points per axis is {size:,} runs (more than {MAX_GRID_RUNS:,})",
+            hint="pick fewer tasks, or --set method.points=2 (one run per task), or train chosen weights with static",
+        )
     grid = simplex_grid(num_tasks, points)
     sweep = create_run_dir(Path(recipe.output.dir), "grid", recipe.train.seed)
     console.print(f"grid: {len(grid)} static runs ({points} points per axis) in {sweep}")

@@ -4,7 +4,8 @@ per-step rule, so `mtl train --method grid` expands it (see `mtlcli.cli.train`).
 
 from __future__ import annotations
 
-import itertools
+import math
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import Field
@@ -21,11 +22,27 @@ def default_points(num_tasks: int) -> int:
     return {1: 2, 2: 11, 3: 6}.get(num_tasks, 4)
 
 
+MAX_GRID_RUNS = 1000  # a sweep larger than this is refused before anything trains
+
+
+def grid_size(num_tasks: int, points: int) -> int:
+    """How many points `simplex_grid` has: the compositions of points - 1 into num_tasks parts."""
+    return math.comb(points - 1 + num_tasks - 1, num_tasks - 1)
+
+
+def _compositions(total: int, parts: int) -> Iterator[tuple[int, ...]]:
+    if parts == 1:
+        yield (total,)
+        return
+    for first in range(total, -1, -1):
+        for rest in _compositions(total - first, parts - 1):
+            yield (first, *rest)
+
+
 def simplex_grid(num_tasks: int, points: int) -> list[list[float]]:
     """Every weight vector with entries in {0, 1/(points-1), ..., 1} summing to 1 (lexicographic)."""
     steps = points - 1
-    combos = (c for c in itertools.product(range(steps + 1), repeat=num_tasks - 1) if sum(c) <= steps)
-    return sorted(([k / steps for k in (steps - sum(c), *c)] for c in combos), reverse=True)
+    return sorted(([k / steps for k in c] for c in _compositions(steps, num_tasks)), reverse=True)
 
 
 def sweep_only(options: GridOptions | None = None) -> Any:

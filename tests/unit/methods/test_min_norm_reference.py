@@ -78,3 +78,28 @@ def test_frank_wolfe_stays_on_device_dtype() -> None:
     w = min_norm(gram, solver="frank-wolfe")
     assert w.dtype == torch.float32 and w.device == gram.device
     assert_on_simplex(w.double(), tol=1e-6)
+
+
+def kkt_gap(gram: np.ndarray, w: np.ndarray) -> float:
+    """w^T G w - min_j (G w)_j: zero exactly at the simplex optimum (relative to w^T G w)."""
+    gw = gram @ w
+    return float((w @ gw - gw.min()) / (w @ gw))
+
+
+@pytest.mark.parametrize("interior", [True, False], ids=["all-tasks-active", "some-tasks-dropped"])
+def test_forty_tasks_shortcut_and_corral_agree(monkeypatch: pytest.MonkeyPatch, interior: bool) -> None:
+    """At T = 40 the interior shortcut (one solve when every task stays active) gives Wolfe's optimum."""
+    import importlib
+
+    module = importlib.import_module("mtlcli.methods.min_norm")
+
+    rng = np.random.default_rng(40)
+    common = rng.normal(size=(1, 300)) * (0.0 if interior else 1.5)  # a shared direction drops tasks
+    jac = rng.normal(size=(40, 300)) + common + rng.normal(size=(40, 1)) * common
+    gram = jac @ jac.T
+    fast = min_norm(torch.tensor(gram)).numpy()
+    monkeypatch.setattr(module, "_interior_optimum", lambda g, tol: None)
+    corral = min_norm(torch.tensor(gram)).numpy()
+    assert np.allclose(fast, corral, atol=1e-9)
+    assert kkt_gap(gram, fast) < 1e-9 and fast.min() >= 0 and abs(fast.sum() - 1) < 1e-12
+    assert (int((fast > 0).sum()) == 40) == interior
