@@ -188,7 +188,7 @@ def run_ablation(
         as_trained = recipe.model_copy(update={"method": MethodConfig(name=spec.name, **options)})
         torch.manual_seed(recipe.train.seed)  # the same initial weights for every method
         model = make_model(as_trained, dataset).to(device).train()  # the method's own architecture, if any
-        optimizer = make_optimizer(recipe, [*model.parameters(), *method.parameters()])
+        optimizer = make_optimizer(recipe, list(model.parameters()), method.parameters())
         contenders.append(_Contender(spec, method, model, optimizer))
 
     def losses_of(outputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mtlcli.errors import MtlError
+from mtlcli.methods import needs_independent_networks
 from mtlcli.runs import Run, find_runs, read_run
 from mtlcli.tasks import METRICS
 
@@ -266,15 +267,27 @@ def _result_or_problem(run: Run, label: str, selection: Selection) -> tuple[RunR
         return None, f"{type(exc).__name__}: {exc}"
 
 
+def per_task_epochs(run: Run, selection: Selection) -> dict[str, list[dict[str, Any]]]:
+    """The records each task reports. One choice for all tasks, except for independent networks (the
+    single-task reference) under `best`: each network is then taken at its own task's best validation
+    epoch, exactly as T separate trainings would be."""
+    tasks = run.recipe["tasks"]
+    if selection.kind == "best" and needs_independent_networks(method_of(run)):
+        return {t["name"]: selection.epochs(run.metrics, [t]) for t in tasks}
+    chosen = selection.epochs(run.metrics, tasks)
+    return {t["name"]: chosen for t in tasks}
+
+
 def _result(run: Run, label: str, selection: Selection) -> RunResult:
     tasks = run.recipe["tasks"]
-    chosen = selection.epochs(run.metrics, tasks)
+    per_task = per_task_epochs(run, selection)
+    chosen = [rec for records in per_task.values() for rec in records]
     if not chosen:
         raise ValueError("no epochs recorded")
     keys = metric_keys(run.recipe)
 
     def mean_of(split: str) -> dict[MetricKey, float]:
-        return {(t, m): statistics.fmean(float(rec[split][t][m]) for rec in chosen) for t, m in keys}
+        return {(t, m): statistics.fmean(float(rec[split][t][m]) for rec in per_task[t]) for t, m in keys}
 
     alphas: dict[str, list[float]] = {t["name"]: [] for t in tasks}
     for rec in run.metrics:
@@ -284,9 +297,9 @@ def _result(run: Run, label: str, selection: Selection) -> RunResult:
         run=run,
         label=label,
         scales=loss_scales(run.recipe),
-        epochs=[int(rec["epoch"]) for rec in chosen],
+        epochs=sorted({int(rec["epoch"]) for rec in chosen}),
         test=mean_of("test"),
         val=mean_of("val"),
-        val_score=statistics.fmean(validation_score(rec, tasks) for rec in chosen),
+        val_score=statistics.fmean(validation_score(rec, [t]) for t in tasks for rec in per_task[t["name"]]),
         alphas=alphas,
     )

@@ -155,11 +155,21 @@ def make_model(recipe: Recipe, dataset: PreparedDataset) -> MultiTaskModel:
     )
 
 
-def make_optimizer(recipe: Recipe, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(
+    recipe: Recipe, params: list[torch.nn.Parameter], method_params: list[torch.nn.Parameter] | None = None
+) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the model's parameters and the method's own (learned loss scales),
+    which never get weight decay: decay would pull log-variances towards 0, i.e. towards uniform weights."""
     o = recipe.optim
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if method_params:
+        if o.weight_decay:
+            groups.append({"params": method_params, "weight_decay": 0.0})
+        else:  # one group, as checkpoints written before the split have it
+            groups[0]["params"] = [*params, *method_params]
     if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
 
 
 def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -276,6 +286,7 @@ class NonFiniteGuard:
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.bad_losses = torch.zeros(len(task_names), device=device)
         self.bad_grads = torch.zeros(len(self.params), dtype=torch.bool, device=device)
+        self.bad_weights = torch.zeros(len(task_names), dtype=torch.bool, device=device)
 
     def _flags(self, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Finite flags of the task losses [T] and of each parameter's gradient [P], in a few fused kernels:
@@ -289,21 +300,25 @@ class NonFiniteGuard:
         per_param = [next(norms) if p.grad is not None else self._zero for p in self.params]
         return loss_ok, torch.isfinite(torch.stack(per_param))
 
-    def observe(self, step: int, losses: torch.Tensor, where: str) -> bool:
-        """After backward: True to apply the step, False to skip it; NonFiniteError under `stop`."""
+    def observe(self, step: int, losses: torch.Tensor, where: str, weights: torch.Tensor | None = None) -> bool:
+        """After backward: True to apply the step, False to skip it; NonFiniteError under `stop`.
+        `weights` are the method's task weights: a Gram-based method gives NaN to a task whose gradient
+        was non-finite (`min_norm` and friends), which names that task."""
         losses = losses.detach()
         loss_ok, grad_ok = self._flags(losses)
-        ok = loss_ok.all() & grad_ok.all()
+        weight_ok = torch.isfinite(weights.detach()) if weights is not None else torch.ones_like(loss_ok)
+        ok = loss_ok.all() & grad_ok.all() & weight_ok.all()
         if self.immediate:
             if bool(ok):
                 return True
             if self.policy == "skip":
                 return False
-            raise self.error(step, where, losses.tolist(), (~grad_ok).tolist())
+            raise self.error(step, where, losses.tolist(), (~grad_ok).tolist(), (~weight_ok).tolist())
         new = ~ok & (self.first_bad < 0)
         self.first_bad = torch.where(new, step, self.first_bad)
         self.bad_losses = torch.where(new, losses.to(self.bad_losses.dtype), self.bad_losses)
         self.bad_grads = torch.where(new, ~grad_ok, self.bad_grads)
+        self.bad_weights = torch.where(new, ~weight_ok, self.bad_weights)
         return True
 
     def check(self, where: Any) -> None:
@@ -312,10 +327,20 @@ class NonFiniteGuard:
             return
         step = int(self.first_bad.item())
         if step >= 0:
-            raise self.error(step, where(step), self.bad_losses.tolist(), self.bad_grads.tolist())
+            raise self.error(
+                step, where(step), self.bad_losses.tolist(), self.bad_grads.tolist(), self.bad_weights.tolist()
+            )
 
-    def error(self, step: int, where: str, losses: list[float], bad_grads: list[bool]) -> NonFiniteError:
+    def error(
+        self, step: int, where: str, losses: list[float], bad_grads: list[bool], bad_weights: list[bool] | None = None
+    ) -> NonFiniteError:
         bad_tasks = [name for name, v in zip(self.task_names, losses, strict=True) if not math.isfinite(v)]
+        gradient_tasks = [name for name, bad in zip(self.task_names, bad_weights or [], strict=False) if bad]
+        if not bad_tasks and gradient_tasks and len(gradient_tasks) < len(self.task_names):
+            values = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.task_names, losses, strict=True))
+            what = ", ".join(f"task {name!r}" for name in gradient_tasks)
+            message = f"non-finite gradient at step {step} ({where}) of {what}; task losses: {values}"
+            return NonFiniteError(message, None, step=step, tasks=gradient_tasks)
         if bad_tasks:
             what = ", ".join(
                 f"task {name!r} loss is {v}" for name, v in zip(self.task_names, losses, strict=True) if not math.isfinite(v)
@@ -364,7 +389,7 @@ class Trainer:
         self.model = make_model(r, self.dataset).to(self.device)
         self.method: Method = methods.build(r.method.name, **r.method.options)
         self.method.setup(len(self.tasks), self.device)
-        self.optimizer = make_optimizer(r, [*self.model.parameters(), *self.method.parameters()])
+        self.optimizer = make_optimizer(r, list(self.model.parameters()), self.method.parameters())
         self.scheduler = make_scheduler(r, self.optimizer)
         named = [*self.model.named_parameters(), *((f"method.{i}", p) for i, p in enumerate(self.method.parameters()))]
         self.guard = NonFiniteGuard([t.name for t in self.tasks], named, self.device, r.train.on_nonfinite)
@@ -641,7 +666,9 @@ class Trainer:
             losses = step.losses
             weights = self.method.backward(step)
             try:
-                apply = self.guard.observe(self.global_step + 1, losses, f"epoch {pos.epoch}, batch {pos.batch + 1}")
+                apply = self.guard.observe(
+                    self.global_step + 1, losses, f"epoch {pos.epoch}, batch {pos.batch + 1}", weights
+                )
             except NonFiniteError as exc:
                 exc.hint = self._nonfinite_hint()
                 raise
@@ -650,6 +677,9 @@ class Trainer:
                 pos.loss_sum += losses.detach()
                 pos.weight_sum += weights.to(pos.weight_sum.dtype)
             else:  # skip: no parameter or optimiser-state change, not averaged into the epoch's losses
+                undo = getattr(self.method, "step_skipped", None)  # nor a change of the method's own state
+                if undo is not None:
+                    undo()
                 pos.skipped += 1
                 self.skipped_steps += 1
             timer.stop()
@@ -717,6 +747,12 @@ class Trainer:
         }
         self.all_step_times.extend(times)
         self.elapsed += train_seconds + eval_seconds
+        stats = getattr(self.method, "epoch_stats", None)  # what a method counts per epoch (IMTL-G: negative projections)
+        if stats is not None:
+            record["method_stats"] = stats()
+        end_epoch = getattr(self.method, "end_epoch", None)  # methods paced by epochs (DWA) see its mean losses
+        if end_epoch is not None:
+            end_epoch(pos.loss_sum.detach() / applied)
         improved = score > self.best_score
         if improved:
             self.best_score, self.best_epoch = score, pos.epoch

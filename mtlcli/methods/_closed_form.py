@@ -14,8 +14,12 @@ least-squares solutions instead of failing, and alpha_1 = 1 - sum(alpha_{2:T}) a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+
+ZERO_GRADIENT = 1e-12  # a gradient this much smaller than the largest counts as zero (IMTL-G)
 
 
 def _check(gram: Tensor) -> None:
@@ -50,12 +54,18 @@ def imtl_g_weights(gram: Tensor) -> Tensor:
         return torch.ones(1, dtype=gram.dtype, device=gram.device)
     g = _float64(gram)
     norms = g.diagonal().clamp_min(0).sqrt()
-    norms = norms.clamp_min(norms.max() * 1e-150 + torch.finfo(torch.float64).tiny)
-    gamma = _anchored(g / (norms[:, None] * norms[None, :]))
-    alpha = gamma / norms
+    zero = norms <= norms.max() * ZERO_GRADIENT
+    safe = torch.where(zero, torch.ones_like(norms), norms)
+    keep = (~zero).to(g.dtype)
+    # A zero gradient has no direction, so it sets no equal-projection constraint and gets weight 0 (the
+    # limit TorchJD's pinv form also takes). Without a host sync: it becomes a unit vector orthogonal to
+    # every other (row and column e_t of the correlation matrix); the others then solve among themselves
+    # exactly as without it, and its own gamma is dropped.
+    correlation = g / (safe[:, None] * safe[None, :]) * keep[:, None] * keep[None, :] + torch.diag(1 - keep)
+    alpha = torch.where(zero, torch.zeros_like(norms), _anchored(correlation) / safe)
     total = alpha.sum()
-    alpha = alpha / torch.where(total.abs() > 0, total, torch.ones_like(total))
-    return alpha.to(gram.dtype)
+    uniform = torch.full_like(alpha, 1.0 / len(alpha))  # every gradient zero: nothing to balance
+    return torch.where(total.abs() > 0, alpha / torch.where(total.abs() > 0, total, 1.0), uniform).to(gram.dtype)
 
 
 def unconstrained_min_norm_weights(gram: Tensor) -> Tensor:
@@ -65,3 +75,38 @@ def unconstrained_min_norm_weights(gram: Tensor) -> Tensor:
     g = _float64(gram)
     g = g / g.diagonal().max().clamp_min(torch.finfo(torch.float64).tiny)
     return _anchored(g).to(gram.dtype)
+
+
+def equal_projection(gram: Tensor, alpha: Tensor) -> Tensor:
+    """The common projection g . u_t of g = sum_t alpha_t g_t onto the unit task gradients (IMTL-G makes
+    them equal; the mean over the non-zero gradients). Negative: the direction raises every task's loss."""
+    g = gram.detach().to(torch.float64)
+    norms = g.diagonal().clamp_min(0).sqrt()
+    nonzero = norms > norms.max() * ZERO_GRADIENT
+    projections = (g @ alpha.detach().to(torch.float64)) / torch.where(nonzero, norms, torch.ones_like(norms))
+    return (projections * nonzero).sum() / nonzero.sum().clamp_min(1)
+
+
+class NegativeProjections:
+    """Counts the steps whose IMTL-G direction has equal but negative projections (it raises every loss:
+    faithful to the paper, possible with 3+ tasks), on the device, for the epoch record; checkpointed."""
+
+    def __init__(self) -> None:
+        self.count: Tensor | None = None
+
+    def observe(self, gram: Tensor, alpha: Tensor) -> None:
+        negative = (equal_projection(gram, alpha) < 0).to(torch.int64)
+        self.count = negative if self.count is None else self.count + negative
+
+    def epoch_stats(self) -> dict[str, int]:
+        """{'negative_projection_steps': n} since the last call (one host read per epoch), then reset."""
+        n = int(self.count.item()) if self.count is not None else 0
+        self.count = None
+        return {"negative_projection_steps": n}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"negative_projection_steps": self.count.clone() if self.count is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        count = state.get("negative_projection_steps")
+        self.count = count.clone() if isinstance(count, Tensor) else None

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mtlcli.methods.base import Step
+from mtlcli.methods.min_norm import finite, flag_non_finite
 
 HeadGrads = Literal["weighted", "raw"]
 
@@ -65,7 +66,8 @@ def gram_step_on_representation(step: Step, weights: WeightsFn, *, head_grads: H
     """The whole step of a Gram-based method on dL_t/dz: gradients, weights from their Gram matrix,
     then the update (one encoder backward). Returns the detached weights."""
     grads = representation_grads(step)
-    alpha = weights(step.losses.detach(), grads.gram())
+    gram = grads.gram()
+    alpha = flag_non_finite(gram, weights(step.losses.detach(), finite(gram)))
     apply_representation_update(step, grads, alpha, head_grads=head_grads)
     return alpha.detach()
 

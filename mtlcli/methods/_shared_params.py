@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from mtlcli.methods._representation import HeadGrads, WeightsFn, _accumulate
 from mtlcli.methods.base import Step
+from mtlcli.methods.min_norm import finite, flag_non_finite
 
 GradsMode = Literal["loop", "batched"]
 
@@ -99,6 +100,7 @@ def gram_step_on_shared_parameters(step: Step, weights: WeightsFn, *, grads: Gra
     """The whole step of a Gram-based method on dL_t/dtheta_sh: per-task gradients (loop or batched),
     weights from their Gram matrix, then sum_t alpha_t g_t as the shared update. Returns the weights."""
     task_grads = shared_grads(step, grads)
-    alpha = weights(step.losses.detach(), task_grads.gram())
+    gram = task_grads.gram()
+    alpha = flag_non_finite(gram, weights(step.losses.detach(), finite(gram)))
     apply_shared_update(step, task_grads, alpha, head_weights=head_weights_for(alpha, head_grads))
     return alpha.detach()

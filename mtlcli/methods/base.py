@@ -83,6 +83,14 @@ class Method(Protocol):
 
     def state_dict(self) -> dict[str, Any]: ...
 
+    # Optional: `step_skipped() -> None`, called when the trainer drops the step whose backward just ran
+    # (non-finite, `train.on_nonfinite: skip`): a method that updated its own state in `backward` undoes it.
+    # Optional: `epoch_stats() -> dict[str, int | float]`, read (and reset) by the trainer at each epoch's end
+    # into metrics.jsonl's `method_stats` (IMTL-G: steps whose equal projections were negative).
+    # Optional: `end_epoch(mean_losses: Tensor[T]) -> None`, called by the trainer after each epoch with
+    # that epoch's mean (applied-step) training losses, before the checkpoint is taken (so state saved
+    # in `state_dict` includes it). Methods paced by epochs (DWA) implement it; others need not.
+
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 

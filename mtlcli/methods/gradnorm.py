@@ -10,6 +10,7 @@ the IMTL paper found best). Weights, initial losses and the optimiser state are 
 
 from __future__ import annotations
 
+import copy
 from typing import Any, ClassVar
 
 import torch
@@ -34,6 +35,7 @@ class GradNorm:
         self.w: nn.Parameter | None = None
         self.initial_losses: Tensor | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self._before_step: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"GradNorm(alpha={self.options.alpha}, lr={self.options.lr})"
@@ -62,6 +64,12 @@ class GradNorm:
             initial.copy_(state["initial_losses"])
         optimizer.load_state_dict(state["optimizer"])
 
+    def step_skipped(self) -> None:
+        """The trainer dropped this step as non-finite: undo this step's update of the weights, the
+        initial losses and the optimiser state, as if the step had never happened."""
+        if self._before_step is not None:
+            self.load_state_dict(self._before_step)
+
     def grad_norms(self, step: Step) -> Tensor:
         """||dL_t/dW|| for the last shared layer's weight W, one (small) backward per task."""
         weight = step.model.last_shared_layer().weight
@@ -73,6 +81,11 @@ class GradNorm:
 
     def backward(self, step: Step) -> Tensor:
         w, initial, optimizer = self._ready()
+        self._before_step = {  # what step_skipped restores (a few T-sized tensors)
+            "w": w.detach().clone(),
+            "initial_losses": initial.clone(),
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+        }
         norms = self.grad_norms(step)
         weights = w.detach().clone()
         weighted_backward(step.losses, weights)

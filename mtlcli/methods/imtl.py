@@ -10,15 +10,16 @@ The reported weights are the effective factors on the raw losses for the encoder
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from mtlcli.methods._closed_form import imtl_g_weights
+from mtlcli.methods._closed_form import NegativeProjections, imtl_g_weights
 from mtlcli.methods._learned_scale import LearnedScale
 from mtlcli.methods._representation import apply_representation_update, representation_grads
 from mtlcli.methods.base import Options, Step
+from mtlcli.methods.min_norm import finite, flag_non_finite
 
 
 class ImtlOptions(Options):
@@ -32,13 +33,26 @@ class Imtl(LearnedScale):
 
     def __init__(self, options: ImtlOptions | None = None) -> None:
         self.options = options or ImtlOptions()
+        self.negative = NegativeProjections()
 
     def __repr__(self) -> str:
         return "Imtl()"
 
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """IMTL-G weights for the Gram matrix of the *scaled* losses' representation gradients."""
-        return imtl_g_weights(gram)
+        alpha = flag_non_finite(gram, imtl_g_weights(finite(gram)))
+        self.negative.observe(gram, alpha)
+        return alpha
+
+    def epoch_stats(self) -> dict[str, int]:
+        return self.negative.epoch_stats()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **self.negative.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.negative.load_state_dict(state)
 
     def backward(self, step: Step) -> Tensor:
         s = self._scale()

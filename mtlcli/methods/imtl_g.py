@@ -11,12 +11,12 @@ does (one encoder backward); `imtl-g-exact` the gradients of the shared paramete
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._closed_form import imtl_g_weights
+from mtlcli.methods._closed_form import NegativeProjections, imtl_g_weights
 from mtlcli.methods._representation import HeadGrads, gram_step_on_representation
 from mtlcli.methods._shared_params import GradsMode, gram_step_on_shared_parameters
 from mtlcli.methods.base import Options, Stateless, Step
@@ -37,13 +37,25 @@ class ImtlG(Stateless):
 
     def __init__(self, options: ImtlGOptions | None = None) -> None:
         self.options = options or ImtlGOptions()
+        self.negative = NegativeProjections()
 
     def __repr__(self) -> str:
         return f"ImtlG(head_grads={self.options.head_grads!r})"
 
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """Closed-form IMTL-G weights; `losses` is unused (the method is scale-invariant)."""
-        return imtl_g_weights(gram)
+        alpha = imtl_g_weights(gram)
+        self.negative.observe(gram, alpha)
+        return alpha
+
+    def epoch_stats(self) -> dict[str, int]:
+        return self.negative.epoch_stats()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.negative.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.negative.load_state_dict(state)
 
     def backward(self, step: Step) -> Tensor:
         return gram_step_on_representation(step, self.weights, head_grads=self.options.head_grads)
@@ -56,12 +68,25 @@ class ImtlGExact(Stateless):
 
     def __init__(self, options: ImtlGExactOptions | None = None) -> None:
         self.options = options or ImtlGExactOptions()
+        self.negative = NegativeProjections()
 
     def __repr__(self) -> str:
         return f"ImtlGExact(head_grads={self.options.head_grads!r}, grads={self.options.grads!r})"
 
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
-        return imtl_g_weights(gram)
+        """Closed-form IMTL-G weights; `losses` is unused (the method is scale-invariant)."""
+        alpha = imtl_g_weights(gram)
+        self.negative.observe(gram, alpha)
+        return alpha
+
+    def epoch_stats(self) -> dict[str, int]:
+        return self.negative.epoch_stats()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.negative.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.negative.load_state_dict(state)
 
     def backward(self, step: Step) -> Tensor:
         o = self.options

@@ -34,6 +34,26 @@ def min_norm(gram: Tensor, *, solver: Solver = "min-norm-point", max_iter: int =
     """
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
         raise ValueError(f"`gram` should be a non-empty square matrix. Found `gram.shape = {tuple(gram.shape)}`.")
+    return flag_non_finite(gram, _solve(finite(gram), solver, max_iter, tol))
+
+
+def finite(gram: Tensor) -> Tensor:
+    """The Gram matrix with non-finite entries set to 0, for a solver whose answer `flag_non_finite` replaces."""
+    return torch.nan_to_num(gram, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def flag_non_finite(gram: Tensor, weights: Tensor) -> Tensor:
+    """Weights with NaN for every task whose Gram row is non-finite (its gradient was) and 0 for the
+    others, when there is such a task; the weights unchanged otherwise. No host sync: a non-finite
+    gradient then surfaces in the trainer's non-finite guard, which names those tasks, instead of being
+    hidden behind some finite weights."""
+    diagonal_bad = ~torch.isfinite(gram.diagonal())  # ||g_t||^2: a non-finite g_t spoils its whole row and column
+    named = torch.where(diagonal_bad.any(), diagonal_bad, torch.ones_like(diagonal_bad))  # else: all of them
+    flagged = torch.where(named, torch.full_like(weights, float("nan")), torch.zeros_like(weights))
+    return torch.where(torch.isfinite(gram).all(), weights, flagged)
+
+
+def _solve(gram: Tensor, solver: Solver, max_iter: int, tol: float) -> Tensor:
     if solver == "min-norm-point":
         weights = wolfe_min_norm_point(gram.detach().to("cpu", torch.float64).numpy(), max_iter=max_iter, tol=tol)
         return torch.as_tensor(weights, dtype=gram.dtype, device=gram.device)

@@ -241,6 +241,11 @@ def method_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
     else:
         caption += " No single-task runs, so no Δm%."
     caption += " Mean rank over all metrics among the multi-task rows (1 is best)."
+    if selection.kind == "best" and any(g.method == SINGLE_TASK for g in groups):
+        caption += (
+            " single-task: each task's network at its own best validation epoch (the networks are independent,"
+            " as separate trainings would be)."
+        )
     if grid_best is not None:
         caption += f" The grid row is the grid point with the best mean validation score of {grid_points}."
     caption += " ms/step: median step time (mean over seeds); train min: training time without evaluation."

@@ -158,3 +158,46 @@ def test_deferred_check_as_on_cuda_names_the_first_bad_step_and_saves_nothing_po
     state = load_checkpoint(t.run_dir / "last.pt")  # ... but saved nothing after the bad step
     assert state["position"]["epoch"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert [json.loads(line)["epoch"] for line in (t.run_dir / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_skipped_steps_leave_gradnorm_weights_and_their_optimiser_untouched(data_dir, tmp_path) -> None:
+    """GradNorm updates its own weights inside backward; a step the trainer drops must undo that too."""
+    raw = recipe(data_dir, tmp_path / "out", epochs=1, on_nonfinite="skip")
+    raw["method"] = {"name": "gradnorm"}
+    t = trainer(raw)
+    poison_task(t, "right", {2, 3})
+    states: dict[int, dict[str, Any]] = {}
+
+    def snapshot(module: torch.nn.Module, _args: Any) -> None:
+        if module.training:
+            state = t.method.state_dict()
+            states[t.global_step + 1] = {
+                "w": state["w"].clone(),
+                "initial": state["initial_losses"].clone(),
+                "adam": {k: v.clone() for k, v in state["optimizer"]["state"].get(0, {}).items()},
+            }
+
+    t.model.register_forward_pre_hook(snapshot)
+    t.run()
+    before, after = states[2], states[4]  # steps 2 and 3 dropped: the state before 4 is the state before 2
+    assert torch.equal(before["w"], after["w"]) and torch.equal(before["initial"], after["initial"])
+    assert before["adam"].keys() == after["adam"].keys()
+    assert all(torch.equal(before["adam"][k], after["adam"][k]) for k in before["adam"])
+    assert not torch.equal(states[1]["w"], states[2]["w"])  # an applied step does move them
+
+
+@pytest.mark.parametrize("method", ["mgda-ub", "mgda", "imtl-g"])
+def test_a_non_finite_task_gradient_is_named_not_hidden_by_the_solver(data_dir, tmp_path, method: str) -> None:
+    """A finite loss with a non-finite gradient makes the Gram matrix non-finite: the weights come back
+    NaN for that task (not silently uniform) and the guard names the task and the step."""
+    raw = recipe(data_dir, tmp_path / "out", epochs=1)
+    raw["method"] = {"name": method}
+    t = trainer(raw)
+
+    def hook(module: torch.nn.Module, _args: Any, out: torch.Tensor) -> None:
+        if module.training and t.global_step + 1 == 3:
+            out.register_hook(lambda g: g * math.inf)
+
+    t.model.heads["right"].register_forward_hook(hook)
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient at step 3 \(epoch 1, batch 3\) of task 'right'"):
+        t.run()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mtlcli.methods import build, min_norm
+from mtlcli.methods._closed_form import imtl_g_weights
 from tests.unit.methods.matrices import SCALES, jacobian
 
 GRAM_METHODS = ["imtl-g", "imtl-g-exact", "imtl"]
@@ -106,3 +107,51 @@ def test_unconstrained_may_leave_the_simplex_where_mgda_cannot() -> None:
     alpha = unconstrained(jac)
     assert alpha.min() < 0 and abs(alpha.sum() - 1) < 1e-12
     assert np.all(min_norm(torch.tensor(jac @ jac.T)).numpy() >= 0)
+
+
+@pytest.mark.parametrize("zero_at", [0, 1, 3])
+def test_imtl_g_gives_a_zero_gradient_no_weight_and_balances_the_others(zero_at: int) -> None:
+    """A zero gradient has no direction: weight 0, and the others get IMTL-G among themselves."""
+    rng = np.random.default_rng(zero_at)
+    others = torch.tensor(rng.normal(size=(3, 6)))
+    jac = torch.cat([others[:zero_at], torch.zeros(1, 6, dtype=torch.float64), others[zero_at:]])
+    alpha = imtl_g_weights(jac @ jac.T)
+    assert alpha[zero_at] == 0
+    rest = torch.cat([alpha[:zero_at], alpha[zero_at + 1 :]])
+    assert torch.allclose(rest, imtl_g_weights(others @ others.T), atol=1e-12)
+    d = alpha @ jac  # equal projections onto the unit gradients of the non-zero tasks
+    projections = (others @ d) / others.norm(dim=1)
+    assert torch.allclose(projections, projections[0].expand(3), rtol=1e-9)
+
+
+def test_imtl_g_with_every_gradient_zero_is_uniform() -> None:
+    assert imtl_g_weights(torch.zeros(4, 4, dtype=torch.float64)).tolist() == [0.25] * 4
+
+
+def negative_case() -> torch.Tensor:
+    """A seeded full-rank 3-task Jacobian (d = 3) whose IMTL-G projections are negative."""
+    for seed in range(200):
+        jac = torch.tensor(np.random.default_rng(seed).normal(size=(3, 3)))
+        alpha = imtl_g_weights(jac @ jac.T)
+        if float(((jac @ (alpha @ jac)) / jac.norm(dim=1))[0]) < 0:
+            return jac
+    raise AssertionError("no negative case among 200 seeds")
+
+
+def test_imtl_g_counts_the_steps_whose_equal_projections_are_negative() -> None:
+    from mtlcli.methods._closed_form import equal_projection
+
+    jac = negative_case()
+    gram = jac @ jac.T
+    method = build("imtl-g")
+    alpha = method.weights(torch.ones(3), gram)
+    d = alpha @ jac
+    assert torch.all(jac @ d < 0)  # faithful to the paper: this direction raises every loss
+    assert float(equal_projection(gram, alpha)) < 0
+    positive = torch.eye(3, dtype=torch.float64)
+    method.weights(torch.ones(3), positive)
+    state = method.state_dict()
+    assert method.epoch_stats() == {"negative_projection_steps": 1}
+    assert method.epoch_stats() == {"negative_projection_steps": 0}  # reset each epoch
+    method.load_state_dict(state)  # resumed mid-epoch: the count carries on
+    assert method.epoch_stats() == {"negative_projection_steps": 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -103,3 +104,13 @@ def test_forty_tasks_shortcut_and_corral_agree(monkeypatch: pytest.MonkeyPatch, 
     assert np.allclose(fast, corral, atol=1e-9)
     assert kkt_gap(gram, fast) < 1e-9 and fast.min() >= 0 and abs(fast.sum() - 1) < 1e-12
     assert (int((fast > 0).sum()) == 40) == interior
+
+
+@pytest.mark.parametrize("solver", ["min-norm-point", "frank-wolfe", "projected-gradient"])
+def test_a_non_finite_gradient_gives_nan_for_its_task_not_uniform_weights(solver: str) -> None:
+    jac = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    jac[1, 0] = math.nan
+    w = min_norm(jac @ jac.T, solver=solver)
+    assert torch.isnan(w[1]) and w[0] == 0 and w[2] == 0
+    inf_off_diagonal = torch.tensor([[1.0, math.inf], [math.inf, 1.0]], dtype=torch.float64)
+    assert torch.isnan(min_norm(inf_off_diagonal, solver=solver)).all()  # which task: unknown, so every one
