@@ -46,6 +46,12 @@ DEFAULT_METHODS = (
     "imtl-g-exact",
     "pcgrad",
     "gradnorm",
+    "upgrad",
+    "dualproj",
+    "cagrad",
+    "famo",
+    "dwa",
+    "rlw",
 )
 
 

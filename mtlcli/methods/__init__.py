@@ -18,6 +18,10 @@ from pydantic import ValidationError
 
 from mtlcli.errors import MtlError
 from mtlcli.methods.base import Method, Options, Step
+from mtlcli.methods.cagrad import Cagrad, CagradOptions
+from mtlcli.methods.dualproj import DualProj, DualProjOptions
+from mtlcli.methods.dwa import Dwa, DwaOptions
+from mtlcli.methods.famo import Famo, FamoOptions
 from mtlcli.methods.gls import Gls, GlsOptions
 from mtlcli.methods.gradnorm import GradNorm, GradNormOptions
 from mtlcli.methods.grid import GridOptions, sweep_only
@@ -29,10 +33,12 @@ from mtlcli.methods.mgda_ub import MgdaOptions, MgdaUb
 from mtlcli.methods.mgda_unconstrained import MgdaUnconstrained, MgdaUnconstrainedOptions
 from mtlcli.methods.min_norm import SOLVERS, min_norm
 from mtlcli.methods.pcgrad import PcGrad, PcGradOptions
+from mtlcli.methods.rlw import Rlw, RlwOptions
 from mtlcli.methods.single_task import SingleTask, SingleTaskOptions
 from mtlcli.methods.static import Static, StaticOptions
 from mtlcli.methods.uncertainty import Uncertainty, UncertaintyOptions
 from mtlcli.methods.uniform import Uniform, UniformOptions
+from mtlcli.methods.upgrad import UPGrad, UPGradOptions
 
 __all__ = [
     "REGISTRY",
@@ -144,6 +150,51 @@ REGISTRY: dict[str, MethodInfo] = {
             PcGradOptions,
             "project conflicting shared-parameter gradients on each other's normal planes, random order",
             "Yu et al., NeurIPS 2020",
+        ),
+        MethodInfo(
+            "famo",
+            Famo,
+            FamoOptions,
+            "softmax logits z moved by the observed log-loss decreases (own Adam): sum_t z_t log L_t / c, balanced rates",
+            "Liu et al., NeurIPS 2023 (FAMO)",
+        ),
+        MethodInfo(
+            "dwa",
+            Dwa,
+            DwaOptions,
+            "weights K softmax(L_t(e-1) / L_t(e-2) / T) from the last two epochs' mean losses (1 at first): sum_t w_t L_t",
+            "Liu, Johns & Davison, CVPR 2019",
+        ),
+        MethodInfo(
+            "rlw",
+            Rlw,
+            RlwOptions,
+            "random weights drawn every step (softmax of a standard normal draw by default): sum_t w_t L_t",
+            "Lin et al., TMLR 2022",
+        ),
+        MethodInfo(
+            "upgrad",
+            UPGrad,
+            UPGradOptions,
+            "mean of the task gradients each projected onto the dual cone of all of them (conflicts with none), "
+            "on z or, with level: shared, the shared parameters",
+            "Quinton & Rey, 2024 (Jacobian Descent, UPGrad)",
+        ),
+        MethodInfo(
+            "dualproj",
+            DualProj,
+            DualProjOptions,
+            "mean task gradient projected onto the dual cone of the task gradients (GEM's projection), "
+            "on z or, with level: shared, the shared parameters",
+            "Quinton & Rey, 2024 (TorchJD); Lopez-Paz & Ranzato, NIPS 2017 (GEM)",
+        ),
+        MethodInfo(
+            "cagrad",
+            Cagrad,
+            CagradOptions,
+            "mean gradient moved within a ball of radius c ||g_0|| to maximise the worst task's decrease "
+            "(exact dual on the Gram matrix), on z or, with level: shared, the shared parameters",
+            "Liu, Liu, Jin, Stone & Liu, NeurIPS 2021 (CAGrad)",
         ),
     )
 }

@@ -11,7 +11,10 @@ from mtlcli.methods.base import Method
 
 ISSUE_METHODS = {
     "single-task", "uniform", "static", "grid", "uncertainty", "gradnorm", "mgda", "mgda-ub", "mgda-unconstrained",
-    "imtl-g", "imtl-g-exact", "imtl-l", "imtl", "gls", "pcgrad",
+    "imtl-g", "imtl-g-exact", "imtl-l", "imtl", "gls", "pcgrad", "famo",
+    "dwa", "rlw",
+    "upgrad", "dualproj",
+    "cagrad",
 }  # fmt: skip
 GRAM_BASED = ["mgda", "mgda-ub", "mgda-unconstrained", "imtl-g", "imtl-g-exact"]
 
