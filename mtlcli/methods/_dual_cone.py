@@ -57,32 +57,20 @@ With reg_eps = 0 the solver handles singular G too (then w may not be unique, J^
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from mtlcli.errors import MtlError
-from mtlcli.methods._representation import HeadGrads, WeightsFn, gram_step_on_representation
-from mtlcli.methods._shared_params import GradsMode, gram_step_on_shared_parameters
-from mtlcli.methods.base import Options, Step
-
-Level = Literal["representation", "shared"]
+from mtlcli.methods._levels import LevelOptions, level_step
+from mtlcli.methods._representation import WeightsFn
+from mtlcli.methods.base import Step
 
 
-class DualConeOptions(Options):
+class DualConeOptions(LevelOptions):
     """Options shared by upgrad and dualproj."""
 
-    level: Level = Field(
-        "representation",
-        description="gradients w.r.t. the shared representation z (one encoder backward) or the shared parameters",
-    )
-    grads: GradsMode | None = Field(
-        None, description="level shared only: per-task grads by T backwards or one batched backward (null: loop)"
-    )
-    head_grads: HeadGrads = Field("weighted", description="heads get w_t-scaled or raw grads")
     pref_vector: list[float] | None = Field(
         None, min_length=1, description="one weight >= 0 per task combining the projected gradients (null: 1/T each, the mean)"
     )
@@ -90,16 +78,6 @@ class DualConeOptions(Options):
     norm_eps: float = Field(0.0, ge=0, description="a G with trace below this counts as zero (TorchJD's default: 1e-4)")
     tol: float = Field(1e-10, gt=0, description="relative KKT tolerance of the projection solver")
     max_iter: int = Field(1000, gt=0, description="active-set iterations per projection")
-
-    @field_validator("grads")
-    @classmethod
-    def _grads_only_at_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
-        if value is not None and info.data.get("level", "representation") != "shared":
-            raise ValueError(
-                "applies only at level shared (per-task gradients of the shared parameters); "
-                "set level: shared, or drop grads (level representation needs one encoder backward)"
-            )
-        return value
 
     @field_validator("pref_vector")
     @classmethod
@@ -110,11 +88,7 @@ class DualConeOptions(Options):
 
     def describe(self) -> str:
         o = self
-        grads = f", grads={o.grads or 'loop'!r}" if o.level == "shared" else ""
-        return (
-            f"level={o.level!r}{grads}, head_grads={o.head_grads!r}, pref_vector={o.pref_vector!r}, "
-            f"reg_eps={o.reg_eps!r}, norm_eps={o.norm_eps!r}"
-        )
+        return f"{o.describe_level()}, pref_vector={o.pref_vector!r}, reg_eps={o.reg_eps!r}, norm_eps={o.norm_eps!r}"
 
 
 def check_pref_vector(options: DualConeOptions, num_tasks: int, method: str) -> None:
@@ -136,9 +110,7 @@ def pref_weights(options: DualConeOptions, num_tasks: int) -> np.ndarray:
 
 def dual_cone_backward(step: Step, weights: WeightsFn, options: DualConeOptions) -> Tensor:
     """Dispatch a Gram-based step to the representation or the shared parameters."""
-    if options.level == "representation":
-        return gram_step_on_representation(step, weights, head_grads=options.head_grads)
-    return gram_step_on_shared_parameters(step, weights, grads=options.grads or "loop", head_grads=options.head_grads)
+    return level_step(step, weights, options)
 
 
 def prepared_gram(gram: Tensor, *, norm_eps: float, reg_eps: float) -> np.ndarray | None:

@@ -44,38 +44,24 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._representation import HeadGrads, gram_step_on_representation
-from mtlcli.methods._shared_params import GradsMode, gram_step_on_shared_parameters
-from mtlcli.methods.base import Options, Stateless, Step
+from mtlcli.methods._levels import LevelOptions, level_step
+from mtlcli.methods._representation import HeadGrads
+from mtlcli.methods.base import Stateless, Step
 from mtlcli.methods.min_norm import wolfe_min_norm_point
 
-Level = Literal["representation", "shared"]
 Rescale = Literal[0, 1, 2]
 _MAX_ROUNDS = 100
 _KKT_TOL = 1e-9  # relative tolerance of the dual KKT check that ends the search
 _ZERO_NORM = 1e-7  # ||g_w*|| / max_i ||g_i|| below which g_w* counts as 0 (float64 Gram entries: ~1e-8 noise)
 
 
-class CagradOptions(Options):
+class CagradOptions(LevelOptions):
     c: float = Field(0.4, ge=0, description="radius of the ball around the mean gradient, in units of ||g_0||")
     rescale: Rescale = Field(1, description="divide the update by 1 (0), 1 + c^2 (1, the authors') or 1 + c (2)")
-    level: Level = Field("representation", description="gradients w.r.t. the shared representation z or parameters")
-    grads: GradsMode | None = Field(None, description="level shared only: T backwards (loop, default) or one batched")
     head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or alpha_t-scaled ones")
-
-    @field_validator("grads")
-    @classmethod
-    def _grads_need_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
-        level = info.data.get("level")
-        if value is not None and level == "representation":
-            raise ValueError(
-                f"applies only with level: shared (per-task gradients of the shared parameters); level: representation "
-                f"takes dL_t/dz from one backward per head: set level: shared to use grads: {value}, or drop grads"
-            )
-        return value
 
 
 @dataclass(frozen=True)
@@ -285,7 +271,4 @@ class Cagrad(Stateless):
         return cagrad_weights(gram, self.options.c, self.options.rescale)
 
     def backward(self, step: Step) -> Tensor:
-        o = self.options
-        if o.level == "shared":
-            return gram_step_on_shared_parameters(step, self.weights, grads=o.grads or "loop", head_grads=o.head_grads)
-        return gram_step_on_representation(step, self.weights, head_grads=o.head_grads)
+        return level_step(step, self.weights, self.options)

@@ -210,7 +210,7 @@ def test_options_defaults_and_validation() -> None:
     assert (o.c, o.rescale, o.level, o.grads, o.head_grads) == (0.4, 1, "representation", None, "raw")
     assert repr(method) == "Cagrad(c=0.4, rescale=1, level='representation', head_grads='raw')"
     assert "grads='batched'" in repr(build("cagrad", level="shared", grads="batched"))
-    with pytest.raises(MtlError, match="grads: applies only with level: shared"):
+    with pytest.raises(MtlError, match="grads: applies only at level shared"):
         build("cagrad", grads="batched")
     with pytest.raises(MtlError, match="rescale"):
         build("cagrad", rescale=3)
