@@ -17,16 +17,19 @@ from mtlcli.methods import REGISTRY
 
 
 def _choices(field: FieldInfo) -> str:
-    """`a | b | c` for a Literal option, else the type's name."""
-    annotation = field.annotation
+    """`a | b | c` for a Literal option, else the type's name (`loop | batched | null` for an optional Literal)."""
+    return _type_name(field.annotation)
+
+
+def _type_name(annotation: object) -> str:
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
         return " | ".join(str(a) for a in args)
-    if typing.get_origin(annotation) is list:
+    if origin is list:
         return f"list of {getattr(args[0], '__name__', str(args[0]))}"
-    if args:  # e.g. int | None, list[float]
-        names = [getattr(a, "__name__", str(a)) for a in args]
-        return " | ".join("null" if n == "NoneType" else n for n in names)
+    if args:  # a union, e.g. int | None, Literal[...] | None
+        return " | ".join("null" if a is type(None) else _type_name(a) for a in args)
     return getattr(annotation, "__name__", str(annotation))
 
 

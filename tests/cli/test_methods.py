@@ -28,3 +28,10 @@ def test_one_method_and_an_unknown_one() -> None:
     assert result.exit_code == 0 and result.stdout.startswith("imtl-g\n") and "mgda" not in result.stdout
     result = runner.invoke(app, ["methods", "imtl-x"])
     assert result.exit_code == 1 and "unknown method 'imtl-x'" in result.output
+
+
+def test_optional_choices_are_listed_with_null() -> None:
+    from mtlcli.cli.methods import describe_options
+
+    rows = {key: choices for key, choices, _default, _doc in describe_options("upgrad")}
+    assert rows["grads"] == "loop | batched | null" and rows["pref_vector"] == "list of float | null"
