@@ -17,13 +17,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from mtlcli.errors import MtlError
+from mtlcli.methods.aligned_mtl import AlignedMtl, AlignedMtlOptions
 from mtlcli.methods.base import Method, Options, Step
 from mtlcli.methods.cagrad import Cagrad, CagradOptions
+from mtlcli.methods.db_mtl import DbMtl, DbMtlOptions
 from mtlcli.methods.dualproj import DualProj, DualProjOptions
 from mtlcli.methods.dwa import Dwa, DwaOptions
+from mtlcli.methods.fairgrad import FairGrad, FairGradOptions
 from mtlcli.methods.famo import Famo, FamoOptions
 from mtlcli.methods.gls import Gls, GlsOptions
+from mtlcli.methods.graddrop import GradDrop, GradDropOptions
 from mtlcli.methods.gradnorm import GradNorm, GradNormOptions
+from mtlcli.methods.gradvac import GradVac, GradVacOptions
 from mtlcli.methods.grid import GridOptions, sweep_only
 from mtlcli.methods.imtl import Imtl, ImtlOptions
 from mtlcli.methods.imtl_g import ImtlG, ImtlGExact, ImtlGExactOptions, ImtlGOptions
@@ -32,6 +37,7 @@ from mtlcli.methods.mgda import Mgda, MgdaExactOptions
 from mtlcli.methods.mgda_ub import MgdaOptions, MgdaUb
 from mtlcli.methods.mgda_unconstrained import MgdaUnconstrained, MgdaUnconstrainedOptions
 from mtlcli.methods.min_norm import SOLVERS, min_norm
+from mtlcli.methods.nash_mtl import NashMtl, NashMtlOptions
 from mtlcli.methods.pcgrad import PcGrad, PcGradOptions
 from mtlcli.methods.rlw import Rlw, RlwOptions
 from mtlcli.methods.single_task import SingleTask, SingleTaskOptions
@@ -195,6 +201,48 @@ REGISTRY: dict[str, MethodInfo] = {
             "mean gradient moved within a ball of radius c ||g_0|| to maximise the worst task's decrease "
             "(exact dual on the Gram matrix), on z or, with level: shared, the shared parameters",
             "Liu, Liu, Jin, Stone & Liu, NeurIPS 2021 (CAGrad)",
+        ),
+        MethodInfo(
+            "gradvac",
+            GradVac,
+            GradVacOptions,
+            "move each task gradient up to EMA cosine goals with the others, random order",
+            "Wang, Tsvetkov, Firat & Cao, ICLR 2021 (Gradient Vaccine)",
+        ),
+        MethodInfo(
+            "graddrop",
+            GradDrop,
+            GradDropOptions,
+            "per element of dL/dz, keep one sign, chosen with probability of its purity",
+            "Chen et al., NeurIPS 2020 (GradDrop)",
+        ),
+        MethodInfo(
+            "nash-mtl",
+            NashMtl,
+            NashMtlOptions,
+            "Nash bargaining update sum_t a_t g_t with G a = 1/a (exact Newton), on z or shared params",
+            "Navon et al., ICML 2022 (Nash-MTL)",
+        ),
+        MethodInfo(
+            "db-mtl",
+            DbMtl,
+            DbMtlOptions,
+            "log-losses; EMA of their gradients, each scaled to the largest norm, summed",
+            "Lin, Ye, Xu, Shi & Zhang, 2023 (DB-MTL)",
+        ),
+        MethodInfo(
+            "aligned-mtl",
+            AlignedMtl,
+            AlignedMtlOptions,
+            "task gradients aligned to equal singular values (condition number 1), mean",
+            "Senushkin et al., CVPR 2023 (Aligned-MTL)",
+        ),
+        MethodInfo(
+            "fairgrad",
+            FairGrad,
+            FairGradOptions,
+            "alpha-fair update sum_t w_t g_t with G w = w^(-1/alpha) (exact Newton)",
+            "Ban & Ji, ICML 2024 (FairGrad)",
         ),
     )
 }

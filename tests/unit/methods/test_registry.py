@@ -15,6 +15,10 @@ ISSUE_METHODS = {
     "dwa", "rlw",
     "upgrad", "dualproj",
     "cagrad",
+    "gradvac", "graddrop",
+    "db-mtl",
+    "aligned-mtl", "fairgrad",
+    "nash-mtl",
 }  # fmt: skip
 GRAM_BASED = ["mgda", "mgda-ub", "mgda-unconstrained", "imtl-g", "imtl-g-exact"]
 

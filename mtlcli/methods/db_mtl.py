@@ -1,0 +1,191 @@
+"""DB-MTL, Dual-Balancing Multi-Task Learning (Lin, Ye, Xu, Shi & Zhang, 2023; LibMTL's `DB_MTL`).
+
+Two balancings, as in LibMTL:
+
+- loss scale: every task trains on log(L_t + eps) (eps = 1e-8) instead of L_t, so multiplying a loss
+  by a constant only shifts its log by a constant and changes no gradient;
+- gradient magnitude: with g_t the gradient of log(L_t + eps), an exponential moving average
+  m_t <- g_t + beta_k (m_t - g_t), beta_k = beta / k^beta_sigma at the k-th (1-based) update and m_t = 0
+  at the start (no bias correction, as in LibMTL), and the update
+
+      sum_t alpha_t m_t,   alpha_t = max_tau ||m_tau|| / (||m_t|| + eps),
+
+  i.e. every task's EMA gradient rescaled to the largest norm among them, then summed.
+
+Where the gradients are taken (`level`). LibMTL takes them w.r.t. the shared parameters (`level:
+shared` here: T backward passes, or one batched with `grads: batched`; the EMA is T x P floats). The
+default `level: representation` takes dL_t/dz instead (the MGDA-UB trick: one backward per head and
+ONE encoder backward, z.backward(sum_t alpha_t m_t); the EMA is T x numel(z) floats). Note that row i
+of z is a different example at every step, so at this level the history part of m_t is a batch-level
+momentum on the z-gradients, not a per-example one. The last, smaller batch of an epoch uses (and
+updates) only the leading rows of the EMA; the other rows are kept for the next full batch.
+
+Heads get the raw gradient of their own log-loss, d log(L_t + eps)/d theta_t = dL_t/d theta_t /
+(L_t + eps), without alpha and without EMA (in LibMTL the per-task backward passes leave exactly
+that on the heads, and only the shared gradients are replaced).
+
+`backward` returns, for logging, the weight of this step's raw loss gradient dL_t in the shared update,
+alpha_t (1 - beta_k) / (L_t + eps); the rest of the update (beta_k-weighted) is the history in the EMA.
+
+Non-finite steps. If a loss or a per-task gradient is not finite, the EMA and the step count are left
+as they were (a `torch.where` on the device, no host sync), while the update written to the
+parameters is the unmasked one, so the trainer's guard still sees the non-finite values (the task's
+returned weight is NaN). A step the trainer drops for another reason (a head's gradient) is undone by
+`step_skipped`, which restores the EMA and step count from before the step (the previous EMA tensor is
+kept until the next step: at level shared that is a second T x P buffer). The EMA and the step count
+are in `state_dict`, so a resumed run continues bitwise-identically on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, ValidationInfo, field_validator
+from torch import Tensor
+
+from mtlcli.methods._levels import Level
+from mtlcli.methods._representation import RepresentationGrads, apply_representation_update, representation_grads
+from mtlcli.methods._shared_params import GradsMode, SharedGrads, apply_shared_update, shared_grads
+from mtlcli.methods.base import Options, Step
+
+EPS = 1e-8  # LibMTL: log(losses + 1e-8) and alpha = max / (norm + 1e-8)
+
+
+class DbMtlOptions(Options):
+    level: Level = Field(
+        "shared",
+        description="the shared parameters (LibMTL's level; default) or the representation z (one encoder backward; "
+        "its EMA then mixes the gradients of different examples)",
+    )
+    grads: GradsMode | None = Field(
+        None, description="level shared only: per-task grads by T backwards or one batched backward (null: loop)"
+    )
+    beta: float = Field(0.9, ge=0, le=1, description="EMA coefficient of the log-loss gradients: beta / k^beta_sigma")
+    beta_sigma: float = Field(0.5, ge=0, description="decay of the EMA coefficient with the update count k")
+
+    @field_validator("grads")
+    @classmethod
+    def _grads_only_at_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
+        if value is not None and info.data.get("level", "representation") != "shared":
+            raise ValueError(
+                "applies only at level shared (per-task gradients of the shared parameters); "
+                "set level: shared, or drop grads (level representation needs one encoder backward)"
+            )
+        return value
+
+
+def log_losses(step: Step) -> Step:
+    """The same step with every loss L_t replaced by log(L_t + eps)."""
+    parts = None if step.parts is None else tuple(torch.log(part + EPS) for part in step.parts)
+    return Step(step.model, step.z, torch.log(step.losses + EPS), parts)
+
+
+class DbMtl:
+    """Log-losses, and an EMA of their gradients, each rescaled to the largest EMA norm, summed."""
+
+    name: ClassVar[str] = "db-mtl"
+
+    def __init__(self, options: DbMtlOptions | None = None) -> None:
+        self.options = options or DbMtlOptions()
+        self.state: dict[str, Tensor] | None = None
+        self._previous: dict[str, Tensor] | None = None
+        self.device = torch.device("cpu")
+
+    def __repr__(self) -> str:
+        o = self.options
+        grads = f", grads={o.grads or 'loop'!r}" if o.level == "shared" else ""
+        return f"DbMtl(level={o.level!r}{grads}, beta={o.beta}, beta_sigma={o.beta_sigma})"
+
+    def setup(self, num_tasks: int, device: torch.device) -> None:
+        self.device = device
+        # the EMA [T, rows, features] takes its shape (and dtype) from the first step's gradients
+        self.state = {
+            "ema": torch.zeros(num_tasks, 0, 0, device=device),
+            "step": torch.zeros((), dtype=torch.long, device=device),
+        }
+        self._previous = None
+
+    def _ready(self) -> dict[str, Tensor]:
+        if self.state is None:
+            raise RuntimeError("DbMtl.setup(num_tasks, device) must run before training")
+        return self.state
+
+    @property
+    def ema(self) -> Tensor:
+        """The EMA of the per-task log-loss gradients, [T, rows, features] (rows = 1 at level shared)."""
+        return self._ready()["ema"]
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.clone() for k, v in self._ready().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self._ready()
+        for key in mine:
+            mine[key] = torch.as_tensor(state[key]).to(self.device).clone()
+        self._previous = None
+
+    def step_skipped(self) -> None:
+        """The trainer dropped this step: restore the EMA and step count from before it."""
+        if self._previous is not None and self.state is not None:
+            self.state.update(self._previous)
+            self._previous = None
+
+    def _fit(self, ema: Tensor, current: Tensor) -> Tensor:
+        """The EMA with at least as many rows as `current` (new rows are 0, as every row is at the start)."""
+        tasks, rows, features = current.shape
+        if ema.numel() == 0:
+            return torch.zeros_like(current)
+        if ema.shape[0] != tasks or ema.shape[2] != features:
+            raise RuntimeError(
+                f"DB-MTL's EMA has shape {tuple(ema.shape)} but this step's gradients {tuple(current.shape)}: "
+                "the model, the tasks or the level changed since the state was made"
+            )
+        ema = ema.to(current.dtype)
+        if ema.shape[1] < rows:
+            ema = torch.cat([ema, ema.new_zeros(tasks, rows - ema.shape[1], features)], dim=1)
+        return ema
+
+    def backward(self, step: Step) -> Tensor:
+        s = self._ready()
+        self._previous = None  # release the state from before the last step before making a new one
+        tasks = step.num_tasks
+        logged = log_losses(step)
+        if self.options.level == "representation":
+            rep = representation_grads(logged)
+            current, head_grads = rep.z_grads.detach().reshape(tasks, step.z.shape[0], -1), rep.head_grads
+        else:
+            sh = shared_grads(logged, self.options.grads or "loop")
+            current, head_grads = sh.jacobian.detach().reshape(tasks, 1, -1), sh.head_grads
+        rows = current.shape[1]
+        before = s["ema"]
+        old = self._fit(before, current)
+        k = (s["step"] + 1).to(current.dtype)
+        beta_k = self.options.beta / k**self.options.beta_sigma
+        blend = current + beta_k * (old[:, :rows] - current)  # LibMTL's m = g + beta_k (m - g)
+
+        flat = blend.reshape(tasks, -1)
+        norms = torch.linalg.vector_norm(flat, dim=1)
+        norm_ok = torch.isfinite(norms)
+        top = torch.where(norm_ok, norms, torch.zeros_like(norms)).max()
+        alpha = torch.where(norm_ok, top / (norms + EPS), torch.full_like(norms, float("nan")))
+        if self.options.level == "representation":
+            apply_representation_update(step, RepresentationGrads(flat, head_grads), alpha, head_grads="raw")
+        else:
+            apply_shared_update(step, SharedGrads(flat, head_grads), alpha, head_weights=None)
+
+        losses = step.losses.detach()
+        ok = torch.isfinite(losses).all() & torch.isfinite(current).all()
+        kept = torch.where(ok, blend, old[:, :rows])
+        if rows < old.shape[1]:
+            new = old.clone()
+            new[:, :rows] = kept
+        else:
+            new = kept
+        self._previous = {"ema": before, "step": s["step"]}
+        s["ema"] = new
+        s["step"] = torch.where(ok, s["step"] + 1, s["step"])
+        return (alpha * (1 - beta_k) / (losses.to(alpha.dtype) + EPS)).detach()
