@@ -52,30 +52,31 @@ def gradvac_coefficients(gram: Tensor, phi_hat: Tensor, orders: list[list[int]],
     i itself is skipped), and the updated goals. `phi_hat` is not modified."""
     t = gram.shape[0]
     dtype, device = gram.dtype, gram.device
-    eye = torch.eye(t, dtype=dtype, device=device)
     tiny = torch.finfo(dtype).tiny
     zero = torch.zeros((), dtype=dtype, device=device)
     norms = gram.diagonal().clamp_min(0).sqrt()
     goals = phi_hat.to(dtype=dtype, device=device).clone()
-    rows = []
-    for i in range(t):
-        c = eye[i]
-        for j in orders[i]:
-            if j == i:
-                continue
-            dots = c @ gram  # g_i' . g_k for every k
-            norm_i = (dots @ c).clamp_min(0).sqrt()
-            denom = norm_i * norms[j]
-            phi = torch.where(denom > 0, dots[j] / denom.clamp_min(tiny), zero).clamp(-1, 1)
-            goal = goals[i, j]
-            root_phi = (1 - phi * phi).clamp_min(0).sqrt()
-            root_goal = (1 - goal * goal).clamp_min(0).sqrt()
-            w_denom = norms[j] * root_goal
-            w = norm_i * (goal * root_phi - phi * root_goal) / w_denom.clamp_min(tiny)
-            c = c + torch.where((phi < goal) & (w_denom > 0), w, zero) * eye[j]
-            goals[i, j] = (1 - beta) * goal + beta * phi
-        rows.append(c)
-    return torch.stack(rows), goals
+    coefficients = torch.eye(t, dtype=dtype, device=device)
+    if t < 2:
+        return coefficients, goals
+    # Row i only ever reads and writes row i (its coefficients, its goals), so the T tasks advance together:
+    # step k pairs every task with the k-th task of its own order (T - 1 steps instead of T (T - 1)).
+    partners = torch.tensor([[j for j in order if j != i] for i, order in enumerate(orders)], device=device)
+    rows = torch.arange(t, device=device)
+    for k in range(partners.shape[1]):
+        j = partners[:, k]
+        dots = coefficients @ gram  # dots[i, m] = g_i' . g_m
+        norm_i = (dots * coefficients).sum(dim=1).clamp_min(0).sqrt()
+        denom = norm_i * norms[j]
+        phi = torch.where(denom > 0, dots[rows, j] / denom.clamp_min(tiny), zero).clamp(-1, 1)
+        goal = goals[rows, j]
+        root_phi = (1 - phi * phi).clamp_min(0).sqrt()
+        root_goal = (1 - goal * goal).clamp_min(0).sqrt()
+        w_denom = norms[j] * root_goal
+        w = norm_i * (goal * root_phi - phi * root_goal) / w_denom.clamp_min(tiny)
+        coefficients[rows, j] += torch.where((phi < goal) & (w_denom > 0), w, zero)
+        goals[rows, j] = (1 - beta) * goal + beta * phi
+    return coefficients, goals
 
 
 class GradVac:

@@ -26,18 +26,19 @@ class PcGradOptions(Options):
 def pcgrad_coefficients(gram: Tensor, orders: list[list[int]]) -> Tensor:
     """C [T, T] with g_i^PC = sum_k C[i, k] g_k, projecting in `orders[i]` (other tasks' indices)."""
     t = gram.shape[0]
-    eye = torch.eye(t, dtype=gram.dtype, device=gram.device)
     tiny = torch.finfo(gram.dtype).tiny
-    rows = []
-    for i in range(t):
-        c = eye[i]
-        for j in orders[i]:
-            if j == i:
-                continue
-            inner = c @ gram[:, j]
-            c = c - torch.where(inner < 0, inner / gram[j, j].clamp_min(tiny), torch.zeros_like(inner)) * eye[j]
-        rows.append(c)
-    return torch.stack(rows)
+    coefficients = torch.eye(t, dtype=gram.dtype, device=gram.device)
+    if t < 2:
+        return coefficients
+    # Row i only reads and writes row i, so the T tasks advance together: step k projects every task on
+    # the k-th task of its own order (T - 1 steps of T-wide tensor ops instead of T (T - 1) scalar ones).
+    partners = torch.tensor([[j for j in order if j != i] for i, order in enumerate(orders)], device=gram.device)
+    rows = torch.arange(t, device=gram.device)
+    for k in range(partners.shape[1]):
+        j = partners[:, k]
+        inner = (coefficients * gram[:, j].T).sum(dim=1)  # g_i^PC . g_j
+        coefficients[rows, j] -= torch.where(inner < 0, inner / gram[j, j].clamp_min(tiny), torch.zeros_like(inner))
+    return coefficients
 
 
 def pcgrad_weights(gram: Tensor, orders: list[list[int]]) -> Tensor:
