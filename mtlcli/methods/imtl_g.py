@@ -17,16 +17,18 @@ from pydantic import Field
 from torch import Tensor
 
 from mtlcli.methods._closed_form import NegativeProjections, imtl_g_weights
-from mtlcli.methods._representation import HeadGrads, gram_step_on_representation
+from mtlcli.methods._levels import LevelOptions, level_step
+from mtlcli.methods._representation import HeadGrads
 from mtlcli.methods._shared_params import GradsMode, gram_step_on_shared_parameters
 from mtlcli.methods.base import Options, Stateless, Step
 
 
-class ImtlGOptions(Options):
+class ImtlGOptions(LevelOptions):
+    """`level: shared` makes it IMTL-G (exact), the same step as `imtl-g-exact` (which stays as its own name)."""
+
+
+class ImtlGExactOptions(Options):
     head_grads: HeadGrads = Field("weighted", description="heads get alpha_t-scaled or raw grads")
-
-
-class ImtlGExactOptions(ImtlGOptions):
     grads: GradsMode = Field("loop", description="per-task grads by T backwards or one batched backward")
 
 
@@ -40,7 +42,8 @@ class ImtlG(Stateless):
         self.negative = NegativeProjections()
 
     def __repr__(self) -> str:
-        return f"ImtlG(head_grads={self.options.head_grads!r})"
+        o = self.options
+        return f"ImtlG(head_grads={o.head_grads!r})" if o.level == "representation" else f"ImtlG({o.describe_level()})"
 
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """Closed-form IMTL-G weights; `losses` is unused (the method is scale-invariant)."""
@@ -58,7 +61,7 @@ class ImtlG(Stateless):
         self.negative.load_state_dict(state)
 
     def backward(self, step: Step) -> Tensor:
-        return gram_step_on_representation(step, self.weights, head_grads=self.options.head_grads)
+        return level_step(step, self.weights, self.options)
 
 
 class ImtlGExact(Stateless):

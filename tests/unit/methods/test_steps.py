@@ -165,3 +165,32 @@ def test_single_task_networks_share_nothing() -> None:
             assert reached == (t == other)
     ones = torch.ones(len(TASKS), dtype=torch.float64)
     assert_grads(got, expected(grads, ones, ones))  # each network gets exactly its own task's gradient
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "same_as", "its_options"),
+    [
+        ("mgda", {"level": "representation"}, "mgda-ub", {}),
+        ("mgda", {"level": "representation", "normalization": "loss+"}, "mgda-ub", {"normalization": "loss+"}),
+        ("imtl-g", {"level": "shared"}, "imtl-g-exact", {}),
+        ("imtl-g", {"level": "shared", "grads": "batched"}, "imtl-g-exact", {"grads": "batched"}),
+    ],
+)
+def test_one_name_at_both_levels_is_the_other_name(name: str, options: dict, same_as: str, its_options: dict) -> None:
+    """`mgda` at the representation level is `mgda-ub`; `imtl-g` at the shared level is `imtl-g-exact`."""
+    model, x, y = tiny()
+    a_weights, a_grads = run_step(build(name, **options), model, x, y)
+    b_weights, b_grads = run_step(build(same_as, **its_options), model, x, y)
+    torch.testing.assert_close(a_weights, b_weights, rtol=1e-12, atol=1e-12)
+    for n in a_grads:
+        torch.testing.assert_close(a_grads[n], b_grads[n], rtol=1e-12, atol=1e-12, msg=n)
+
+
+def test_batched_grads_need_the_shared_level() -> None:
+    from mtlcli.errors import MtlError
+
+    with pytest.raises(MtlError, match="batched applies only at level shared"):
+        build("mgda", level="representation", grads="batched")
+    with pytest.raises(MtlError, match="applies only at level shared"):
+        build("imtl-g", grads="batched")
+    assert repr(build("mgda", level="representation")).endswith("level='representation')")
