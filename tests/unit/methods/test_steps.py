@@ -194,3 +194,12 @@ def test_batched_grads_need_the_shared_level() -> None:
     with pytest.raises(MtlError, match="applies only at level shared"):
         build("imtl-g", grads="batched")
     assert repr(build("mgda", level="representation")).endswith("level='representation')")
+
+
+def test_mgda_unconstrained_at_the_shared_level_equalises_projections_on_the_shared_gradients() -> None:
+    model, x, y = tiny()
+    _grads, _losses, _z_gram, shared_gram = per_task_grads(model, x, y)
+    weights, _ = run_step(build("mgda-unconstrained", level="shared"), model, x, y)
+    projections = shared_gram @ weights  # g . g_t for the affine-hull min-norm point g: all equal
+    assert abs(float(weights.sum()) - 1.0) < 1e-10
+    torch.testing.assert_close(projections, projections[0].expand_as(projections), rtol=1e-8, atol=1e-12)
