@@ -27,9 +27,10 @@ from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
 from mtlcli.methods._representation import _accumulate, representation_grads
+from mtlcli.methods._seeded import SeededRandom
 from mtlcli.methods.base import Options, Step
 
 
@@ -52,31 +53,21 @@ def graddrop_combine(z_grads: Tensor, u: Tensor, leak: float = 0.0) -> Tensor:
     return (factor * z_grads).sum(dim=0)
 
 
-class GradDrop:
+class GradDrop(SeededRandom):
     """Keep, per element of the representation gradient, one sign chosen with probability of its purity."""
 
     name: ClassVar[str] = "graddrop"
 
     def __init__(self, options: GradDropOptions | None = None) -> None:
+        super().__init__()
         self.options = options or GradDropOptions()
-        self.generator = torch.Generator()
-        self.generator.manual_seed(0)
         self._before: Tensor | None = None
 
     def __repr__(self) -> str:
         return f"GradDrop(leak={self.options.leak})"
 
-    def setup(self, num_tasks: int, device: torch.device) -> None:
-        self.generator.manual_seed(torch.initial_seed())
-
-    def parameters(self) -> list[nn.Parameter]:
-        return []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        super().load_state_dict(state)
         self._before = None
 
     def step_skipped(self) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 from mtlcli.methods._closed_form import NegativeProjections, imtl_g_weights
 from mtlcli.methods._levels import LevelOptions, level_step
 from mtlcli.methods._representation import HeadGrads
-from mtlcli.methods._shared_params import GradsMode, gram_step_on_shared_parameters
+from mtlcli.methods._shared_params import GradsMode
 from mtlcli.methods.base import Options, Stateless, Step
 
 
@@ -64,33 +64,15 @@ class ImtlG(Stateless):
         return level_step(step, self.weights, self.options)
 
 
-class ImtlGExact(Stateless):
-    """IMTL-G on the shared-parameter gradients dL_t/dtheta_sh."""
+class ImtlGExact(ImtlG):
+    """IMTL-G on the shared-parameter gradients dL_t/dtheta_sh: `imtl-g` at `level: shared`."""
 
     name: ClassVar[str] = "imtl-g-exact"
 
     def __init__(self, options: ImtlGExactOptions | None = None) -> None:
-        self.options = options or ImtlGExactOptions()
-        self.negative = NegativeProjections()
+        exact = options or ImtlGExactOptions()
+        super().__init__(ImtlGOptions(level="shared", grads=exact.grads, head_grads=exact.head_grads))
+        self.exact_options = exact
 
     def __repr__(self) -> str:
-        return f"ImtlGExact(head_grads={self.options.head_grads!r}, grads={self.options.grads!r})"
-
-    def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
-        """Closed-form IMTL-G weights; `losses` is unused (the method is scale-invariant)."""
-        alpha = imtl_g_weights(gram)
-        self.negative.observe(gram, alpha)
-        return alpha
-
-    def epoch_stats(self) -> dict[str, int]:
-        return self.negative.epoch_stats()
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.negative.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.negative.load_state_dict(state)
-
-    def backward(self, step: Step) -> Tensor:
-        o = self.options
-        return gram_step_on_shared_parameters(step, self.weights, grads=o.grads, head_grads=o.head_grads)
+        return f"ImtlGExact(head_grads={self.exact_options.head_grads!r}, grads={self.exact_options.grads!r})"

@@ -9,12 +9,13 @@ come from a CPU generator seeded with the run's seed at `setup`; its state is ch
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
+from mtlcli.methods._seeded import SeededRandom
 from mtlcli.methods._shared_params import GradsMode, apply_shared_update, shared_grads
 from mtlcli.methods.base import Options, Step
 
@@ -46,30 +47,17 @@ def pcgrad_weights(gram: Tensor, orders: list[list[int]]) -> Tensor:
     return pcgrad_coefficients(gram, orders).sum(dim=0)
 
 
-class PcGrad:
+class PcGrad(SeededRandom):
     """Project conflicting task gradients on each other's normal planes, then sum."""
 
     name: ClassVar[str] = "pcgrad"
 
     def __init__(self, options: PcGradOptions | None = None) -> None:
+        super().__init__()
         self.options = options or PcGradOptions()
-        self.generator = torch.Generator()
-        self.generator.manual_seed(0)
 
     def __repr__(self) -> str:
         return f"PcGrad(grads={self.options.grads!r})"
-
-    def setup(self, num_tasks: int, device: torch.device) -> None:
-        self.generator.manual_seed(torch.initial_seed())
-
-    def parameters(self) -> list[nn.Parameter]:
-        return []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
 
     def orders(self, num_tasks: int) -> list[list[int]]:
         return [torch.randperm(num_tasks, generator=self.generator).tolist() for _ in range(num_tasks)]

@@ -18,12 +18,13 @@ uniform, normal and Dirichlet draws alike and uses the Bernoulli draws raw; LibM
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
-from torch import Tensor, nn
+from torch import Tensor
 
+from mtlcli.methods._seeded import SeededRandom
 from mtlcli.methods.base import Options, Step, weighted_backward
 
 Distribution = Literal["normal", "uniform", "dirichlet", "bernoulli", "constrained-bernoulli"]
@@ -54,30 +55,17 @@ def draw_weights(distribution: Distribution, num_tasks: int, generator: torch.Ge
     return one_hot
 
 
-class Rlw:
+class Rlw(SeededRandom):
     """sum_k lambda_k L_k with lambda drawn afresh at every step."""
 
     name: ClassVar[str] = "rlw"
 
     def __init__(self, options: RlwOptions | None = None) -> None:
+        super().__init__()
         self.options = options or RlwOptions()
-        self.generator = torch.Generator()
-        self.generator.manual_seed(0)
 
     def __repr__(self) -> str:
         return f"Rlw(distribution={self.options.distribution!r})"
-
-    def setup(self, num_tasks: int, device: torch.device) -> None:
-        self.generator.manual_seed(torch.initial_seed())
-
-    def parameters(self) -> list[nn.Parameter]:
-        return []
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
 
     def draw(self, num_tasks: int) -> Tensor:
         return draw_weights(self.options.distribution, num_tasks, self.generator)
