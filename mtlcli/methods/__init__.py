@@ -37,11 +37,13 @@ from mtlcli.methods.mgda import Mgda, MgdaExactOptions
 from mtlcli.methods.mgda_ub import MgdaOptions, MgdaUb
 from mtlcli.methods.mgda_unconstrained import MgdaUnconstrained, MgdaUnconstrainedOptions
 from mtlcli.methods.min_norm import SOLVERS, min_norm
+from mtlcli.methods.moco import Moco, MocoOptions
 from mtlcli.methods.nash_mtl import NashMtl, NashMtlOptions
 from mtlcli.methods.pcgrad import PcGrad, PcGradOptions
 from mtlcli.methods.rlw import Rlw, RlwOptions
 from mtlcli.methods.single_task import SingleTask, SingleTaskOptions
 from mtlcli.methods.static import Static, StaticOptions
+from mtlcli.methods.stch import Stch, StchOptions
 from mtlcli.methods.uncertainty import Uncertainty, UncertaintyOptions
 from mtlcli.methods.uniform import Uniform, UniformOptions
 from mtlcli.methods.upgrad import UPGrad, UPGradOptions
@@ -231,6 +233,13 @@ REGISTRY: dict[str, MethodInfo] = {
             "Lin, Ye, Xu, Shi & Zhang, 2023 (DB-MTL)",
         ),
         MethodInfo(
+            "moco",
+            Moco,
+            MocoOptions,
+            "tracked loss-scaled task gradients; weights by one projected MGDA step",
+            "Fernando et al., ICLR 2023 (MoCo)",
+        ),
+        MethodInfo(
             "aligned-mtl",
             AlignedMtl,
             AlignedMtlOptions,
@@ -243,6 +252,13 @@ REGISTRY: dict[str, MethodInfo] = {
             FairGradOptions,
             "alpha-fair update sum_t w_t g_t with G w = w^(-1/alpha) (exact Newton)",
             "Ban & Ji, ICML 2024 (FairGrad)",
+        ),
+        MethodInfo(
+            "stch",
+            Stch,
+            StchOptions,
+            "smooth Tchebycheff: T mu logsumexp(log(L_t/n_t)/mu), n set by a log warm-up",
+            "Lin et al., ICML 2024 (STCH)",
         ),
     )
 }

@@ -16,9 +16,10 @@ ISSUE_METHODS = {
     "upgrad", "dualproj",
     "cagrad",
     "gradvac", "graddrop",
-    "db-mtl",
+    "db-mtl", "moco",
     "aligned-mtl", "fairgrad",
     "nash-mtl",
+    "stch",
 }  # fmt: skip
 GRAM_BASED = ["mgda", "mgda-ub", "mgda-unconstrained", "imtl-g", "imtl-g-exact"]
 
