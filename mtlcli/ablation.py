@@ -49,9 +49,17 @@ DEFAULT_METHODS = (
     "upgrad",
     "dualproj",
     "cagrad",
+    "aligned-mtl",
+    "fairgrad",
+    "nash-mtl",
+    "gradvac",
+    "graddrop",
+    "db-mtl:level=representation",
+    "moco:level=representation",
     "famo",
     "dwa",
     "rlw",
+    "stch",
 )
 
 
