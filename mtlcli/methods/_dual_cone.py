@@ -247,9 +247,10 @@ def _solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     """a x = b for a symmetric PSD `a`: LU when well posed, else the least-squares minimum-norm solution."""
     try:
         x = np.linalg.solve(a, b)
-        if np.all(np.isfinite(x)) and np.allclose(a @ x, b, rtol=1e-8, atol=1e-12 * max(1.0, float(np.abs(b).max()))):
-            return x
-    except np.linalg.LinAlgError:
-        pass
+    except np.linalg.LinAlgError:  # singular: fall through to least squares
+        x = None
+    tolerance = 1e-12 * max(1.0, float(np.abs(b).max()))
+    if x is not None and np.all(np.isfinite(x)) and np.allclose(a @ x, b, rtol=1e-8, atol=tolerance):
+        return x
     x = np.linalg.lstsq(a, b, rcond=None)[0]
     return x if np.all(np.isfinite(x)) else None

@@ -31,7 +31,7 @@ from mtlcli.methods.base import Stateless, Step
 
 
 class DualProjOptions(DualConeOptions):
-    pass
+    """DualProj's options: exactly the dual-cone options (level, grads, head_grads, pref_vector, solver)."""
 
 
 def dualproj_weights(gram: Tensor, options: DualProjOptions) -> Tensor:

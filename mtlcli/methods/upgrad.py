@@ -36,7 +36,7 @@ from mtlcli.methods.base import Stateless, Step
 
 
 class UPGradOptions(DualConeOptions):
-    pass
+    """UPGrad's options: exactly the dual-cone options (level, grads, head_grads, pref_vector, solver)."""
 
 
 def upgrad_weights(gram: Tensor, options: UPGradOptions) -> Tensor:
