@@ -63,9 +63,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from mtlcli.errors import MtlError
-from mtlcli.methods._levels import LevelOptions, level_step
-from mtlcli.methods._representation import WeightsFn
-from mtlcli.methods.base import Step
+from mtlcli.methods._levels import LevelOptions
 
 
 class DualConeOptions(LevelOptions):
@@ -106,11 +104,6 @@ def pref_weights(options: DualConeOptions, num_tasks: int) -> np.ndarray:
     if len(options.pref_vector) != num_tasks:
         raise ValueError(f"pref_vector has {len(options.pref_vector)} weights for {num_tasks} tasks")
     return np.asarray(options.pref_vector, dtype=np.float64)
-
-
-def dual_cone_backward(step: Step, weights: WeightsFn, options: DualConeOptions) -> Tensor:
-    """Dispatch a Gram-based step to the representation or the shared parameters."""
-    return level_step(step, weights, options)
 
 
 def prepared_gram(gram: Tensor, *, norm_eps: float, reg_eps: float) -> np.ndarray | None:

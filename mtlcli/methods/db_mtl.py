@@ -41,38 +41,18 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._levels import Level
-from mtlcli.methods._representation import RepresentationGrads, apply_representation_update, representation_grads
-from mtlcli.methods._shared_params import GradsMode, SharedGrads, apply_shared_update, shared_grads
-from mtlcli.methods.base import Options, Step
+from mtlcli.methods._tracked import TrackedOptions, TrackedState, apply_update, store_rows, task_gradients
+from mtlcli.methods.base import Step
 
 EPS = 1e-8  # LibMTL: log(losses + 1e-8) and alpha = max / (norm + 1e-8)
 
 
-class DbMtlOptions(Options):
-    level: Level = Field(
-        "shared",
-        description="the shared parameters (LibMTL's level; default) or the representation z (one encoder backward; "
-        "its EMA then mixes the gradients of different examples)",
-    )
-    grads: GradsMode | None = Field(
-        None, description="level shared only: per-task grads by T backwards or one batched backward (null: loop)"
-    )
+class DbMtlOptions(TrackedOptions):
     beta: float = Field(0.9, ge=0, le=1, description="EMA coefficient of the log-loss gradients: beta / k^beta_sigma")
     beta_sigma: float = Field(0.5, ge=0, description="decay of the EMA coefficient with the update count k")
-
-    @field_validator("grads")
-    @classmethod
-    def _grads_only_at_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
-        if value is not None and info.data.get("level", "representation") != "shared":
-            raise ValueError(
-                "applies only at level shared (per-task gradients of the shared parameters); "
-                "set level: shared, or drop grads (level representation needs one encoder backward)"
-            )
-        return value
 
 
 def log_losses(step: Step) -> Step:
@@ -88,81 +68,48 @@ class DbMtl:
 
     def __init__(self, options: DbMtlOptions | None = None) -> None:
         self.options = options or DbMtlOptions()
-        self.state: dict[str, Tensor] | None = None
-        self._previous: dict[str, Tensor] | None = None
-        self.device = torch.device("cpu")
+        self.tracked = TrackedState("DbMtl")
 
     def __repr__(self) -> str:
         o = self.options
-        grads = f", grads={o.grads or 'loop'!r}" if o.level == "shared" else ""
-        return f"DbMtl(level={o.level!r}{grads}, beta={o.beta}, beta_sigma={o.beta_sigma})"
+        return f"DbMtl({o.describe_level()}, beta={o.beta}, beta_sigma={o.beta_sigma})"
 
     def setup(self, num_tasks: int, device: torch.device) -> None:
-        self.device = device
         # the EMA [T, rows, features] takes its shape (and dtype) from the first step's gradients
-        self.state = {
-            "ema": torch.zeros(num_tasks, 0, 0, device=device),
-            "step": torch.zeros((), dtype=torch.long, device=device),
-        }
-        self._previous = None
-
-    def _ready(self) -> dict[str, Tensor]:
-        if self.state is None:
-            raise RuntimeError("DbMtl.setup(num_tasks, device) must run before training")
-        return self.state
+        self.tracked.setup(
+            device,
+            {
+                "ema": torch.zeros(num_tasks, 0, 0, device=device),
+                "step": torch.zeros((), dtype=torch.long, device=device),
+            },
+        )
 
     @property
     def ema(self) -> Tensor:
         """The EMA of the per-task log-loss gradients, [T, rows, features] (rows = 1 at level shared)."""
-        return self._ready()["ema"]
+        return self.tracked.ready()["ema"]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return []
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v.clone() for k, v in self._ready().items()}
+        return self.tracked.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mine = self._ready()
-        for key in mine:
-            mine[key] = torch.as_tensor(state[key]).to(self.device).clone()
-        self._previous = None
+        self.tracked.load_state_dict(state)
 
     def step_skipped(self) -> None:
         """The trainer dropped this step: restore the EMA and step count from before it."""
-        if self._previous is not None and self.state is not None:
-            self.state.update(self._previous)
-            self._previous = None
-
-    def _fit(self, ema: Tensor, current: Tensor) -> Tensor:
-        """The EMA with at least as many rows as `current` (new rows are 0, as every row is at the start)."""
-        tasks, rows, features = current.shape
-        if ema.numel() == 0:
-            return torch.zeros_like(current)
-        if ema.shape[0] != tasks or ema.shape[2] != features:
-            raise RuntimeError(
-                f"DB-MTL's EMA has shape {tuple(ema.shape)} but this step's gradients {tuple(current.shape)}: "
-                "the model, the tasks or the level changed since the state was made"
-            )
-        ema = ema.to(current.dtype)
-        if ema.shape[1] < rows:
-            ema = torch.cat([ema, ema.new_zeros(tasks, rows - ema.shape[1], features)], dim=1)
-        return ema
+        self.tracked.step_skipped()
 
     def backward(self, step: Step) -> Tensor:
-        s = self._ready()
-        self._previous = None  # release the state from before the last step before making a new one
+        s = self.tracked.ready()
+        self.tracked.previous = None  # release the state from before the last step before making a new one
         tasks = step.num_tasks
-        logged = log_losses(step)
-        if self.options.level == "representation":
-            rep = representation_grads(logged)
-            current, head_grads = rep.z_grads.detach().reshape(tasks, step.z.shape[0], -1), rep.head_grads
-        else:
-            sh = shared_grads(logged, self.options.grads or "loop")
-            current, head_grads = sh.jacobian.detach().reshape(tasks, 1, -1), sh.head_grads
+        current, head_grads = task_gradients(log_losses(step), self.options)
         rows = current.shape[1]
         before = s["ema"]
-        old = self._fit(before, current)
+        old = self.tracked.fit(before, current, "DB-MTL's EMA")
         k = (s["step"] + 1).to(current.dtype)
         beta_k = self.options.beta / k**self.options.beta_sigma
         blend = current + beta_k * (old[:, :rows] - current)  # LibMTL's m = g + beta_k (m - g)
@@ -172,20 +119,11 @@ class DbMtl:
         norm_ok = torch.isfinite(norms)
         top = torch.where(norm_ok, norms, torch.zeros_like(norms)).max()
         alpha = torch.where(norm_ok, top / (norms + EPS), torch.full_like(norms, float("nan")))
-        if self.options.level == "representation":
-            apply_representation_update(step, RepresentationGrads(flat, head_grads), alpha, head_grads="raw")
-        else:
-            apply_shared_update(step, SharedGrads(flat, head_grads), alpha, head_weights=None)
+        apply_update(step, flat, head_grads, alpha, self.options)
 
         losses = step.losses.detach()
         ok = torch.isfinite(losses).all() & torch.isfinite(current).all()
-        kept = torch.where(ok, blend, old[:, :rows])
-        if rows < old.shape[1]:
-            new = old.clone()
-            new[:, :rows] = kept
-        else:
-            new = kept
-        self._previous = {"ema": before, "step": s["step"]}
-        s["ema"] = new
+        self.tracked.previous = {"ema": before, "step": s["step"]}
+        s["ema"] = store_rows(old, torch.where(ok, blend, old[:, :rows]))
         s["step"] = torch.where(ok, s["step"] + 1, s["step"])
         return (alpha * (1 - beta_k) / (losses.to(alpha.dtype) + EPS)).detach()

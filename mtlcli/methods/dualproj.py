@@ -22,11 +22,11 @@ from torch import Tensor
 from mtlcli.methods._dual_cone import (
     DualConeOptions,
     check_pref_vector,
-    dual_cone_backward,
     pref_weights,
     prepared_gram,
     project_weights,
 )
+from mtlcli.methods._levels import level_step
 from mtlcli.methods.base import Stateless, Step
 
 
@@ -62,4 +62,4 @@ class DualProj(Stateless):
         return dualproj_weights(gram, self.options)
 
     def backward(self, step: Step) -> Tensor:
-        return dual_cone_backward(step, self.weights, self.options)
+        return level_step(step, self.weights, self.options)

@@ -39,13 +39,11 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._levels import Level
-from mtlcli.methods._representation import RepresentationGrads, apply_representation_update, representation_grads
-from mtlcli.methods._shared_params import GradsMode, SharedGrads, apply_shared_update, shared_grads
-from mtlcli.methods.base import Options, Step
+from mtlcli.methods._tracked import TrackedOptions, TrackedState, apply_update, store_rows, task_gradients
+from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import project_simplex
 
 EPS = 1e-8  # LibMTL: grads / (norm + 1e-8) * losses
@@ -53,15 +51,7 @@ EPS = 1e-8  # LibMTL: grads / (norm + 1e-8) * losses
 Projection = Literal["softmax", "simplex"]
 
 
-class MocoOptions(Options):
-    level: Level = Field(
-        "shared",
-        description="the shared parameters (LibMTL's level; default) or the representation z (one encoder backward; "
-        "the tracking then mixes the gradients of different examples)",
-    )
-    grads: GradsMode | None = Field(
-        None, description="level shared only: per-task grads by T backwards or one batched backward (null: loop)"
-    )
+class MocoOptions(TrackedOptions):
     beta: float = Field(0.5, ge=0, le=1, description="step of the gradient tracking y: beta / k^beta_sigma")
     beta_sigma: float = Field(0.5, ge=0, description="decay of the tracking step with the update count k")
     gamma: float = Field(0.1, ge=0, description="step of the task weights lambda: gamma / k^gamma_sigma")
@@ -71,16 +61,6 @@ class MocoOptions(Options):
         "softmax", description="back onto the simplex after the lambda step: softmax (LibMTL) or Euclidean (the paper)"
     )
 
-    @field_validator("grads")
-    @classmethod
-    def _grads_only_at_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
-        if value is not None and info.data.get("level", "shared") != "shared":
-            raise ValueError(
-                "applies only at level shared (per-task gradients of the shared parameters); "
-                "set level: shared, or drop grads (level representation needs one encoder backward)"
-            )
-        return value
-
 
 class Moco:
     """Tracked per-task gradients Y (loss-length rescaled), weights lambda by one projected step, update Y^T lambda."""
@@ -89,75 +69,48 @@ class Moco:
 
     def __init__(self, options: MocoOptions | None = None) -> None:
         self.options = options or MocoOptions()
-        self.state: dict[str, Tensor] | None = None
-        self._previous: dict[str, Tensor] | None = None
-        self.device = torch.device("cpu")
+        self.tracked = TrackedState("Moco")
 
     def __repr__(self) -> str:
         o = self.options
-        grads = f", grads={o.grads or 'loop'!r}" if o.level == "shared" else ""
         return (
-            f"Moco(level={o.level!r}{grads}, beta={o.beta}, beta_sigma={o.beta_sigma}, gamma={o.gamma}, "
+            f"Moco({o.describe_level()}, beta={o.beta}, beta_sigma={o.beta_sigma}, gamma={o.gamma}, "
             f"gamma_sigma={o.gamma_sigma}, rho={o.rho}, projection={o.projection!r})"
         )
 
     def setup(self, num_tasks: int, device: torch.device) -> None:
-        self.device = device
         # Y [T, rows, features] takes its shape (and dtype) from the first step's gradients
-        self.state = {
-            "y": torch.zeros(num_tasks, 0, 0, device=device),
-            "lambda": torch.full((num_tasks,), 1.0 / num_tasks, device=device),
-            "step": torch.zeros((), dtype=torch.long, device=device),
-        }
-        self._previous = None
-
-    def _ready(self) -> dict[str, Tensor]:
-        if self.state is None:
-            raise RuntimeError("Moco.setup(num_tasks, device) must run before training")
-        return self.state
+        self.tracked.setup(
+            device,
+            {
+                "y": torch.zeros(num_tasks, 0, 0, device=device),
+                "lambda": torch.full((num_tasks,), 1.0 / num_tasks, device=device),
+                "step": torch.zeros((), dtype=torch.long, device=device),
+            },
+        )
 
     @property
     def y(self) -> Tensor:
         """The tracked per-task gradients, [T, rows, features] (rows = 1 at level shared)."""
-        return self._ready()["y"]
+        return self.tracked.ready()["y"]
 
     @property
     def lambd(self) -> Tensor:
         """The task weights lambda [T], on the simplex."""
-        return self._ready()["lambda"]
+        return self.tracked.ready()["lambda"]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return []
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: v.clone() for k, v in self._ready().items()}
+        return self.tracked.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        mine = self._ready()
-        for key in mine:
-            mine[key] = torch.as_tensor(state[key]).to(self.device).clone()
-        self._previous = None
+        self.tracked.load_state_dict(state)
 
     def step_skipped(self) -> None:
         """The trainer dropped this step: restore Y, lambda and the step count from before it."""
-        if self._previous is not None and self.state is not None:
-            self.state.update(self._previous)
-            self._previous = None
-
-    def _fit(self, y: Tensor, current: Tensor) -> Tensor:
-        """Y with at least as many rows as `current` (new rows are 0, as every row is at the start)."""
-        tasks, rows, features = current.shape
-        if y.numel() == 0:
-            return torch.zeros_like(current)
-        if y.shape[0] != tasks or y.shape[2] != features:
-            raise RuntimeError(
-                f"MoCo's tracked gradients have shape {tuple(y.shape)} but this step's gradients {tuple(current.shape)}: "
-                "the model, the tasks or the level changed since the state was made"
-            )
-        y = y.to(current.dtype)
-        if y.shape[1] < rows:
-            y = torch.cat([y, y.new_zeros(tasks, rows - y.shape[1], features)], dim=1)
-        return y
+        self.tracked.step_skipped()
 
     def _project(self, v: Tensor) -> Tensor:
         if self.options.projection == "softmax":
@@ -165,23 +118,18 @@ class Moco:
         return project_simplex(v)
 
     def backward(self, step: Step) -> Tensor:
-        s = self._ready()
+        s = self.tracked.ready()
         o = self.options
-        self._previous = None  # release the state from before the last step before making a new one
+        self.tracked.previous = None  # release the state from before the last step before making a new one
         tasks = step.num_tasks
-        if o.level == "representation":
-            rep = representation_grads(step)
-            current, head_grads = rep.z_grads.detach().reshape(tasks, step.z.shape[0], -1), rep.head_grads
-        else:
-            sh = shared_grads(step, o.grads or "loop")
-            current, head_grads = sh.jacobian.detach().reshape(tasks, 1, -1), sh.head_grads
+        current, head_grads = task_gradients(step, o)
         rows = current.shape[1]
         losses = step.losses.detach().to(current.dtype)
         norms = torch.linalg.vector_norm(current.reshape(tasks, -1), dim=1)
         scaled = current / (norms + EPS)[:, None, None] * losses[:, None, None]  # LibMTL: g / (||g|| + eps) * L
 
         before_y, before_lambda = s["y"], s["lambda"]
-        old = self._fit(before_y, current)
+        old = self.tracked.fit(before_y, current, "MoCo's tracked gradients")
         lambd = before_lambda.to(current.dtype)
         k = (s["step"] + 1).to(current.dtype)
         beta_k = o.beta / k**o.beta_sigma
@@ -190,22 +138,12 @@ class Moco:
         flat = tracked.reshape(tasks, -1)
         gram = flat @ flat.T
         new_lambda = self._project(lambd - gamma_k * (gram @ lambd + o.rho * lambd))
-
-        if o.level == "representation":
-            apply_representation_update(step, RepresentationGrads(flat, head_grads), new_lambda, head_grads="raw")
-        else:
-            apply_shared_update(step, SharedGrads(flat, head_grads), new_lambda, head_weights=None)
+        apply_update(step, flat, head_grads, new_lambda, o)
 
         task_ok = torch.isfinite(losses) & torch.isfinite(current.reshape(tasks, -1)).all(dim=1)
         ok = task_ok.all()
-        kept = torch.where(ok, tracked, old[:, :rows])
-        if rows < old.shape[1]:
-            new_y = old.clone()
-            new_y[:, :rows] = kept
-        else:
-            new_y = kept
-        self._previous = {"y": before_y, "lambda": before_lambda, "step": s["step"]}
-        s["y"] = new_y
+        self.tracked.previous = {"y": before_y, "lambda": before_lambda, "step": s["step"]}
+        s["y"] = store_rows(old, torch.where(ok, tracked, old[:, :rows]))
         s["lambda"] = torch.where(ok, new_lambda, lambd)
         s["step"] = torch.where(ok, s["step"] + 1, s["step"])
         flagged = torch.where(task_ok, torch.zeros_like(new_lambda), torch.full_like(new_lambda, float("nan")))

@@ -1,0 +1,128 @@
+"""What the methods that keep per-task gradients across steps share (db-mtl's EMA, moco's tracking Y).
+
+- `TrackedOptions`: `level` (shared by default, LibMTL's level; `representation` for dL_t/dz) and `grads`
+  (shared level only);
+- `task_gradients` / `apply_update`: this step's per-task gradients as [T, rows, features] (rows = 1 at the
+  shared level, the batch at the representation level) and the update sum_t w_t g_t from them;
+- `TrackedState`: the state tensors (checkpointed), the copy `step_skipped` restores, and `fit`, which pads
+  the kept rows to this step's batch (a smaller last batch uses and updates only the leading rows).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field, ValidationInfo, field_validator
+from torch import Tensor
+
+from mtlcli.methods._levels import Level
+from mtlcli.methods._representation import RepresentationGrads, apply_representation_update, representation_grads
+from mtlcli.methods._shared_params import GradsMode, SharedGrads, apply_shared_update, shared_grads
+from mtlcli.methods.base import Options, Step
+
+
+class TrackedOptions(Options):
+    level: Level = Field(
+        "shared",
+        description="the shared parameters (LibMTL's level; default) or the representation z (one encoder backward; "
+        "the kept gradients then mix the gradients of different examples)",
+    )
+    grads: GradsMode | None = Field(
+        None, description="level shared only: per-task grads by T backwards or one batched backward (null: loop)"
+    )
+
+    @field_validator("grads")
+    @classmethod
+    def _grads_only_at_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
+        if value is not None and info.data.get("level", "shared") != "shared":
+            raise ValueError(
+                "applies only at level shared (per-task gradients of the shared parameters); "
+                "set level: shared, or drop grads (level representation needs one encoder backward)"
+            )
+        return value
+
+    def describe_level(self) -> str:
+        grads = f", grads={self.grads or 'loop'!r}" if self.level == "shared" else ""
+        return f"level={self.level!r}{grads}"
+
+
+def task_gradients(step: Step, options: TrackedOptions) -> tuple[Tensor, list[list[Tensor | None]]]:
+    """(per-task gradients [T, rows, features], detached; each head's own gradients) at the options' level."""
+    tasks = step.num_tasks
+    if options.level == "representation":
+        rep = representation_grads(step)
+        return rep.z_grads.detach().reshape(tasks, step.z.shape[0], -1), rep.head_grads
+    sh = shared_grads(step, options.grads or "loop")
+    return sh.jacobian.detach().reshape(tasks, 1, -1), sh.head_grads
+
+
+def apply_update(
+    step: Step, flat: Tensor, head_grads: list[list[Tensor | None]], weights: Tensor, options: TrackedOptions
+) -> None:
+    """The shared part gets sum_t weights_t flat_t; each head its own raw gradient."""
+    if options.level == "representation":
+        apply_representation_update(step, RepresentationGrads(flat, head_grads), weights, head_grads="raw")
+    else:
+        apply_shared_update(step, SharedGrads(flat, head_grads), weights, head_weights=None)
+
+
+class TrackedState:
+    """A method's state tensors: checkpointed, restorable after a skipped step, sized by the first step."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.state: dict[str, Tensor] | None = None
+        self.previous: dict[str, Tensor] | None = None
+        self.device = torch.device("cpu")
+
+    def setup(self, device: torch.device, initial: dict[str, Tensor]) -> None:
+        self.device = device
+        self.state = initial
+        self.previous = None
+
+    def ready(self) -> dict[str, Tensor]:
+        if self.state is None:
+            raise RuntimeError(f"{self.owner}.setup(num_tasks, device) must run before training")
+        return self.state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.clone() for k, v in self.ready().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self.ready()
+        for key in mine:
+            mine[key] = torch.as_tensor(state[key]).to(self.device).clone()
+        self.previous = None
+
+    def step_skipped(self) -> None:
+        """The trainer dropped this step: restore the state from before it."""
+        if self.previous is not None and self.state is not None:
+            self.state.update(self.previous)
+            self.previous = None
+
+    def fit(self, kept: Tensor, current: Tensor, what: str) -> Tensor:
+        """`kept` [T, rows', features] with at least as many rows as `current` (new rows are 0, as every
+        row is at the start)."""
+        tasks, rows, features = current.shape
+        if kept.numel() == 0:
+            return torch.zeros_like(current)
+        if kept.shape[0] != tasks or kept.shape[2] != features:
+            raise RuntimeError(
+                f"{what} has shape {tuple(kept.shape)} but this step's gradients {tuple(current.shape)}: "
+                "the model, the tasks or the level changed since the state was made"
+            )
+        kept = kept.to(current.dtype)
+        if kept.shape[1] < rows:
+            kept = torch.cat([kept, kept.new_zeros(tasks, rows - kept.shape[1], features)], dim=1)
+        return kept
+
+
+def store_rows(old: Tensor, rows_now: Tensor) -> Tensor:
+    """`old` with its leading rows replaced by `rows_now` (the whole of it when the batch is full)."""
+    rows = rows_now.shape[1]
+    if rows >= old.shape[1]:
+        return rows_now
+    new = old.clone()
+    new[:, :rows] = rows_now
+    return new
