@@ -241,6 +241,7 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
     problems.extend(_task_problems(raw))
     problems.extend(_data_problems(raw))
     problems.extend(_model_problems(raw))
+    problems.extend(_input_problems(raw))
     problems.extend(_weights_problems(raw))
     if problems:
         raise RecipeError(source, problems)
@@ -338,6 +339,19 @@ def _model_problems(raw: dict[str, Any]) -> list[str]:
     if not_names:
         return [_format_problem(("model", str(k)), f"option names must be strings, got {_show(k)}") for k in not_names]
     return [_format_problem(("model", *loc), msg) for loc, msg in encoder_option_problems(encoder, options)]
+
+
+def _input_problems(raw: dict[str, Any]) -> list[str]:
+    """data.size fits the encoder (e.g. resnet18-cifar needs a multiple of 32); known before any data is read."""
+    spec, data, model = _dataset_of(raw), raw.get("data"), raw.get("model")
+    size = data.get("size") if isinstance(data, dict) else None
+    if spec is None or not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        return []
+    encoder = model.get("encoder") if isinstance(model, dict) and model.get("encoder") is not None else spec.default_encoder
+    if not isinstance(encoder, str) or encoder not in ENCODERS:
+        return []
+    problem = ENCODERS[encoder].input_problem((spec.channels, size, size))
+    return [f"data.size: {problem}"] if problem else []
 
 
 def _weights_problems(raw: dict[str, Any]) -> list[str]:

@@ -45,7 +45,7 @@ from mtlcli.errors import MtlError, RunError
 from mtlcli.evaluation import DeviceSplit, evaluate, selection_score
 from mtlcli.io import append_jsonl, atomic_open, read_jsonl, write_json_atomic, write_text_atomic
 from mtlcli.methods.base import Method, Step
-from mtlcli.models import MultiTaskModel, build_model, count_parameters
+from mtlcli.models import ENCODERS, MultiTaskModel, build_model, count_parameters
 from mtlcli.recipe import Recipe
 from mtlcli.runs import BEST, LAST, METRICS, SUMMARY, create_run_dir, write_recipe
 from mtlcli.tasks import Task
@@ -146,8 +146,16 @@ def input_shape(dataset: PreparedDataset) -> tuple[int, int, int]:
 
 def make_model(recipe: Recipe, dataset: PreparedDataset) -> MultiTaskModel:
     classes = dataset.num_classes
+    encoder = recipe.model.encoder or registry.get(recipe.data.name).default_encoder
+    problem = ENCODERS[encoder].input_problem(input_shape(dataset))
+    if problem is not None:  # e.g. data prepared with a --size the encoder cannot take
+        raise MtlError(
+            f"model.encoder {encoder}: {problem}",
+            hint=f"prepare the data with another --size (mtl prepare {recipe.data.name} --size N --force) or choose "
+            "another encoder",
+        )
     return build_model(
-        encoder=recipe.model.encoder or registry.get(recipe.data.name).default_encoder,
+        encoder=encoder,
         num_classes={t.name: classes[t.name] for t in recipe.tasks},
         input_shape=input_shape(dataset),
         options=recipe.model.options,

@@ -110,6 +110,7 @@ class EncoderSpec:
     options: type[BaseModel]
     encoder: Callable[[InputShape, Any], nn.Module]
     head: Callable[[int, int, Any], nn.Module]  # (z features, classes, options) -> head
+    input_problem: Callable[[InputShape], str | None] = lambda _shape: None  # why it cannot take this input, if so
 
 
 def _lenet(shape: InputShape, o: MultiLeNetOptions) -> nn.Module:
@@ -120,13 +121,22 @@ def _lenet_head(features: int, classes: int, o: MultiLeNetOptions) -> nn.Module:
     return MultiLeNetHead(in_features=features, hidden=o.hidden, num_classes=classes, dropout=o.dropout)
 
 
+def _resnet_input_problem(shape: InputShape) -> str | None:
+    _channels, height, width = shape
+    if height != width:
+        return f"resnet18-cifar takes square images, got {height}x{width}"
+    if height < 32 or height % 32:
+        return f"resnet18-cifar takes images whose side is a multiple of 32 (32, 64, 96, ...), got {height}"
+    return None
+
+
 def _resnet(shape: InputShape, o: ResNetOptions) -> nn.Module:
     from mtlcli.models.resnet import ResNet18CifarEncoder
 
-    channels, height, width = shape
-    if height != width:
-        raise ValueError(f"resnet18-cifar takes square images, got {height}x{width}")
-    return ResNet18CifarEncoder(in_channels=channels, input_size=height, width=o.width)
+    problem = _resnet_input_problem(shape)
+    if problem is not None:
+        raise ValueError(problem)
+    return ResNet18CifarEncoder(in_channels=shape[0], input_size=shape[1], width=o.width)
 
 
 def _resnet_head(features: int, classes: int, _o: ResNetOptions) -> nn.Module:
@@ -151,6 +161,7 @@ ENCODERS: dict[str, EncoderSpec] = {
             ResNetOptions,
             _resnet,
             _resnet_head,
+            _resnet_input_problem,
         ),
     )
 }

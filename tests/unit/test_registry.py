@@ -154,3 +154,17 @@ def test_prepared_arrays_are_memory_mapped(data_dir: Path) -> None:
     data = load_prepared(data_dir, "multifashion")
     assert isinstance(data.images["train"], np.memmap)
     assert torch.from_numpy(data.images["train"])[:2].shape[0] == 2  # writable copy-on-write map: no torch warning
+
+
+def test_an_image_side_the_encoder_cannot_take_is_a_clear_error_before_and_after_loading() -> None:
+    from mtlcli.errors import MtlError
+    from mtlcli.trainer import make_model
+
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw={**celeba_recipe(), "data": {"name": "celeba", "size": 48}})
+    assert "data.size: resnet18-cifar takes images whose side is a multiple of 32" in str(info.value.problems)
+    recipe = recipes.load(raw={**celeba_recipe(), "data": {"name": "celeba"}})  # size known only from the data
+    prepared_at_48 = synthetic_dataset("celeba", size=48, seed=0, counts={"train": 2, "val": 1, "test": 1})
+    with pytest.raises(MtlError, match="model.encoder resnet18-cifar: .* got 48") as error:
+        make_model(recipe, prepared_at_48)
+    assert "--size" in (error.value.hint or "")
