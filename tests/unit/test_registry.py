@@ -165,6 +165,6 @@ def test_an_image_side_the_encoder_cannot_take_is_a_clear_error_before_and_after
     assert "data.size: resnet18-cifar takes images whose side is a multiple of 32" in str(info.value.problems)
     recipe = recipes.load(raw={**celeba_recipe(), "data": {"name": "celeba"}})  # size known only from the data
     prepared_at_48 = synthetic_dataset("celeba", size=48, seed=0, counts={"train": 2, "val": 1, "test": 1})
-    with pytest.raises(MtlError, match="model.encoder resnet18-cifar: .* got 48") as error:
+    with pytest.raises(MtlError, match=r"model\.encoder resnet18-cifar: .* got 48") as error:
         make_model(recipe, prepared_at_48)
     assert "--size" in (error.value.hint or "")
