@@ -137,7 +137,7 @@ def _synchronize(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit, list[int]]:
+def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit]:
     """The dataset (for the model's shapes) and a one-batch train split: real data, or random tensors."""
     batch = recipe.train.batch_size
     if recipe.data.synthetic:
@@ -145,12 +145,15 @@ def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit, list[i
         dataset = synthetic_dataset(recipe.data.name, size=recipe.data.size, seed=recipe.train.seed, counts=counts)
     else:
         dataset = load_dataset(recipe)
-    columns = [dataset.task_names.index(t.name) for t in recipe.tasks]
     images = torch.from_numpy(np.ascontiguousarray(dataset.images["train"][:batch]))
-    labels = torch.from_numpy(dataset.labels["train"][:batch].astype("int64"))
+    kinds = dataset.target_kinds
+    targets = {
+        name: torch.from_numpy(np.ascontiguousarray(array[:batch]).astype("int64" if kinds[name] == "class" else array.dtype))
+        for name, array in dataset.targets["train"].items()
+    }
     mean, std = input_normalization(recipe, dataset)
-    split = DeviceSplit.create(images, labels, mean, std, torch.device("cpu"))
-    return dataset, split, columns
+    split = DeviceSplit.create(images, targets, mean, std, torch.device("cpu"))
+    return dataset, split
 
 
 @dataclass
@@ -185,10 +188,10 @@ def run_ablation(
     device = resolve_device(recipe.train.device)
     sync = _synchronize(device)
     cuda = device.type == "cuda"
-    dataset, split, columns = ablation_batch(recipe)
+    dataset, split = ablation_batch(recipe)
     x, y = split.batch(slice(None))
-    x, y = x.to(device), y.to(device)
-    tasks = tasks_of(recipe)
+    x, y = x.to(device), {name: t.to(device) for name, t in y.items()}
+    tasks = tasks_of(recipe, dataset)
     contenders = []
     for spec in specs:
         options = dict(recipe.method.options) if spec.name == recipe.method.name else {}
@@ -206,7 +209,7 @@ def run_ablation(
         contenders.append(_Contender(spec, method, model, optimizer))
 
     def losses_of(outputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        return [t.loss_scale * t.compute_loss(outputs[t.name], y[:, col]) for t, col in zip(tasks, columns, strict=True)]
+        return [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in tasks]
 
     def step(c: _Contender) -> None:
         c.optimizer.zero_grad(set_to_none=True)

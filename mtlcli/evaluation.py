@@ -13,71 +13,73 @@ from mtlcli.tasks import METRICS, Task
 
 @dataclass
 class DeviceSplit:
-    """A split ready for training: uint8 images [N, H, W] or [N, H, W, C] and int64 labels [N, T].
+    """A split ready for training: uint8 images [N, H, W] or [N, H, W, C] and target arrays by name.
 
-    Labels live on the device; images too when they fit, otherwise in host memory (memory-mapped
-    from the prepared files), and each batch is gathered there and moved. `batch` turns images into
-    float [B, C, H, W] normalised per channel by `mean` and `std` ([C, 1, 1] on the device).
+    Class labels (int64 [N, T]) live on the device; images and per-pixel targets too when they fit,
+    otherwise in host memory (memory-mapped from the prepared files), and each batch is gathered there
+    and moved. `batch` turns images into float [B, C, H, W] normalised per channel by `mean` and `std`
+    ([C, 1, 1] on the device) and returns the batch's targets by name.
     """
 
     images: Tensor
-    labels: Tensor
+    targets: dict[str, Tensor]
     mean: Tensor
     std: Tensor
+    device: torch.device
 
     @classmethod
-    def create(cls, images: Tensor, labels: Tensor, mean: list[float], std: list[float], device: torch.device) -> DeviceSplit:
+    def create(
+        cls, images: Tensor, targets: dict[str, Tensor], mean: list[float], std: list[float], device: torch.device
+    ) -> DeviceSplit:
         stats = {k: torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for k, v in (("mean", mean), ("std", std))}
-        return cls(images=images, labels=labels.to(device), **stats)
-
-    @property
-    def device(self) -> torch.device:
-        return self.labels.device
+        return cls(images=images, targets=targets, device=device, **stats)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def batch(self, index: Tensor | slice) -> tuple[Tensor, Tensor]:
-        if isinstance(index, Tensor) and index.device != self.images.device:
-            x = self.images[index.to(self.images.device)]
-        else:
-            x = self.images[index]
-        x = x.to(self.device, non_blocking=True)
+    def _take(self, array: Tensor, index: Tensor | slice) -> Tensor:
+        if isinstance(index, Tensor) and index.device != array.device:
+            index = index.to(array.device)
+        return array[index].to(self.device, non_blocking=True)
+
+    def batch(self, index: Tensor | slice) -> tuple[Tensor, dict[str, Tensor]]:
+        x = self._take(self.images, index)
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
         x = x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
-        return x, self.labels[index]
+        return x, {name: self._take(array, index) for name, array in self.targets.items()}
 
 
 @torch.no_grad()
-def evaluate(
-    model: MultiTaskModel, tasks: list[Task], columns: list[int], split: DeviceSplit, *, batch_size: int
-) -> dict[str, dict[str, float]]:
-    """{task: {metric: value, 'loss': mean loss}}; metrics in %, accumulated on device, one sync."""
+def evaluate(model: MultiTaskModel, tasks: list[Task], split: DeviceSplit, *, batch_size: int) -> dict[str, dict[str, float]]:
+    """{task: {metric: value, 'loss': mean loss}}: metric states summed over the split on the device, one sync."""
     was_training = model.training
     model.eval()
-    names = [(t.name, m) for t in tasks for m in t.metrics]
-    device = split.device
-    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
-    loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    accumulators = [list({id(METRICS[m].accumulator): METRICS[m].accumulator for m in task.metrics}.values()) for task in tasks]
+    states = [[torch.zeros(a.size(task.num_outputs), dtype=torch.float64, device=split.device) for a in accs]
+              for task, accs in zip(tasks, accumulators, strict=True)]  # fmt: skip
+    loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=split.device)
     n = len(split)
     for start in range(0, n, batch_size):
-        x, y = split.batch(slice(start, start + batch_size))
+        x, targets = split.batch(slice(start, start + batch_size))
         _, outputs = model(x)
-        parts = []
-        for task, col in zip(tasks, columns, strict=True):
-            target = y[:, col]
-            parts.extend(METRICS[m].batch_sum(outputs[task.name], target) for m in task.metrics)
-        sums += torch.stack(parts).to(torch.float64)
-        losses = [task.compute_loss(outputs[task.name], y[:, col]) * len(y) for task, col in zip(tasks, columns, strict=True)]
+        losses = []
+        for task, accs, state in zip(tasks, accumulators, states, strict=True):
+            output, target = outputs[task.name], task.target_of(targets)
+            for acc, total in zip(accs, state, strict=True):
+                total += acc.state(output, target, task.num_outputs)
+            losses.append(task.compute_loss(output, target) * len(x))
         loss_sums += torch.stack(losses).to(torch.float64)
-    values = (sums * (100.0 / max(n, 1))).tolist()
-    mean_losses = (loss_sums / max(n, 1)).tolist()
+    flat = torch.cat([loss_sums, *(t for state in states for t in state)]).cpu()  # the one sync
     model.train(was_training)
-    result: dict[str, dict[str, float]] = {t.name: {} for t in tasks}
-    for (task, metric), value in zip(names, values, strict=True):
-        result[task][metric] = value
-    for task, loss in zip(tasks, mean_losses, strict=True):
-        result[task.name]["loss"] = loss
+    mean_losses, offset = (flat[: len(tasks)] / max(n, 1)).tolist(), len(tasks)
+    result: dict[str, dict[str, float]] = {}
+    for task, accs, state in zip(tasks, accumulators, states, strict=True):
+        summed = {}
+        for acc, total in zip(accs, state, strict=True):
+            summed[id(acc)] = flat[offset : offset + len(total)]
+            offset += len(total)
+        result[task.name] = {m: METRICS[m].read(summed[id(METRICS[m].accumulator)], task.num_outputs) for m in task.metrics}
+        result[task.name]["loss"] = mean_losses[tasks.index(task)]
     return result
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mtlcli.augment import AUGMENT_CHOICES
 from mtlcli.data.registry import DATASETS
 from mtlcli.errors import MtlError, RecipeError
 from mtlcli.models import ENCODERS, encoder_option_problems
@@ -29,10 +30,13 @@ class Section(BaseModel):
 class DataConfig(Section):
     name: Literal[DATASET_NAMES]  # type: ignore[valid-type]
     dir: str | None = Field(None, description="prepared-data dir; null: --data-dir, $MTL_DATA_DIR or ./data")
-    size: int | None = Field(None, ge=1, description="expected image side; null: whatever was prepared")
+    size: int | None = Field(None, ge=1, description="expected image height (side); null: whatever was prepared")
     mean: float | list[float] | None = Field(None, description="per-channel input mean; null: the dataset's")
     std: float | list[float] | None = Field(None, description="per-channel input std; null: the dataset's")
     synthetic: bool = Field(False, description="random tensors of the recipe's shapes instead of prepared data")
+    augment: Literal[AUGMENT_CHOICES] = Field(  # type: ignore[valid-type]
+        "default", description="training augmentation on the device; default: what the dataset's references use"
+    )
 
     @field_validator("std")
     @classmethod
@@ -262,7 +266,7 @@ def _expand_all_tasks(raw: dict[str, Any]) -> dict[str, Any]:
     spec = _dataset_of(raw)
     if spec is None:
         return raw  # `tasks: all` of an unknown dataset: the dataset problem is reported
-    return {**raw, "tasks": [{"name": name} for name in spec.task_names]}
+    return {**raw, "tasks": [{"name": name} for name in spec.all_task_names]}
 
 
 def _method_problems(method: Any) -> list[str]:
@@ -350,7 +354,11 @@ def _input_problems(raw: dict[str, Any]) -> list[str]:
     encoder = model.get("encoder") if isinstance(model, dict) and model.get("encoder") is not None else spec.default_encoder
     if not isinstance(encoder, str) or encoder not in ENCODERS:
         return []
-    problem = ENCODERS[encoder].input_problem((spec.channels, size, size))
+    width = spec.width_of(size)
+    if width is None:
+        ratio = f"{spec.aspect[0]}:{spec.aspect[1]}"
+        return [f"data.size: {spec.name} images are {ratio} (width:height), so the height must be a multiple of {spec.aspect[1]}"]
+    problem = ENCODERS[encoder].input_problem((spec.channels, size, width))
     return [f"data.size: {problem}"] if problem else []
 
 

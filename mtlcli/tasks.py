@@ -1,4 +1,9 @@
-"""Tasks: a loss, metrics and which direction is better - the schema that drives every table."""
+"""Tasks: a loss, metrics and which direction is better - the schema that drives every table.
+
+A metric is read from a state summed over the batches of a split on the device (counts, a confusion
+matrix, an angle histogram), so evaluation is exact over the whole split (not a mean of batch means)
+and needs one host sync per split. Metrics that share a state share its `Accumulator`, computed once.
+"""
 
 from __future__ import annotations
 
@@ -9,45 +14,52 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtlcli.dense import DENSE_LOSSES, DENSE_METRICS, Accumulator
+from mtlcli.dense import DenseMetric as Metric
+
+__all__ = ["LOSSES", "METRICS", "Accumulator", "Metric", "Task"]
+
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": lambda logits, target: F.cross_entropy(logits, target.long()),
+    **DENSE_LOSSES,
 }
 
 
-@dataclass(frozen=True)
-class Metric:
-    """A metric accumulated as (sum, count) over batches, so evaluation needs one sync per split."""
-
-    name: str
-    higher_is_better: bool
-    batch_sum: Callable[[Tensor, Tensor], Tensor]
-    unit: str = "%"
+def _argmax_counts(logits: Tensor, target: Tensor, _classes: int) -> Tensor:
+    """[correct, samples] of a classifier's argmax."""
+    correct = (logits.argmax(dim=1) == target.long()).sum()
+    return torch.stack([correct.to(torch.float64), torch.tensor(float(len(target)), dtype=torch.float64, device=logits.device)])
 
 
-def _correct(logits: Tensor, target: Tensor) -> Tensor:
-    return (logits.argmax(dim=1) == target.long()).sum()
+ARGMAX_COUNTS = Accumulator("argmax_counts", lambda _classes: 2, _argmax_counts)
 
 
-def _wrong(logits: Tensor, target: Tensor) -> Tensor:
-    return (logits.argmax(dim=1) != target.long()).sum()
+def _percent(part: Tensor, total: Tensor) -> float:
+    return float(part) * (100.0 / max(float(total), 1.0))
 
 
 METRICS: dict[str, Metric] = {
-    "accuracy": Metric("accuracy", higher_is_better=True, batch_sum=_correct),
-    "error": Metric("error", higher_is_better=False, batch_sum=_wrong),
+    "accuracy": Metric("accuracy", True, ARGMAX_COUNTS, lambda s, _c: _percent(s[0], s[1]), "%"),
+    "error": Metric("error", False, ARGMAX_COUNTS, lambda s, _c: _percent(s[1] - s[0], s[1]), "%"),
+    **DENSE_METRICS,
 }
 
 
 @dataclass(frozen=True)
 class Task:
+    """A task of a run: its loss and metrics, and where its target is (`target` array, `column` of it)."""
+
     name: str
     loss: str
     metrics: tuple[str, ...]
     loss_scale: float = 1.0
+    target: str = "labels"
+    column: int | None = None
+    num_outputs: int = 0
+
+    def target_of(self, targets: dict[str, Tensor]) -> Tensor:
+        array = targets[self.target]
+        return array if self.column is None else array[:, self.column]
 
     def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
         return LOSSES[self.loss](output, target)
-
-
-def metric_percent(total: Tensor, count: int) -> Tensor:
-    return total.to(torch.float64) * (100.0 / max(count, 1))

@@ -38,8 +38,9 @@ except ImportError:  # not POSIX: run directories are not locked
     fcntl = None  # type: ignore[assignment]
 
 from mtlcli import __version__, methods
+from mtlcli.augment import build_augment
 from mtlcli.data import registry
-from mtlcli.data.store import PreparedDataset, load_prepared, resolve_data_dir
+from mtlcli.data.store import PreparedDataset, load_prepared, resolve_data_dir, task_target
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError, RunError
 from mtlcli.evaluation import DeviceSplit, evaluate, selection_score
@@ -83,8 +84,27 @@ def enable_determinism(device: torch.device) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def tasks_of(recipe: Recipe) -> list[Task]:
-    return [Task(t.name, t.loss, tuple(t.metrics), t.loss_scale) for t in recipe.tasks]
+def tasks_of(recipe: Recipe, dataset: PreparedDataset) -> list[Task]:
+    """The recipe's tasks bound to the prepared data: which target array (and column) each reads."""
+    tasks = []
+    for t in recipe.tasks:
+        target, column = task_target(dataset.meta, t.name)
+        outputs = dataset.num_classes[t.name]
+        tasks.append(Task(t.name, t.loss, tuple(t.metrics), t.loss_scale, target=target, column=column, num_outputs=outputs))
+    return tasks
+
+
+def training_steps(n: int, batch_size: int) -> int:
+    """Batches per epoch: the last partial batch is kept unless it would hold one sample, which BatchNorm
+    cannot normalise in training (the dilated ResNet and the PSP heads would fail on it)."""
+    steps = math.ceil(n / batch_size)
+    return steps - 1 if steps > 1 and n % batch_size == 1 else steps
+
+
+def augmentation_of(recipe: Recipe) -> str:
+    """The recipe's training augmentation, `default` resolved through the dataset's registry entry."""
+    name = recipe.data.augment
+    return registry.get(recipe.data.name).augment if name == "default" else name
 
 
 def load_dataset(recipe: Recipe, data_dir: Path | None = None) -> PreparedDataset:
@@ -93,8 +113,9 @@ def load_dataset(recipe: Recipe, data_dir: Path | None = None) -> PreparedDatase
     dataset = load_prepared(resolve_data_dir(data_dir or recipe.data.dir), recipe.data.name)
     size = int(dataset.meta["size"])
     if recipe.data.size is not None and recipe.data.size != size:
+        height, width = dataset.images["train"].shape[1:3]
         raise MtlError(
-            f"the recipe wants {recipe.data.size}x{recipe.data.size} images, {dataset.path} holds {size}x{size}",
+            f"the recipe wants images {recipe.data.size} pixels high, {dataset.path} holds {height}x{width}",
             hint=f"run `mtl prepare {recipe.data.name} --size {recipe.data.size} --force`",
         )
     return dataset
@@ -115,26 +136,33 @@ def input_normalization(recipe: Recipe, dataset: PreparedDataset) -> tuple[list[
 
 
 def images_fit_on(device: torch.device, dataset: PreparedDataset) -> bool:
-    """Whether the images go to the device (CUDA with room to spare); on the CPU they stay memory-mapped."""
+    """Whether images and per-pixel targets go to the device (CUDA with room to spare); on the CPU they stay
+    memory-mapped and each batch is gathered in host memory."""
     if device.type != "cuda":
         return False
     free, _total = torch.cuda.mem_get_info(device)
-    return sum(a.nbytes for a in dataset.images.values()) <= DEVICE_DATA_FRACTION * free
+    arrays = [*dataset.images.values(), *(a for split in dataset.targets.values() for a in split.values())]
+    return sum(a.nbytes for a in arrays) <= DEVICE_DATA_FRACTION * free
 
 
 def device_splits(recipe: Recipe, dataset: PreparedDataset, device: torch.device) -> dict[str, DeviceSplit]:
     mean, std = input_normalization(recipe, dataset)
     on_device = images_fit_on(device, dataset)
+    kinds = dataset.target_kinds
+    used = {task_target(dataset.meta, t.name)[0] for t in recipe.tasks}  # arrays of tasks not trained stay on disk
     splits = {}
     for split in ("train", "val", "test"):
         images = torch.from_numpy(dataset.images[split])
-        splits[split] = DeviceSplit.create(
-            images.to(device) if on_device else images,
-            torch.from_numpy(dataset.labels[split].astype(np.int64)),
-            mean,
-            std,
-            device,
-        )
+        targets = {}
+        for name, array in dataset.targets[split].items():
+            if name not in used:
+                continue
+            if kinds[name] == "class":  # small: always on the device, as int64
+                targets[name] = torch.from_numpy(array.astype(np.int64)).to(device)
+            else:
+                tensor = torch.from_numpy(array)
+                targets[name] = tensor.to(device) if on_device else tensor
+        splits[split] = DeviceSplit.create(images.to(device) if on_device else images, targets, mean, std, device)
     return splits
 
 
@@ -335,9 +363,7 @@ class NonFiniteGuard:
             return
         step = int(self.first_bad.item())
         if step >= 0:
-            raise self.error(
-                step, where(step), self.bad_losses.tolist(), self.bad_grads.tolist(), self.bad_weights.tolist()
-            )
+            raise self.error(step, where(step), self.bad_losses.tolist(), self.bad_grads.tolist(), self.bad_weights.tolist())
 
     def error(
         self, step: int, where: str, losses: list[float], bad_grads: list[bool], bad_weights: list[bool] | None = None
@@ -391,8 +417,7 @@ class Trainer:
         if r.train.deterministic:
             enable_determinism(self.device)
         self.dataset = load_dataset(r)
-        self.tasks = tasks_of(r)
-        self.columns = [self.dataset.task_names.index(t.name) for t in self.tasks]
+        self.tasks = tasks_of(r, self.dataset)
         seed_everything(r.train.seed)
         self.model = make_model(r, self.dataset).to(self.device)
         self.method: Method = methods.build(r.method.name, **r.method.options)
@@ -402,6 +427,7 @@ class Trainer:
         named = [*self.model.named_parameters(), *((f"method.{i}", p) for i, p in enumerate(self.method.parameters()))]
         self.guard = NonFiniteGuard([t.name for t in self.tasks], named, self.device, r.train.on_nonfinite)
         self.splits = device_splits(r, self.dataset, self.device)
+        self.augment = build_augment(augmentation_of(r), self.dataset.target_kinds, r.train.seed, self.device)
         self.shuffle = torch.Generator(device=self.device)
         self.shuffle.manual_seed(r.train.seed)
         self.position = Position()
@@ -643,7 +669,7 @@ class Trainer:
         train = self.splits["train"]
         n = len(train)
         batch_size = r.train.batch_size
-        steps = math.ceil(n / batch_size)
+        steps = training_steps(n, batch_size)
         if pos.perm is None:
             pos.perm = torch.randperm(n, generator=self.shuffle, device=self.device)
             pos.loss_sum = torch.zeros(len(self.tasks), device=self.device)
@@ -663,20 +689,15 @@ class Trainer:
                 return False
             index = pos.perm[pos.batch * batch_size : (pos.batch + 1) * batch_size]
             x, y = train.batch(index)
+            x, y = self.augment(x, y, self.global_step)
             timer.start()
             self.optimizer.zero_grad(set_to_none=True)
             z, outputs = self.model(x)
-            step = Step.of(
-                self.model,
-                z,
-                [t.loss_scale * t.compute_loss(outputs[t.name], y[:, c]) for t, c in zip(self.tasks, self.columns, strict=True)],
-            )
+            step = Step.of(self.model, z, [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in self.tasks])
             losses = step.losses
             weights = self.method.backward(step)
             try:
-                apply = self.guard.observe(
-                    self.global_step + 1, losses, f"epoch {pos.epoch}, batch {pos.batch + 1}", weights
-                )
+                apply = self.guard.observe(self.global_step + 1, losses, f"epoch {pos.epoch}, batch {pos.batch + 1}", weights)
             except NonFiniteError as exc:
                 exc.hint = self._nonfinite_hint()
                 raise
@@ -720,9 +741,7 @@ class Trainer:
         if len(self.tasks) <= CONSOLE_TASKS:
             return "  ".join(f"{t.name} {val[t.name][t.metrics[0]]:.2f}" for t in self.tasks)
         metrics = dict.fromkeys(t.metrics[0] for t in self.tasks)
-        means = [
-            f"mean {m} {statistics.fmean(val[t.name][m] for t in self.tasks if t.metrics[0] == m):.2f}" for m in metrics
-        ]
+        means = [f"mean {m} {statistics.fmean(val[t.name][m] for t in self.tasks if t.metrics[0] == m):.2f}" for m in metrics]
         return "  ".join(means) + f" ({len(self.tasks)} tasks)"
 
     def _end_epoch(self, steps: int, train_seconds: float, lr: float) -> None:
@@ -730,8 +749,8 @@ class Trainer:
         pos = self.position
         assert pos.loss_sum is not None and pos.weight_sum is not None and self.run_dir is not None
         eval_started = time.perf_counter()
-        val = evaluate(self.model, self.tasks, self.columns, self.splits["val"], batch_size=r.train.eval_batch_size)
-        test = evaluate(self.model, self.tasks, self.columns, self.splits["test"], batch_size=r.train.eval_batch_size)
+        val = evaluate(self.model, self.tasks, self.splits["val"], batch_size=r.train.eval_batch_size)
+        test = evaluate(self.model, self.tasks, self.splits["test"], batch_size=r.train.eval_batch_size)
         eval_seconds = time.perf_counter() - eval_started
         score = selection_score(val, self.tasks)
         applied = max(steps - pos.skipped, 1)

@@ -51,10 +51,9 @@ def evaluate(
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as exc:
         raise MtlError(f"{run.path}: checkpoint does not fit the run's model ({str(exc).splitlines()[0]})") from None
-    tasks = tasks_of(recipe)
-    columns = [dataset.task_names.index(t.name) for t in tasks]
+    tasks = tasks_of(recipe, dataset)
     split_data = device_splits(recipe, dataset, dev)[split.value]
-    metrics = evaluate_model(model, tasks, columns, split_data, batch_size=recipe.train.eval_batch_size)
+    metrics = evaluate_model(model, tasks, split_data, batch_size=recipe.train.eval_batch_size)
     epoch = int(state["position"]["epoch"]) - 1
     result = {"run": str(run.path), "split": split.value, "checkpoint": checkpoint.value, "epoch": epoch, "metrics": metrics}
     target = run.path / f"eval-{split.value}-{checkpoint.value}.json"

@@ -34,9 +34,10 @@ class TaskSpec:
     """A task a dataset offers: its label column's number of classes and the default loss and metrics."""
 
     name: str
-    num_classes: int
+    num_classes: int  # the head's outputs: classes, or channels of a regression map
     loss: str = "cross_entropy"
     metrics: tuple[str, ...] = ("accuracy",)
+    target: str | None = None  # the target array it reads; None: a column of the class-label array
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,24 @@ class DatasetSpec:
     how_to_get: str
     aliases: tuple[str, ...] = ()
     uses_seed: bool = True  # whether `--seed` changes what prepare builds (pairing, validation split)
+    aspect: tuple[int, int] = (1, 1)  # width : height; `size` is the height
+    target_kinds: dict[str, str] = field(default_factory=dict)  # target array -> kind (store.TARGET_KINDS)
+    default_tasks: tuple[str, ...] | None = None  # what `tasks: all` means when not every task (alternatives)
+    augment: str = "none"  # the training augmentation its references use (`data.augment: default`)
 
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    @property
+    def all_task_names(self) -> list[str]:
+        """The tasks `tasks: all` selects."""
+        return list(self.default_tasks) if self.default_tasks else self.task_names
+
+    def width_of(self, size: int) -> int | None:
+        """The image width at height `size`, or None when the aspect ratio makes it fractional."""
+        width, height = self.aspect
+        return size * width // height if size * width % height == 0 else None
 
     def task(self, name: str) -> TaskSpec | None:
         return next((t for t in self.tasks if t.name == name), None)
@@ -186,6 +201,93 @@ CELEBA = DatasetSpec(
     uses_seed=False,
 )
 
+# ----------------------------------------------------------------------------- dense scene understanding
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+CITYSCAPES_CATEGORIES: tuple[str, ...] = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
+NYUV2_CLASSES = 13
+SEGMENTATION_METRICS = ("miou", "pixel_accuracy")
+NORMAL_METRICS = ("mean_angle", "median_angle", "within_11.25", "within_22.5", "within_30")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _no_mirror(spec: DatasetSpec, request: PrepareRequest) -> Path | None:
+    if request.mirror is not None:
+        raise DataError(f"--mirror: {spec.name} cannot be downloaded by a script", hint="pass the release with --source DIR")
+    if len(request.sources) > 1:
+        raise DataError(f"--source: {spec.name} is read from one directory", hint="pass --source DIR once")
+    return Path(request.sources[0]) if request.sources else None
+
+
+def _prepare_cityscapes(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
+    from mtlcli.data.cityscapes import prepare_cityscapes
+
+    return prepare_cityscapes(spec, request, _no_mirror(spec, request))
+
+
+def _prepare_nyuv2(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
+    from mtlcli.data.nyuv2 import prepare_nyuv2
+
+    return prepare_nyuv2(spec, request, _no_mirror(spec, request))
+
+
+CITYSCAPES = DatasetSpec(
+    name="cityscapes",
+    description="Cityscapes fine annotations: 19-class segmentation, instance offsets, disparity (Sener & Koltun 2018)",
+    tasks=(
+        TaskSpec("semantic", len(CITYSCAPES_CLASSES), "pixel_cross_entropy", SEGMENTATION_METRICS, target="semantic"),
+        TaskSpec("category", len(CITYSCAPES_CATEGORIES), "pixel_cross_entropy", SEGMENTATION_METRICS, target="category"),
+        TaskSpec("instance", 2, "masked_l1", ("abs_error",), target="instance"),
+        TaskSpec("disparity", 1, "masked_l1", ("abs_error", "rel_error"), target="disparity"),
+    ),
+    channels=3,
+    default_size=256,
+    min_size=16,
+    max_size=1024,
+    # fallback only: prepare measures the training split's mean/std into meta.json
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    default_encoder="resnet50-dilated",
+    prepare=_prepare_cityscapes,
+    how_to_get=(
+        "the official release (https://www.cityscapes-dataset.com/downloads/, free registration: "
+        "leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip, disparity_trainvaltest.zip), "
+        "then `mtl prepare cityscapes --source DIR`"
+    ),
+    aspect=(2, 1),
+    target_kinds={"semantic": "segmentation", "category": "segmentation", "instance": "offset", "disparity": "disparity"},
+    default_tasks=("semantic", "instance", "disparity"),
+)
+
+NYUV2 = DatasetSpec(
+    name="nyuv2",
+    description="NYUv2 (MTAN preprocessing): 13-class segmentation, depth, surface normals (Liu et al. 2019)",
+    tasks=(
+        TaskSpec("segmentation", NYUV2_CLASSES, "pixel_cross_entropy", SEGMENTATION_METRICS, target="segmentation"),
+        TaskSpec("depth", 1, "masked_l1", ("abs_error", "rel_error"), target="depth"),
+        TaskSpec("normal", 3, "normal_cosine", NORMAL_METRICS, target="normal"),
+    ),
+    channels=3,
+    default_size=288,
+    min_size=48,
+    max_size=288,
+    # the references feed images in [0, 1] without normalisation
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    default_encoder="segnet-split",
+    prepare=_prepare_nyuv2,
+    how_to_get=(
+        "the preprocessed NYUv2 of MTAN (https://github.com/lorenmt/mtan: nyuv2.zip, 795 train / 654 val "
+        "images at 288x384 as .npy), then `mtl prepare nyuv2 --source DIR`"
+    ),
+    aspect=(4, 3),
+    target_kinds={"segmentation": "segmentation", "depth": "depth", "normal": "normal"},
+    augment="scale-crop-flip",
+)
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
@@ -193,6 +295,8 @@ DATASETS: dict[str, DatasetSpec] = {
         _paired("multifashion", ("multi-fashion",)),
         _paired("multi-fashion-mnist"),
         CELEBA,
+        CITYSCAPES,
+        NYUV2,
     )
 }
 

@@ -28,17 +28,49 @@ def resolve_data_dir(data_dir: Path | str | None) -> Path:
     return Path(env) if env else Path("data")
 
 
+# The kinds of target array a prepared dataset can hold (meta.json "targets": {name: {"kind": ...}}):
+#   class         uint8 [N, T]: one class label per sample and task (task i reads column i); the default
+#   segmentation  uint8 [N, H, W]: a class per pixel, IGNORE_INDEX where unlabelled
+#   offset        float32 [N, 2, H, W]: per-pixel (dy, dx) in pixels, NaN where undefined
+#   disparity, depth  float32 [N, H, W], NaN where invalid
+#   normal        float32 [N, 3, H, W]: unit surface normals (x, y, z), NaN where invalid
+TARGET_KINDS = ("class", "segmentation", "offset", "disparity", "depth", "normal")
+IGNORE_INDEX = 255
+LEGACY_TARGETS = {"labels": {"kind": "class"}}
+
+
+def target_specs(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """meta.json's target arrays {name: {"kind": ...}}; datasets of class labels only may omit it."""
+    targets = meta.get("targets")
+    return targets if isinstance(targets, dict) else LEGACY_TARGETS
+
+
+def task_target(meta: dict[str, Any], task: str) -> tuple[str, int | None]:
+    """(target array, column or None) that a task of a prepared dataset reads."""
+    names = [t["name"] for t in meta["tasks"]]
+    entry = meta["tasks"][names.index(task)]
+    if "target" in entry:
+        return entry["target"], None
+    return "labels", names.index(task)
+
+
 @dataclass
 class PreparedDataset:
-    """A prepared dataset: uint8 images [N, H, W] or [N, H, W, C] and labels [N, T] per split, and its meta.json.
+    """A prepared dataset: uint8 images [N, H, W] or [N, H, W, C] and target arrays per split, and its meta.json.
 
+    `targets[split]` maps each target name of meta.json (`labels` for class-label datasets) to its array.
     Arrays loaded from disk are memory-mapped: a dataset larger than RAM trains from the page cache.
     """
 
     path: Path
     meta: dict[str, Any]
     images: dict[str, np.ndarray]
-    labels: dict[str, np.ndarray]
+    targets: dict[str, dict[str, np.ndarray]]
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:
+        """The class-label array [N, T] of each split (class-label datasets)."""
+        return {split: arrays["labels"] for split, arrays in self.targets.items()}
 
     @property
     def task_names(self) -> list[str]:
@@ -48,38 +80,57 @@ class PreparedDataset:
     def num_classes(self) -> dict[str, int]:
         return {t["name"]: int(t["num_classes"]) for t in self.meta["tasks"]}
 
+    @property
+    def target_kinds(self) -> dict[str, str]:
+        return {name: spec["kind"] for name, spec in target_specs(self.meta).items()}
+
 
 def write_prepared(
-    data_dir: Path, name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]], meta: dict[str, Any]
+    data_dir: Path,
+    name: str,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]] | dict[str, dict[str, np.ndarray]],
+    meta: dict[str, Any],
 ) -> Path:
-    """Write splits + meta.json into a temp dir, then rename it to `data_dir/name` (replacing any)."""
+    """Write splits + meta.json into a temp dir, then rename it to `data_dir/name` (replacing any).
+
+    `splits[split]` is (images, labels) or {"images": ..., target: ...}; each array goes to `<split>_<key>.npy`.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    final = data_dir / name
     tmp = data_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        files = {}
-        for split, (images, labels) in splits.items():
-            for kind, array in (("images", images), ("labels", labels)):
-                fname = f"{split}_{kind}.npy"
-                with open(tmp / fname, "wb") as handle:
+        for split, arrays in splits.items():
+            named = arrays if isinstance(arrays, dict) else dict(zip(("images", "labels"), arrays, strict=True))
+            for key, array in named.items():
+                with open(tmp / f"{split}_{key}.npy", "wb") as handle:
                     np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                files[fname] = sha256_file(tmp / fname)
-        write_json_atomic(tmp / META, {**meta, "format": FORMAT_VERSION, "files": files})
-        fsync_dir(tmp)
-        old = None
-        if final.exists():
-            old = data_dir / f".{name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        fsync_dir(data_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        return install_prepared(tmp, data_dir / name, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def install_prepared(partial: Path, final: Path, meta: dict[str, Any]) -> Path:
+    """Finish a prepared dataset built in `partial` (every `*.npy` in it) and rename it to `final` in one step.
+
+    Each array is fsynced and checksummed into meta.json (with the format version), then the directory
+    replaces `final`; an old `final` is removed only after the rename, so a crash leaves one or the other.
+    """
+    files = {}
+    for path in sorted(partial.glob("*.npy")):
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+        files[path.name] = sha256_file(path)
+    write_json_atomic(partial / META, {**meta, "format": FORMAT_VERSION, "files": files})
+    fsync_dir(partial)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    os.replace(partial, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -130,36 +181,65 @@ def _meta_shape_ok(meta: dict[str, Any]) -> bool:
 def load_prepared(data_dir: Path, name: str, *, verify: bool = True) -> PreparedDataset:
     """Load a prepared dataset, checking every file against the sha256 in meta.json."""
     path = data_dir / name
-    prepare_hint = f"run `mtl prepare {name}` first" + (
-        f" (with --data-dir {data_dir})" if str(data_dir) != "data" else ""
-    )
+    prepare_hint = f"run `mtl prepare {name}` first" + (f" (with --data-dir {data_dir})" if str(data_dir) != "data" else "")
     if not path.is_dir():
         raise DataError(f"dataset {name} is not prepared in {data_dir}/", hint=prepare_hint)
     meta = read_meta(path)
     if meta is None or meta.get("format") != FORMAT_VERSION:
         raise DataError(f"{path} has no valid {META} (missing, corrupt or another format)", hint=f"{prepare_hint}, with --force")
+    specs = target_specs(meta)
     images: dict[str, np.ndarray] = {}
-    labels: dict[str, np.ndarray] = {}
+    targets: dict[str, dict[str, np.ndarray]] = {}
     for split in SPLITS:
-        for kind, store in (("images", images), ("labels", labels)):
-            fname = f"{split}_{kind}.npy"
-            fpath = path / fname
-            expected = meta["files"].get(fname)
-            if expected is None or not fpath.is_file():
-                raise DataError(f"{fpath} is missing", hint=f"{prepare_hint}, with --force")
-            if verify and sha256_file(fpath) != expected:
-                raise DataError(f"{fpath} is corrupt (sha256 differs from meta.json)", hint=f"{prepare_hint}, with --force")
-            try:  # memory-mapped (copy-on-write, so torch can wrap it): pages are read when a batch needs them
-                store[split] = np.load(fpath, mmap_mode="c", allow_pickle=False)
-            except (OSError, ValueError, EOFError) as exc:
-                raise DataError(f"cannot read {fpath}: {exc}", hint=f"{prepare_hint}, with --force") from None
-        ntasks = len(meta["tasks"])
-        if images[split].ndim not in (3, 4) or labels[split].ndim != 2 or labels[split].shape[1] != ntasks:
+        images[split] = _load_array(path, meta, f"{split}_images.npy", verify, prepare_hint)
+        targets[split] = {key: _load_array(path, meta, f"{split}_{key}.npy", verify, prepare_hint) for key in specs}
+        _check_shapes(path, meta, split, images[split], targets[split], prepare_hint)
+    return PreparedDataset(path=path, meta=meta, images=images, targets=targets)
+
+
+def _load_array(path: Path, meta: dict[str, Any], fname: str, verify: bool, prepare_hint: str) -> np.ndarray:
+    fpath = path / fname
+    expected = meta["files"].get(fname)
+    if expected is None or not fpath.is_file():
+        raise DataError(f"{fpath} is missing", hint=f"{prepare_hint}, with --force")
+    if verify and sha256_file(fpath) != expected:
+        raise DataError(f"{fpath} is corrupt (sha256 differs from meta.json)", hint=f"{prepare_hint}, with --force")
+    try:  # memory-mapped (copy-on-write, so torch can wrap it): pages are read when a batch needs them
+        return np.load(fpath, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read {fpath}: {exc}", hint=f"{prepare_hint}, with --force") from None
+
+
+def _expected_shape(kind: str, n: int, ntasks: int, hw: tuple[int, ...]) -> tuple[int, ...] | None:
+    return {
+        "class": (n, ntasks),
+        "segmentation": (n, *hw),
+        "offset": (n, 2, *hw),
+        "disparity": (n, *hw),
+        "depth": (n, *hw),
+        "normal": (n, 3, *hw),
+    }.get(kind)
+
+
+def _check_shapes(
+    path: Path, meta: dict[str, Any], split: str, images: np.ndarray, targets: dict[str, np.ndarray], prepare_hint: str
+) -> None:
+    """Images [N, H, W(, C)] and each target array of the shape its kind implies."""
+    hint = f"{prepare_hint}, with --force"
+    if images.ndim not in (3, 4):
+        raise DataError(f"{path}: {split} images have shape {images.shape}, expected [N, H, W] or [N, H, W, C]", hint=hint)
+    n, hw = len(images), tuple(images.shape[1:3])
+    ntasks = sum(1 for t in meta["tasks"] if "target" not in t)
+    for key, array in targets.items():
+        kind = target_specs(meta)[key].get("kind")
+        expected = _expected_shape(kind, n, ntasks, hw)
+        if expected is None:
+            raise DataError(f"{path}: target {key!r} has an unknown kind {kind!r} in {META}", hint=hint)
+        if array.shape != expected:
+            if kind == "class" and array.ndim == 2 and len(array) != n:
+                raise DataError(f"{path}: {split} has {n} images but {len(array)} labels", hint=hint)
             raise DataError(
-                f"{path}: {split} arrays have shapes {images[split].shape} and {labels[split].shape}, "
-                f"expected [N, H, W] or [N, H, W, C] images and [N, {ntasks}] labels",
-                hint=f"{prepare_hint}, with --force",
+                f"{path}: {split} {key} has shape {array.shape}, expected {list(expected)} "
+                f"({kind} targets for {n} images of {hw[0]}x{hw[1]})",
+                hint=hint,
             )
-        if len(images[split]) != len(labels[split]):
-            raise DataError(f"{path}: {split} has {len(images[split])} images but {len(labels[split])} labels")
-    return PreparedDataset(path=path, meta=meta, images=images, labels=labels)

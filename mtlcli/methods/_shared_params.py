@@ -45,17 +45,32 @@ def _flat(grads: tuple[Tensor | None, ...], params: list[nn.Parameter], lead: tu
     return torch.cat(parts, dim=-1)
 
 
+def _write_row(row: Tensor, grads: tuple[Tensor | None, ...], params: list[nn.Parameter]) -> None:
+    """Copy one task's parameter gradients into its row of J (zeros for parameters it does not reach)."""
+    offset = 0
+    for g, p in zip(grads, params, strict=True):
+        part = row[offset : offset + p.numel()]
+        if g is None:
+            part.zero_()
+        else:
+            part.copy_(g.reshape(-1))
+        offset += p.numel()
+
+
 def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
     """J = dL/dtheta_sh [T, P] and the heads' own gradients, keeping the graph for later backwards."""
     shared = step.model.shared_parameters()
     heads = step.task_parameters()
-    if mode == "loop":
-        rows, head_grads = [], []
+    if mode == "loop":  # each row is written into J as it comes: peak memory J + one task's gradients
+        size = sum(p.numel() for p in shared)
+        jacobian = torch.empty(len(heads), size, dtype=shared[0].dtype, device=shared[0].device)
+        head_grads = []
         for t, params in enumerate(heads):
             grads = torch.autograd.grad(step.task_loss(t), [*shared, *params], retain_graph=True, allow_unused=True)
-            rows.append(_flat(grads[: len(shared)], shared))
+            _write_row(jacobian[t], grads[: len(shared)], shared)
             head_grads.append(list(grads[len(shared) :]))
-        return SharedGrads(torch.stack(rows), head_grads)
+            del grads
+        return SharedGrads(jacobian, head_grads)
     if mode == "batched":
         t = step.num_tasks
         eye = torch.eye(t, dtype=step.losses.dtype, device=step.losses.device)

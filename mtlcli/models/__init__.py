@@ -98,6 +98,22 @@ class ResNetOptions(BaseModel):
     width: int = Field(64, gt=0, description="channels of the first stage (64: the authors'; stages are x1, x2, x4, x8)")
 
 
+class DilatedResNetOptions(BaseModel):
+    """Options of `resnet50-dilated` (the authors' Cityscapes encoder) and its PSP heads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    width: int = Field(64, gt=0, description="planes of the first stage (64: torchvision's ResNet-50; stages x1, x2, x4, x8)")
+    pretrained: bool = Field(False, description="start from torchvision's ImageNet weights (width 64, 3 channels; cached)")
+    head_width: int = Field(512, gt=0, description="channels of each PSP head's pyramid branches and last conv")
+
+
+class SegNetOptions(BaseModel):
+    """Options of `segnet-split` (the split SegNet of MTAN on NYUv2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    width: int = Field(64, gt=0, description="channels of the first block (64: the reference; blocks x1, x2, x4, x8, x8)")
+
+
 InputShape = tuple[int, int, int]  # (channels, height, width)
 
 
@@ -109,7 +125,7 @@ class EncoderSpec:
     description: str
     options: type[BaseModel]
     encoder: Callable[[InputShape, Any], nn.Module]
-    head: Callable[[int, int, Any], nn.Module]  # (z features, classes, options) -> head
+    head: Callable[[int, int, InputShape, Any], nn.Module]  # (z features or channels, outputs, input shape, options) -> head
     input_problem: Callable[[InputShape], str | None] = lambda _shape: None  # why it cannot take this input, if so
 
 
@@ -117,7 +133,7 @@ def _lenet(shape: InputShape, o: MultiLeNetOptions) -> nn.Module:
     return MultiLeNetEncoder(input_size=shape[1:], dropout=o.dropout, out_features=o.hidden, in_channels=shape[0])
 
 
-def _lenet_head(features: int, classes: int, o: MultiLeNetOptions) -> nn.Module:
+def _lenet_head(features: int, classes: int, _shape: InputShape, o: MultiLeNetOptions) -> nn.Module:
     return MultiLeNetHead(in_features=features, hidden=o.hidden, num_classes=classes, dropout=o.dropout)
 
 
@@ -139,10 +155,55 @@ def _resnet(shape: InputShape, o: ResNetOptions) -> nn.Module:
     return ResNet18CifarEncoder(in_channels=shape[0], input_size=shape[1], width=o.width)
 
 
-def _resnet_head(features: int, classes: int, _o: ResNetOptions) -> nn.Module:
+def _resnet_head(features: int, classes: int, _shape: InputShape, _o: ResNetOptions) -> nn.Module:
     from mtlcli.models.resnet import resnet_head
 
     return resnet_head(features, classes)
+
+
+def _dilated_input_problem(shape: InputShape) -> str | None:
+    from mtlcli.models.dilated_resnet import dilated_resnet_input_problem
+
+    return dilated_resnet_input_problem(shape)
+
+
+def _dilated(shape: InputShape, o: DilatedResNetOptions) -> nn.Module:
+    from mtlcli.models.dilated_resnet import DilatedResNet50Encoder, load_imagenet_weights
+
+    problem = _dilated_input_problem(shape)
+    if problem is not None:
+        raise ValueError(problem)
+    encoder = DilatedResNet50Encoder(in_channels=shape[0], width=o.width)
+    if o.pretrained:
+        load_imagenet_weights(encoder)
+    return encoder
+
+
+def _psp_head(channels: int, outputs: int, shape: InputShape, o: DilatedResNetOptions) -> nn.Module:
+    from mtlcli.models.psp import PSPHead
+
+    return PSPHead(channels, outputs, output_size=(shape[1], shape[2]), branch_channels=o.head_width)
+
+
+def _segnet_input_problem(shape: InputShape) -> str | None:
+    from mtlcli.models.segnet import segnet_input_problem
+
+    return segnet_input_problem(shape)
+
+
+def _segnet(shape: InputShape, o: SegNetOptions) -> nn.Module:
+    from mtlcli.models.segnet import SegNetSplitEncoder
+
+    problem = _segnet_input_problem(shape)
+    if problem is not None:
+        raise ValueError(problem)
+    return SegNetSplitEncoder(in_channels=shape[0], width=o.width)
+
+
+def _segnet_head(channels: int, outputs: int, _shape: InputShape, _o: SegNetOptions) -> nn.Module:
+    from mtlcli.models.segnet import segnet_head
+
+    return segnet_head(channels, outputs)
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -162,6 +223,22 @@ ENCODERS: dict[str, EncoderSpec] = {
             _resnet,
             _resnet_head,
             _resnet_input_problem,
+        ),
+        EncoderSpec(
+            "resnet50-dilated",
+            "ResNet-50 dilated to output stride 8 (Sener & Koltun 2018, Cityscapes): z is [2048, H/8, W/8]; a PSP head per task",
+            DilatedResNetOptions,
+            _dilated,
+            _psp_head,
+            _dilated_input_problem,
+        ),
+        EncoderSpec(
+            "segnet-split",
+            "split SegNet (MTAN, Liu et al. 2019, NYUv2): shared SegNet, z is [64, H, W]; heads conv 3x3 + conv 1x1",
+            SegNetOptions,
+            _segnet,
+            _segnet_head,
+            _segnet_input_problem,
         ),
     )
 }
@@ -212,12 +289,13 @@ def build_model(
         encoders = [new_encoder() for _ in num_classes]
         width = encoders[0].out_features
         heads: dict[str, nn.Module] = {
-            name: SliceHead(spec.head(width, n, opts), i * width, (i + 1) * width)
+            name: SliceHead(spec.head(width, n, input_shape, opts), i * width, (i + 1) * width)
             for i, (name, n) in enumerate(num_classes.items())
         }
         return MultiTaskModel(IndependentEncoders(encoders), heads)
     shared = new_encoder()
-    return MultiTaskModel(shared, {name: spec.head(shared.out_features, n, opts) for name, n in num_classes.items()})
+    heads = {name: spec.head(shared.out_features, n, input_shape, opts) for name, n in num_classes.items()}
+    return MultiTaskModel(shared, heads)
 
 
 def count_parameters(module: nn.Module) -> int:

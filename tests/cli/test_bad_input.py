@@ -127,7 +127,7 @@ def _wrong_shape(d: Path) -> None:
         (lambda d: write(d / "meta.json", "[1, 2]"), "has no valid meta.json"),
         (lambda d: write(d / "meta.json", json.dumps({"format": 1, "files": 3})), "has no valid meta.json"),
         (_corrupt_with_hash, "cannot read"),
-        (_wrong_shape, "arrays have shapes"),
+        (_wrong_shape, "labels has shape"),
         (lambda d: shutil.rmtree(d), "is not prepared"),
     ],
 )

@@ -21,7 +21,7 @@ def test_best_epoch_follows_validation_and_never_test(data_dir, tmp_path, monkey
     t = trainer(recipe(data_dir, tmp_path / "out", epochs=3))
     calls: list[str] = []
 
-    def scripted(model: Any, tasks: list[Any], columns: list[int], split: Any, *, batch_size: int) -> dict:
+    def scripted(model: Any, tasks: list[Any], split: Any, *, batch_size: int) -> dict:
         which = "val" if split is t.splits["val"] else "test"
         calls.append(which)
         epoch = t.position.epoch

@@ -70,6 +70,7 @@ ALLOWED = {
     "mtlcli/data/store.py": "writes inside a temporary directory that is renamed into place when complete",
     "mtlcli/data/sources.py": "downloads to NAME.part, checks the MD5, then renames",
     "mtlcli/data/celeba.py": "opens its lock file (no content); arrays are filled in a partial directory renamed when complete",
+    "mtlcli/data/nyuv2.py": "opens its lock file (no content); arrays are filled in a temporary directory renamed when complete",
     "mtlcli/trainer.py": "touches an empty metrics.jsonl and opens the run's lock file (no content)",
 }
 

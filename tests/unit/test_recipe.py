@@ -60,7 +60,8 @@ def test_unknown_dataset_task_and_method() -> None:
     with pytest.raises(RecipeError) as info:
         recipes.load(raw=raw)
     text = "\n".join(info.value.problems)
-    assert "data.name: must be one of multimnist, multifashion, multi-fashion-mnist or celeba, got 'cifar'" in text
+    names = "multimnist, multifashion, multi-fashion-mnist, celeba, cityscapes or nyuv2"
+    assert f"data.name: must be one of {names}, got 'cifar'" in text
     assert "method.name: unknown method 'mgda_ub' (did you mean 'mgda-ub'?); choose one of:" in text
     raw = load_shipped_recipe()
     raw["tasks"][1]["name"] = "top"

@@ -11,7 +11,7 @@ import torch
 
 from mtlcli import recipe as recipes
 from mtlcli.data import registry
-from mtlcli.data.store import PreparedDataset
+from mtlcli.data.store import IGNORE_INDEX, PreparedDataset
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import DataError, RecipeError
 from mtlcli.evaluation import DeviceSplit
@@ -37,10 +37,23 @@ def test_every_dataset_entry_is_consistent(spec: registry.DatasetSpec) -> None:
 def test_synthetic_data_has_the_registered_shapes(name: str) -> None:
     spec = registry.get(name)
     data = synthetic_dataset(name, seed=3, counts={"train": 5, "val": 2, "test": 2})
-    shape = (spec.default_size,) * 2 + ((spec.channels,) if spec.channels > 1 else ())
+    hw = (spec.default_size, spec.width_of(spec.default_size))
+    shape = hw + ((spec.channels,) if spec.channels > 1 else ())
     assert data.images["train"].shape == (5, *shape) and data.images["train"].dtype == np.uint8
-    assert data.labels["train"].shape == (5, len(spec.tasks))
-    assert all((data.labels["train"][:, i] < t.num_classes).all() for i, t in enumerate(spec.tasks))
+    label_tasks = [t for t in spec.tasks if t.target is None]
+    if label_tasks:
+        assert data.labels["train"].shape == (5, len(label_tasks))
+        assert all((data.labels["train"][:, i] < t.num_classes).all() for i, t in enumerate(label_tasks))
+    for task in spec.tasks:
+        if task.target is None:
+            continue
+        array, kind = data.targets["train"][task.target], spec.target_kinds[task.target]
+        if kind == "segmentation":
+            assert array.shape == (5, *hw) and array.dtype == np.uint8
+            assert set(np.unique(array)) <= {*range(task.num_classes), IGNORE_INDEX}
+        else:
+            assert array.dtype == np.float32 and array.shape[-2:] == hw
+            assert array.ndim == (3 if task.num_classes == 1 else 4) and np.isnan(array).any()
     assert data.task_names == spec.task_names
     again = synthetic_dataset(name, seed=3, counts={"train": 5, "val": 2, "test": 2})
     assert np.array_equal(again.images["train"], data.images["train"])
@@ -106,8 +119,8 @@ def test_unknown_encoder_suggests_one() -> None:
 def _dataset(meta: dict, channels: int = 3) -> PreparedDataset:
     shape = (4, 6, 6, channels) if channels > 1 else (4, 6, 6)
     images = {s: np.zeros(shape, np.uint8) for s in ("train", "val", "test")}
-    labels = {s: np.zeros((4, 40), np.uint8) for s in ("train", "val", "test")}
-    return PreparedDataset(Path("x"), meta, images, labels)
+    targets = {s: {"labels": np.zeros((4, 40), np.uint8)} for s in ("train", "val", "test")}
+    return PreparedDataset(Path("x"), meta, images, targets)
 
 
 def test_normalisation_comes_from_the_recipe_then_the_prepared_data_then_the_registry() -> None:
@@ -125,13 +138,13 @@ def test_a_colour_batch_is_channels_first_and_normalised_per_channel() -> None:
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.integers(0, 256, size=(5, 4, 3, 3), dtype=np.uint8))
     labels = torch.arange(10).reshape(5, 2)
-    split = DeviceSplit.create(images, labels, [0.1, 0.2, 0.3], [0.5, 0.25, 2.0], torch.device("cpu"))
+    split = DeviceSplit.create(images, {"labels": labels}, [0.1, 0.2, 0.3], [0.5, 0.25, 2.0], torch.device("cpu"))
     x, y = split.batch(torch.tensor([3, 1]))
     want = images[[3, 1]].permute(0, 3, 1, 2).float() / 255.0
     want = (want - torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1)) / torch.tensor([0.5, 0.25, 2.0]).view(1, 3, 1, 1)
     assert x.shape == (2, 3, 4, 3) and x.is_contiguous()
     torch.testing.assert_close(x, want)
-    assert y.tolist() == [[6, 7], [2, 3]]
+    assert y["labels"].tolist() == [[6, 7], [2, 3]]
 
 
 GENERIC_MODULES = ("trainer.py", "recipe.py", "evaluation.py", "ablation.py", "results.py", "tasks.py", "report", "methods")
