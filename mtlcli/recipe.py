@@ -313,7 +313,7 @@ def _data_problems(raw: dict[str, Any]) -> list[str]:
     problems = []
     size = data.get("size")
     if isinstance(size, int) and not isinstance(size, bool) and not spec.min_size <= size <= spec.max_size:
-        problems.append(f"data.size: {spec.name} images are {spec.min_size}..{spec.max_size} pixels a side, got {size}")
+        problems.append(f"data.size: {spec.name} images are {spec.min_size}..{spec.max_size} pixels {spec.side_word}, got {size}")
     for key in ("mean", "std"):
         value = data.get(key)
         if isinstance(value, list) and len(value) not in (1, spec.channels):

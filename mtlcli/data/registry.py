@@ -96,6 +96,11 @@ class DatasetSpec:
         """The tasks `tasks: all` selects."""
         return list(self.default_tasks) if self.default_tasks else self.task_names
 
+    @property
+    def side_word(self) -> str:
+        """What `size` measures: "a side" of square images, else "high"."""
+        return "a side" if self.aspect == (1, 1) else "high"
+
     def width_of(self, size: int) -> int | None:
         """The image width at height `size`, or None when the aspect ratio makes it fractional."""
         width, height = self.aspect

@@ -51,7 +51,8 @@ def display_frame(table: Table, pm: str = "±") -> pd.DataFrame:
                 if std is not None and not (isinstance(std, float) and math.isnan(std)) and text != "-":
                     text = f"{text} {pm} {_number(float(std))}"
             cells.append(text)
-        out[name] = cells
+        direction = table.higher_is_better.get(name)
+        out[name if direction is None else f"{name} {'↑' if direction else '↓'}"] = cells
     return out
 
 
@@ -111,6 +112,8 @@ _LATEX_ESCAPES = {
     "×": r"$\times$",
     "Δ": r"$\Delta$",
     "|": r"\textbar{}",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
 }
 
 

@@ -33,7 +33,7 @@ DELTA_TASKS = "Δm% (tasks)"
 MEAN_RANK = "mean rank"
 # More task-metric columns than this: stdout shows the methods table's summary (`--wide` prints it whole),
 # and the timing, grid and scale tables show means over tasks instead of a column per task metric.
-MAX_STDOUT_COLUMNS = 8
+MAX_STDOUT_COLUMNS = 12  # NYUv2's 9 (IMTL / Nash-MTL Table 2) still fit
 COST_COLUMNS = ("ms/step", "× uniform", "train min")
 DELTA_NOTE = (
     "Δm% = mean of (-1)^h (M - M_st) / M_st × 100 against single-task (h = 1 when higher is better; "
@@ -56,6 +56,7 @@ class Table:
     frame: pd.DataFrame
     spread: dict[str, str] = field(default_factory=dict)
     task_columns: int = 0
+    higher_is_better: dict[str, bool] = field(default_factory=dict)  # task-metric columns: their better direction
 
     @property
     def wide(self) -> bool:
@@ -249,7 +250,9 @@ def method_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
     if grid_best is not None:
         caption += f" The grid row is the grid point with the best mean validation score of {grid_points}."
     caption += " ms/step: median step time (mean over seeds); train min: training time without evaluation."
-    return Table(f"{dataset}-methods", f"{dataset}: methods", caption, frame, spread, task_columns=len(keys))
+    caption += " ↑ / ↓: higher / lower is better."
+    directions = {column(k): METRICS[k[1]].higher_is_better for k in keys}
+    return Table(f"{dataset}-methods", f"{dataset}: methods", caption, frame, spread, len(keys), directions)
 
 
 def _summary_columns(methods: Table, group: Group) -> list[str]:

@@ -177,8 +177,8 @@ def test_error_metrics_are_not_inverted(study: Path, tmp_path: Path) -> None:
 
 
 def test_the_threshold_counts_columns_not_tasks_or_datasets(tmp_path: Path) -> None:
-    assert MAX_STDOUT_COLUMNS == 8
-    cases = {"eight": (8, ("error",)), "nine": (9, ("error",)), "five-by-two": (5, ("accuracy", "error"))}
+    assert MAX_STDOUT_COLUMNS == 12
+    cases = {"twelve": (12, ("error",)), "thirteen": (13, ("error",)), "seven-by-two": (7, ("accuracy", "error"))}
     for name, (count, metrics) in cases.items():
         for seed in (0, 1):
             errors = {f"t{i}": 10.0 + i + seed for i in range(count)}
@@ -186,17 +186,17 @@ def test_the_threshold_counts_columns_not_tasks_or_datasets(tmp_path: Path) -> N
                             dataset="multimnist")
     keys = {name: set(json.loads(invoke(str(tmp_path / name), "--format", "json")[0])) for name in cases}
     assert keys == {
-        "eight": {"multimnist-methods"},
-        "nine": {"multimnist-summary"},
-        "five-by-two": {"multimnist-summary"},  # 10 columns from 5 tasks
+        "twelve": {"multimnist-methods"},
+        "thirteen": {"multimnist-summary"},
+        "seven-by-two": {"multimnist-summary"},  # 14 columns from 7 tasks
     }
-    five = json.loads(invoke(str(tmp_path / "five-by-two"), "--format", "json")[0])["multimnist-summary"]["rows"][0]
-    assert five["mean accuracy"] == pytest.approx(100 - 12.5)  # each task's first metric: accuracy 90 - i - s
+    seven = json.loads(invoke(str(tmp_path / "seven-by-two"), "--format", "json")[0])["multimnist-summary"]["rows"][0]
+    assert seven["mean accuracy"] == pytest.approx(100 - 13.5)  # each task's first metric: accuracy 90 - i - s
 
 
 def test_timing_and_scale_tables_use_means_with_many_tasks(tmp_path: Path) -> None:
-    names = NAMES[:10]
-    errors = {n: float(i + 1) for i, n in enumerate(names)}  # mean 5.5
+    names = NAMES[:14]
+    errors = {n: float(i + 1) for i, n in enumerate(names)}  # mean 7.5
     write_error_run(tmp_path, "exact", method="mgda", seed=0, errors=errors, train_seconds=600, dataset="celeba")
     write_error_run(tmp_path, "ub", method="mgda-ub", seed=0, errors=errors, train_seconds=120, dataset="celeba")
     scaled = {n: e + (2.0 if i == 0 else 0.0) for i, (n, e) in enumerate(errors.items())}
@@ -207,10 +207,10 @@ def test_timing_and_scale_tables_use_means_with_many_tasks(tmp_path: Path) -> No
     tables = {t.key: t for t in build_tables(results, Selection())}
     timing = tables["celeba-timing"].frame.set_index("method")
     assert not [c for c in timing.columns if c.split()[0] in names]
-    assert timing.loc["mgda-ub", "mean error"] == pytest.approx(5.5) and timing.loc["mgda-ub", "speed-up"] == 5.0
+    assert timing.loc["mgda-ub", "mean error"] == pytest.approx(7.5) and timing.loc["mgda-ub", "speed-up"] == 5.0
     scale = tables["celeba-scale"].frame.iloc[0]
     assert not [c for c in scale.index if names[0] in c]
-    assert scale["max |Δ|"] == pytest.approx(2.0) and scale["mean |Δ|"] == pytest.approx(0.2)
+    assert scale["max |Δ|"] == pytest.approx(2.0) and scale["mean |Δ|"] == pytest.approx(2.0 / 14)
 
 
 def test_a_two_task_study_prints_as_before(tmp_path: Path) -> None:

@@ -16,13 +16,25 @@ from tests.conftest import ROOT, load_shipped_recipe
 def test_shipped_recipes_are_valid_and_say_how_to_run(path: Path) -> None:
     assert path.read_text().startswith(f"# run: mtl train recipes/{path.name}")
     recipe = recipes.load(path)
-    if recipe.data.name == "celeba":  # the authors' CelebA setting: Adam 5e-4, loss+ normalisation
-        assert recipe.optim.name == "adam" and recipe.optim.lr == 5e-4
-        assert recipe.method.options["normalization"] == "loss+" and len(recipe.tasks) == 40
-    else:  # the MNIST family: SGD with momentum
-        assert recipe.optim.name == "sgd" and recipe.optim.momentum == 0.9
-    assert recipe.optim.scheduler.step_size == 30 and recipe.optim.scheduler.gamma == 0.5
-    assert recipe.train.epochs == 100 and recipe.train.batch_size == 256 and recipe.train.device == "auto"
+    name = recipe.data.name
+    if name == "cityscapes":  # the authors' code: Adam 5e-4, batch 8, no normalisation; the paper: 250 epochs, 256x512
+        assert (recipe.optim.name, recipe.optim.lr, recipe.train.batch_size, recipe.train.epochs) == ("adam", 5e-4, 8, 250)
+        assert recipe.method.options["normalization"] == "none" and recipe.data.size == 256
+        assert [t.name for t in recipe.tasks] == ["semantic", "instance", "disparity"] and recipe.model.options["pretrained"]
+        assert recipe.optim.scheduler.step_size == 30 and recipe.optim.scheduler.gamma == 0.5
+    elif name == "nyuv2":  # Nash-MTL / FAMO: Adam 1e-4, 200 epochs halved at 100, batch 2, scale-crop-flip
+        assert (recipe.optim.name, recipe.optim.lr, recipe.train.batch_size, recipe.train.epochs) == ("adam", 1e-4, 2, 200)
+        assert recipe.optim.scheduler.step_size == 100 and recipe.optim.scheduler.gamma == 0.5
+        assert recipe.data.augment == "scale-crop-flip" and [t.name for t in recipe.tasks] == ["segmentation", "depth", "normal"]
+    else:
+        if name == "celeba":  # the authors' CelebA setting: Adam 5e-4, loss+ normalisation
+            assert recipe.optim.name == "adam" and recipe.optim.lr == 5e-4
+            assert recipe.method.options["normalization"] == "loss+" and len(recipe.tasks) == 40
+        else:  # the MNIST family: SGD with momentum
+            assert recipe.optim.name == "sgd" and recipe.optim.momentum == 0.9
+        assert recipe.optim.scheduler.step_size == 30 and recipe.optim.scheduler.gamma == 0.5
+        assert recipe.train.epochs == 100 and recipe.train.batch_size == 256
+    assert recipe.train.device == "auto"
 
 
 def test_all_problems_reported_at_once_with_key_paths() -> None:
