@@ -121,8 +121,9 @@ def _plot_pair(ax: plt.Axes, groups: list[Group], kx: MetricKey, ky: MetricKey, 
         if len(seeds_x) > 1:
             ax.scatter(seeds_x, seeds_y, s=12, color=color, alpha=0.35, marker=marker, zorder=3)
         sx, sy = (0.0 if math.isnan(sx) else sx), (0.0 if math.isnan(sy) else sy)
-        ax.errorbar(mx, my, xerr=sx, yerr=sy, fmt=marker, color=color, ms=8, capsize=3, zorder=4,
-                    label=f"{group.label} (n={group.n})")
+        ax.errorbar(
+            mx, my, xerr=sx, yerr=sy, fmt=marker, color=color, ms=8, capsize=3, zorder=4, label=f"{group.label} (n={group.n})"
+        )
         focus_x += [*seeds_x, mx - sx, mx + sx]
         focus_y += [*seeds_y, my - sy, my + sy]
     grid = sorted((g for g in unscaled if g.method == GRID), key=lambda g: g.test(kx)[0])
@@ -134,14 +135,20 @@ def _plot_pair(ax: plt.Axes, groups: list[Group], kx: MetricKey, ky: MetricKey, 
         focus_y.append(chosen.test(ky)[0])
         xlim, ylim = _limits(focus_x), _limits(focus_y)
         outside = sum(
-            1 for x, y in zip(xs, ys, strict=True)
-            if xlim and ylim and not (xlim[0] <= x <= xlim[1] and ylim[0] <= y <= ylim[1])
+            1 for x, y in zip(xs, ys, strict=True) if xlim and ylim and not (xlim[0] <= x <= xlim[1] and ylim[0] <= y <= ylim[1])
         )
         note = f", {outside} outside the view" if outside and len(focus_x) > 1 else ""
         ax.plot(xs, ys, "-", color="0.6", lw=1, zorder=1)
         ax.scatter(xs, ys, s=18, color="0.45", zorder=2, label=f"grid search ({len(grid)} weightings{note})")
-        ax.scatter([chosen.test(kx)[0]], [chosen.test(ky)[0]], s=90, facecolors="none", edgecolors="0.2",
-                   zorder=2, label="grid: best on validation")
+        ax.scatter(
+            [chosen.test(kx)[0]],
+            [chosen.test(ky)[0]],
+            s=90,
+            facecolors="none",
+            edgecolors="0.2",
+            zorder=2,
+            label="grid: best on validation",
+        )
     xlim, ylim = _limits(focus_x), _limits(focus_y)
     if xlim and ylim and len(focus_x) > 1:
         ax.set_xlim(*xlim)
@@ -200,6 +207,28 @@ def radar_errors(groups: list[Group], keys: list[MetricKey]) -> dict[str, list[f
     return {g.label: [_error(g.test(k)[0], k) for k in keys] for g in groups}
 
 
+def relative_errors(errors: dict[str, list[float]], reference: str | None) -> dict[str, list[float]]:
+    """Errors divided by the reference label's (single-task), else by the mean over labels: 1 = the reference.
+
+    For tasks whose metrics have different units (pixels, metres, degrees, %), one radial axis only means
+    something relative to a common baseline.
+    """
+    count = len(next(iter(errors.values()), []))
+    base = []
+    for i in range(count):
+        own = errors[reference][i] if reference in errors else math.nan
+        finite = [e[i] for e in errors.values() if not math.isnan(e[i])]
+        base.append(own if not math.isnan(own) and own > 0 else (float(np.mean(finite)) if finite else math.nan))
+    return {
+        label: [v / b if b and b > 0 else math.nan for v, b in zip(values, base, strict=True)] for label, values in errors.items()
+    }
+
+
+def mixed_units(keys: list[MetricKey]) -> bool:
+    """Whether the primary metrics are not all percentages (e.g. mIoU %, depth error in m, angle in degrees)."""
+    return any(METRICS[m].unit != "%" for _, m in keys)
+
+
 def difficulty_order(errors: dict[str, list[float]], reference: str | None = None) -> list[int]:
     """Task indices from easy to hard: by the `reference` label's error (single-task), else the mean over labels.
 
@@ -238,12 +267,12 @@ def _radar_axes(ax: plt.Axes, names: list[str], top: float) -> list[float]:
     return angles
 
 
-def _radar_parts(order: list[int]) -> tuple[list[list[int]], list[str]]:
+def _radar_parts(order: list[int], unit: str = "error (%)") -> tuple[list[list[int]], list[str]]:
     """One chart, or easy and hard halves (paper Figure 2) when there are more than `RADAR_SPLIT` tasks."""
     if len(order) <= RADAR_SPLIT:
-        return [order], ["per-task error (%), easy to hard clockwise"]
+        return [order], [f"per-task {unit}, easy to hard clockwise"]
     half = len(order) // 2
-    return [order[:half], order[half:]], ["easy tasks: error (%)", "hard tasks: error (%)"]
+    return [order[:half], order[half:]], [f"easy tasks: {unit}", f"hard tasks: {unit}"]
 
 
 def radar_figure(dataset: str, groups: list[Group], directory: Path, *, note: str = "") -> Figure:
@@ -253,10 +282,20 @@ def radar_figure(dataset: str, groups: list[Group], directory: Path, *, note: st
     errors = radar_errors(shown, keys)
     reference = reference_group(shown)
     order = difficulty_order(errors, reference.label if reference else None)
-    parts, titles = _radar_parts(order)
+    relative = mixed_units(keys)
+    if relative:
+        errors = relative_errors(errors, reference.label if reference else None)
+    base = "single-task" if reference else "the mean over methods"
+    parts, titles = _radar_parts(order, f"error / {base}'s" if relative else "error (%)")
     side = 7.2 if max(len(p) for p in parts) > RADAR_SMALL else 6.2
-    fig, axes = plt.subplots(1, len(parts), figsize=(side * len(parts), side + 0.6), squeeze=False,
-                             subplot_kw={"projection": "polar"}, layout="constrained")
+    fig, axes = plt.subplots(
+        1,
+        len(parts),
+        figsize=(side * len(parts), side + 0.6),
+        squeeze=False,
+        subplot_kw={"projection": "polar"},
+        layout="constrained",
+    )
     methods = [g for g in shown if g.method != SINGLE_TASK]
     for ax, part, title in zip(axes.flat, parts, titles, strict=True):
         top = 1.1 * max([e[j] for e in errors.values() for j in part if not math.isnan(e[j])], default=1.0)
@@ -272,7 +311,10 @@ def radar_figure(dataset: str, groups: list[Group], directory: Path, *, note: st
     fig.suptitle(f"{dataset}: per-task test error (lower is better)")
     name = f"{dataset}-radar"
     png, svg = _save(fig, directory, name)
-    return Figure(name, f"{dataset}: per-task error", _radar_caption(dataset, keys, reference is not None) + note, png, svg)
+    caption = _radar_caption(dataset, keys, reference is not None)
+    if relative:
+        caption += f" The metrics have different units, so each is divided by {base}'s: 1 is {base}, below 1 is better."
+    return Figure(name, f"{dataset}: per-task error", caption + note, png, svg)
 
 
 def _radar_caption(dataset: str, keys: list[MetricKey], reference: bool) -> str:

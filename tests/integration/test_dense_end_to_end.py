@@ -120,3 +120,15 @@ def test_an_augmented_dense_run_resumes_bitwise(nyuv2_dir: Path, tmp_path: Path)
     resumed = type(first).resume(first.run_dir, show_progress=False)
     resumed.run()
     assert_same_run(reference, resumed.run_dir)
+
+
+def test_the_report_folder_has_tables_and_figures_for_dense_metrics(nyuv2_dir: Path, nyuv2_recipe: Path, tmp_path: Path) -> None:
+    for method in ("single-task", "uniform", "mgda-ub"):
+        train(nyuv2_recipe, nyuv2_dir, method, NYU_TINY)
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["compare", str(tmp_path / "results"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert (out / "report.html").is_file() and any(name.endswith(".png") for name in figures), figures
+    tex = next(p for p in (out / "tables").iterdir() if p.name.endswith("methods.tex")).read_text()
+    assert r"miou $\uparrow$" in tex and r"abs\_error $\downarrow$" in tex
