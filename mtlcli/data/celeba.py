@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import fcntl
 import itertools
 import json
 import multiprocessing
@@ -49,7 +48,7 @@ from torchvision.transforms.v2 import functional as tvf
 from mtlcli import __version__
 from mtlcli.data.prepare import PrepareResult
 from mtlcli.data.registry import CELEBA, CELEBA_ATTRIBUTES
-from mtlcli.data.store import FORMAT_VERSION, META, SPLITS, read_meta
+from mtlcli.data.store import FORMAT_VERSION, META, SPLITS, exclusive_prepare, read_meta
 from mtlcli.errors import DataError
 from mtlcli.io import atomic_open, fsync_dir, md5_file, sha256_file, write_json_atomic
 
@@ -547,20 +546,6 @@ def _install(partial: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def _exclusive(data_dir: Path) -> Iterator[None]:
-    """One `mtl prepare celeba` at a time per data dir (an flock: it dies with its process)."""
-    with open(data_dir / f".{NAME}.lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(f"another `mtl prepare celeba` is writing in {data_dir}", hint="wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 # ----------------------------------------------------------------------------- the entry point
 def _check_args(size: int, workers: int | None) -> int:
     """The size's bounds and the worker count (default: the usable cores)."""
@@ -678,7 +663,7 @@ def prepare_celeba(
         _note(console, f"train / val / test hold {ours} images, the official release {official}")
     provenance = _provenance(located)
     data_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(data_dir):
+    with exclusive_prepare(data_dir, NAME):
         build = PartialBuild(data_dir / f".{NAME}.partial-{size}", _fingerprint(provenance, plan, size), plan, size)
         resumed = _decode_into(build, located, workers, console)
         seconds = round(time.monotonic() - started, 3)

@@ -21,7 +21,6 @@ val folder is our test split; our validation split is a seeded 10% of its train 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import os
 import re
@@ -47,7 +46,7 @@ from torchvision.transforms.v2 import functional as tvf
 from mtlcli import __version__
 from mtlcli.data.celeba import channel_stats
 from mtlcli.data.registry import NYUV2_CLASSES, DatasetSpec, Prepared, PrepareRequest
-from mtlcli.data.store import IGNORE_INDEX, SPLITS, install_prepared, read_meta, remove_stale_temps
+from mtlcli.data.store import IGNORE_INDEX, SPLITS, exclusive_prepare, install_prepared, read_meta, remove_stale_temps
 from mtlcli.errors import DataError
 
 NAME = "nyuv2"
@@ -398,20 +397,6 @@ def _already(target: Path, size: int, seed: int, force: bool) -> Prepared | None
 
 
 @contextlib.contextmanager
-def _exclusive(data_dir: Path) -> Iterator[None]:
-    """One `mtl prepare nyuv2` at a time per data dir (an flock: it dies with its process)."""
-    with open(data_dir / f".{NAME}.lock", "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(f"another `mtl prepare {NAME}` is writing in {data_dir}", hint="wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
 def _progress(console: Console | None, total: int) -> Iterator[Callable[[int], None]]:
     """Yields `advance(n)`: a rich bar on `console`, or nothing without one."""
     if console is None:
@@ -531,7 +516,7 @@ def prepare_nyuv2(spec: DatasetSpec, request: PrepareRequest, source: Path | Non
         return result
     release = locate_source(source, data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(data_dir), contextlib.closing(release):
+    with exclusive_prepare(data_dir, NAME), contextlib.closing(release):
         remove_stale_temps(data_dir, NAME)
         partial = data_dir / f".{NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         partial.mkdir()

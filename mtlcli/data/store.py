@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +135,20 @@ def install_prepared(partial: Path, final: Path, meta: dict[str, Any]) -> Path:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+@contextlib.contextmanager
+def exclusive_prepare(data_dir: Path, name: str) -> Iterator[None]:
+    """One `mtl prepare NAME` at a time per data dir: an flock on `.NAME.lock`, released when its process dies."""
+    with open(data_dir / f".{name}.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"another `mtl prepare {name}` is writing in {data_dir}", hint="wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def remove_stale_temps(data_dir: Path, name: str) -> None:

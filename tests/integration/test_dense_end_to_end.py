@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from mtlcli.cli import app
 from mtlcli.data.registry import NORMAL_METRICS
+from tests.cityscapes_fixture import make_cityscapes_source
 from tests.conftest import load_shipped_recipe
 from tests.integration._reliability import assert_same_run, signal_at_step, trainer
 from tests.nyuv2_fixture import make_nyuv2_source
@@ -23,6 +24,62 @@ from tests.nyuv2_fixture import make_nyuv2_source
 runner = CliRunner()
 # 96x128 is the smallest 4:3 size the split SegNet's five poolings take; width 4 keeps it a CPU test
 NYU_TINY = ["--set", "data.size=96", "--set", "model.width=4"]
+# 16x32 images: the dilated ResNet-50 (width 4) gives z = [128, 2, 4]; PSP heads of 8 channels
+CITY_TINY = ["--set", "data.size=16", "--set", "model.width=4", "--set", "model.head_width=8", "--set", "model.pretrained=false"]
+
+
+@pytest.fixture(scope="module")
+def cityscapes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cityscapes")
+    source = make_cityscapes_source(root / "release", size=(32, 64), zipped=True)
+    data = root / "data"
+    args = ["prepare", "cityscapes", "--source", str(source.path), "--size", "16", "--data-dir", str(data), "--workers", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "16x32" in result.output
+    return data
+
+
+@pytest.fixture
+def cityscapes_recipe(tmp_path: Path, write_recipe) -> Path:
+    raw = copy.deepcopy(load_shipped_recipe("cityscapes"))
+    raw["train"].update(epochs=1, batch_size=4, eval_batch_size=8, device="cpu")
+    raw["output"]["dir"] = str(tmp_path / "results")
+    return write_recipe(raw, "cityscapes.yaml")
+
+
+@pytest.mark.parametrize("method", ["mgda-ub", "mgda"])
+def test_one_epoch_on_cityscapes(cityscapes_dir: Path, cityscapes_recipe: Path, method: str) -> None:
+    run = train(cityscapes_recipe, cityscapes_dir, method, CITY_TINY)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["tasks"] == ["semantic", "instance", "disparity"] and summary["encoder"] == "resnet50-dilated"
+    assert summary["input_shape"] == [3, 16, 32]
+    for split in ("val", "test"):
+        metrics = summary[split]
+        assert 0.0 <= metrics["semantic"]["miou"] <= 100.0 and 0.0 <= metrics["semantic"]["pixel_accuracy"] <= 100.0
+        assert metrics["instance"]["abs_error"] > 0 and metrics["disparity"]["abs_error"] > 0
+        assert math.isfinite(metrics["disparity"]["rel_error"])
+    epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    weights = list(epoch["alphas"].values())
+    assert len(weights) == 3 and abs(sum(weights) - 1.0) < 1e-4 and min(weights) >= -1e-6
+
+
+def test_pretrained_weights_offline_are_one_clear_error(
+    cityscapes_dir: Path, cityscapes_recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch.hub
+
+    def offline(*_args: object, **_kwargs: object) -> None:
+        raise OSError("network unreachable")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    args = ["train", str(cityscapes_recipe), "--data-dir", str(cityscapes_dir), "-q", "--set", "data.size=16"]
+    result = runner.invoke(app, args)  # the shipped recipe: width 64, pretrained
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    text = "".join(result.output.split())
+    assert result.output.count("\nError: ") + result.output.startswith("Error: ") == 1, result.output
+    assert "resnet50-0676ba61.pth" in text and "torch-home/hub/checkpoints" in text, result.output
 
 
 @pytest.fixture(scope="module")

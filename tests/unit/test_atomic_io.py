@@ -67,10 +67,8 @@ WRITERS = {"write_text", "write_bytes", "touch"}
 ALLOWED = {
     # module: why its direct writes are safe
     "mtlcli/io.py": "the atomic helpers themselves (temp file + fsync + rename; one-write appends)",
-    "mtlcli/data/store.py": "writes inside a temporary directory that is renamed into place when complete",
+    "mtlcli/data/store.py": "writes inside a temporary directory that is renamed into place when complete; opens lock files",
     "mtlcli/data/sources.py": "downloads to NAME.part, checks the MD5, then renames",
-    "mtlcli/data/celeba.py": "opens its lock file (no content); arrays are filled in a partial directory renamed when complete",
-    "mtlcli/data/nyuv2.py": "opens its lock file (no content); arrays are filled in a temporary directory renamed when complete",
     "mtlcli/trainer.py": "touches an empty metrics.jsonl and opens the run's lock file (no content)",
 }
 
