@@ -54,7 +54,9 @@ def apply_representation_update(
         for p, g in zip(params, grads_t, strict=True):
             if g is None:
                 continue
-            _accumulate(p, g * scale if scale is not None else g)
+            # the update owns the heads' gradients (fresh tensors from autograd): scaled and stored in place,
+            # no copy of parameters as large as a PSP head's 23M
+            _take(p, g.mul_(scale) if scale is not None else g)
     combined = (weights.to(grads.z_grads.dtype) @ grads.z_grads).reshape(step.z.shape)
     step.z.backward(combined)
 
@@ -70,6 +72,14 @@ def gram_step_on_representation(step: Step, weights: WeightsFn, *, head_grads: H
     alpha = flag_non_finite(gram, weights(step.losses.detach(), finite(gram)))
     apply_representation_update(step, grads, alpha, head_grads=head_grads)
     return alpha.detach()
+
+
+def _take(param: nn.Parameter, grad: Tensor) -> None:
+    """`_accumulate` for a gradient nobody else holds: it becomes `.grad` without a copy."""
+    if param.grad is None:
+        param.grad = grad.detach()
+    else:
+        param.grad.add_(grad)
 
 
 def _accumulate(param: nn.Parameter, grad: Tensor) -> None:

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from mtlcli.methods._representation import HeadGrads, WeightsFn, _accumulate
+from mtlcli.methods._representation import HeadGrads, WeightsFn, _accumulate, _take
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import finite, flag_non_finite
 
@@ -103,8 +103,12 @@ def apply_shared_update(step: Step, grads: SharedGrads, shared_weights: Tensor, 
         offset += n
     for t, (params, grads_t) in enumerate(zip(step.task_parameters(), grads.head_grads, strict=True)):
         for p, g in zip(params, grads_t, strict=True):
-            if g is not None:
-                _accumulate(p, g * head_weights[t].detach() if head_weights is not None else g)
+            if g is None:
+                continue
+            if head_weights is not None:  # a fresh product: stored without another copy
+                _take(p, g * head_weights[t].detach())
+            else:  # may be a view of the batched gradients: copied
+                _accumulate(p, g)
 
 
 def head_weights_for(weights: Tensor, head_grads: HeadGrads) -> Tensor | None:
