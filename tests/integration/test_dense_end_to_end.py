@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from mtlcli.cli import app
 from mtlcli.data.registry import NORMAL_METRICS
+from mtlcli.methods import REGISTRY
 from tests.cityscapes_fixture import make_cityscapes_source
 from tests.conftest import load_shipped_recipe
 from tests.integration._reliability import assert_same_run, signal_at_step, trainer
@@ -189,3 +190,16 @@ def test_the_report_folder_has_tables_and_figures_for_dense_metrics(nyuv2_dir: P
     assert (out / "report.html").is_file() and any(name.endswith(".png") for name in figures), figures
     tex = next(p for p in (out / "tables").iterdir() if p.name.endswith("methods.tex")).read_text()
     assert r"miou $\uparrow$" in tex and r"abs\_error $\downarrow$" in tex
+
+
+@pytest.mark.parametrize("method", [name for name in REGISTRY if name != "grid"])
+def test_every_method_takes_a_feature_map_as_z(cityscapes_dir: Path, cityscapes_recipe: Path, method: str) -> None:
+    """z is [B, C, h, w] here: every method (per-task gradients of z, its Gram matrix, sign masks, tracked
+    gradients, learned scales) trains on it, with finite weights."""
+    extra = ["--set", "model.width=2", "--set", "model.head_width=4", "--set", "train.batch_size=8"]
+    if method == "static":
+        extra += ["--set", "method.weights=[0.2, 0.3, 0.5]"]
+    run = train(cityscapes_recipe, cityscapes_dir, method, [*CITY_TINY, *extra])
+    epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert len(epoch["alphas"]) == 3 and all(math.isfinite(w) for w in epoch["alphas"].values())
+    assert all(math.isfinite(v) for task in epoch["test"].values() for v in task.values())
