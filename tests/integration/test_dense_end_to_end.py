@@ -203,3 +203,13 @@ def test_every_method_takes_a_feature_map_as_z(cityscapes_dir: Path, cityscapes_
     epoch = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
     assert len(epoch["alphas"]) == 3 and all(math.isfinite(w) for w in epoch["alphas"].values())
     assert all(math.isfinite(v) for task in epoch["test"].values() for v in task.values())
+
+
+def test_the_7_category_variant_replaces_the_19_classes(cityscapes_dir: Path, tmp_path: Path, write_recipe) -> None:
+    raw = copy.deepcopy(load_shipped_recipe("cityscapes"))
+    raw["tasks"] = [{"name": "category"}, {"name": "disparity"}]
+    raw["train"].update(epochs=1, batch_size=4, eval_batch_size=8, device="cpu")
+    raw["output"]["dir"] = str(tmp_path / "results")
+    run = train(write_recipe(raw, "categories.yaml"), cityscapes_dir, "uniform", CITY_TINY)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["tasks"] == ["category", "disparity"] and 0.0 <= summary["test"]["category"]["miou"] <= 100.0
