@@ -26,7 +26,6 @@ import shutil
 import signal
 import threading
 import time
-import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -48,7 +47,7 @@ from torchvision.transforms.v2 import functional as tvf
 from mtlcli import __version__
 from mtlcli.data.prepare import PrepareResult
 from mtlcli.data.registry import CELEBA, CELEBA_ATTRIBUTES
-from mtlcli.data.store import FORMAT_VERSION, META, SPLITS, exclusive_prepare, read_meta
+from mtlcli.data.store import FORMAT_VERSION, META, SPLITS, exclusive_prepare, existing_meta, replace_directory
 from mtlcli.errors import DataError
 from mtlcli.io import atomic_open, fsync_dir, md5_file, sha256_file, write_json_atomic
 
@@ -534,18 +533,6 @@ def _finish(build: PartialBuild, meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _install(partial: Path, target: Path) -> None:
-    """Rename the complete partial directory to `target`; an old one is removed only after that."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{NAME}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, old)
-    os.replace(partial, target)
-    fsync_dir(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ----------------------------------------------------------------------------- the entry point
 def _check_args(size: int, workers: int | None) -> int:
     """The size's bounds and the worker count (default: the usable cores)."""
@@ -560,14 +547,8 @@ def _check_args(size: int, workers: int | None) -> int:
 
 def _already(target: Path, size: int, force: bool) -> PrepareResult | None:
     """The existing prepared dataset when it is what was asked for (and not --force)."""
-    existing = read_meta(target) if target.is_dir() else None
-    if existing is None or force:
-        return None
-    if existing.get("size") == size:
-        return PrepareResult(path=target, built=False, meta=existing)
-    raise DataError(
-        f"{target} was prepared with size {existing.get('size')}; pass --force to rebuild it with size {size}",
-    )
+    existing = existing_meta(target, size=size, seed=None, force=force)  # CelebA's splits are official: no seed
+    return None if existing is None else PrepareResult(path=target, built=False, meta=existing)
 
 
 def _provenance(source: CelebaSource) -> dict[str, Any]:
@@ -669,5 +650,5 @@ def prepare_celeba(
         seconds = round(time.monotonic() - started, 3)
         meta = {**_base_meta(located, plan, size, provenance), "prepare_seconds": seconds, "resumed_images": resumed}
         meta = _finish(build, meta)
-        _install(build.path, target)
+        replace_directory(build.path, target)
     return PrepareResult(path=target, built=True, meta=meta)

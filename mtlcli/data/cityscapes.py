@@ -63,7 +63,7 @@ from torchvision.transforms.v2 import functional as tvf
 from mtlcli import __version__
 from mtlcli.data.celeba import _init_worker, _note, _read_json, _take, channel_stats
 from mtlcli.data.registry import CITYSCAPES_CATEGORIES, CITYSCAPES_CLASSES, DatasetSpec, Prepared, PrepareRequest
-from mtlcli.data.store import SPLITS, exclusive_prepare, install_prepared, read_meta
+from mtlcli.data.store import SPLITS, exclusive_prepare, existing_meta, install_prepared, read_meta
 from mtlcli.errors import DataError
 from mtlcli.io import write_json_atomic
 
@@ -758,15 +758,8 @@ def _check_args(spec: DatasetSpec, size: int, workers: int | None) -> tuple[int,
 
 def _already(target: Path, size: int, seed: int, force: bool) -> Prepared | None:
     """The existing prepared dataset when it is what was asked for (and not --force)."""
-    existing = read_meta(target) if target.is_dir() else None
-    if existing is None or force:
-        return None
-    if existing.get("size") == size and existing.get("seed") == seed:
-        return Prepared(path=target, built=False, meta=existing)
-    raise DataError(
-        f"{target} was prepared with size {existing.get('size')} and seed {existing.get('seed')}; "
-        f"pass --force to rebuild it with size {size} and seed {seed}",
-    )
+    existing = existing_meta(target, size=size, seed=seed, force=force)
+    return None if existing is None else Prepared(path=target, built=False, meta=existing)
 
 
 def _provenance(source: CityscapesSource) -> dict[str, Any]:

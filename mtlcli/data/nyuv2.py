@@ -46,7 +46,15 @@ from torchvision.transforms.v2 import functional as tvf
 from mtlcli import __version__
 from mtlcli.data.celeba import channel_stats
 from mtlcli.data.registry import NYUV2_CLASSES, DatasetSpec, Prepared, PrepareRequest
-from mtlcli.data.store import IGNORE_INDEX, SPLITS, exclusive_prepare, install_prepared, read_meta, remove_stale_temps
+from mtlcli.data.store import (
+    IGNORE_INDEX,
+    SPLITS,
+    exclusive_prepare,
+    existing_meta,
+    install_prepared,
+    read_meta,
+    remove_stale_temps,
+)
 from mtlcli.errors import DataError
 
 NAME = "nyuv2"
@@ -385,15 +393,8 @@ def _check_request(spec: DatasetSpec, request: PrepareRequest) -> tuple[int, int
 
 def _already(target: Path, size: int, seed: int, force: bool) -> Prepared | None:
     """The existing prepared dataset when it is what was asked for (and not --force)."""
-    existing = read_meta(target) if target.is_dir() else None
-    if existing is None or force:
-        return None
-    if existing.get("size") == size and existing.get("seed") == seed:
-        return Prepared(path=target, built=False, meta=existing)
-    raise DataError(
-        f"{target} was prepared with size {existing.get('size')} and seed {existing.get('seed')}; "
-        f"pass --force to rebuild it with size {size} and seed {seed}",
-    )
+    existing = existing_meta(target, size=size, seed=seed, force=force)
+    return None if existing is None else Prepared(path=target, built=False, meta=existing)
 
 
 @contextlib.contextmanager

@@ -126,15 +126,34 @@ def install_prepared(partial: Path, final: Path, meta: dict[str, Any]) -> Path:
         files[path.name] = sha256_file(path)
     write_json_atomic(partial / META, {**meta, "format": FORMAT_VERSION, "files": files})
     fsync_dir(partial)
+    replace_directory(partial, final)
+    return final
+
+
+def replace_directory(complete: Path, final: Path) -> None:
+    """Rename the complete directory to `final` in one step; an old `final` is removed only after that."""
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
-    os.replace(partial, final)
+    os.replace(complete, final)
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+
+
+def existing_meta(target: Path, *, size: int, seed: int | None, force: bool) -> dict[str, Any] | None:
+    """meta.json of `target` when it was prepared with this size and seed (and not --force); None when it is
+    absent, unreadable or forced; a DataError saying to pass --force when it was prepared otherwise."""
+    existing = read_meta(target) if target.is_dir() else None
+    if existing is None or force:
+        return None
+    if existing.get("size") == size and existing.get("seed") == seed:
+        return existing
+    with_seed = seed is not None
+    was = f"size {existing.get('size')}" + (f" and seed {existing.get('seed')}" if with_seed else "")
+    wanted = f"size {size}" + (f" and seed {seed}" if with_seed else "")
+    raise DataError(f"{target} was prepared with {was}; pass --force to rebuild it with {wanted}")
 
 
 @contextlib.contextmanager
