@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mtlcli import distributed
 from mtlcli.models import MultiTaskModel
 from mtlcli.tasks import METRICS, Task
 
@@ -59,7 +60,8 @@ def evaluate(model: MultiTaskModel, tasks: list[Task], split: DeviceSplit, *, ba
               for task, accs in zip(tasks, accumulators, strict=True)]  # fmt: skip
     loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=split.device)
     n = len(split)
-    for start in range(0, n, batch_size):
+    job = distributed.current()  # several ranks: batch k is evaluated by rank k mod N, the sums are all-reduced
+    for start in range(job.rank * batch_size, n, job.world * batch_size):
         x, targets = split.batch(slice(start, start + batch_size))
         _, outputs = model(x)
         losses = []
@@ -69,7 +71,7 @@ def evaluate(model: MultiTaskModel, tasks: list[Task], split: DeviceSplit, *, ba
                 total += acc.state(output, target, task.num_outputs)
             losses.append(task.compute_loss(output, target) * len(x))
         loss_sums += torch.stack(losses).to(torch.float64)
-    flat = torch.cat([loss_sums, *(t for state in states for t in state)]).cpu()  # the one sync
+    flat = job.sum_(torch.cat([loss_sums, *(t for state in states for t in state)])).cpu()  # the one sync
     model.train(was_training)
     mean_losses, offset = (flat[: len(tasks)] / max(n, 1)).tolist(), len(tasks)
     result: dict[str, dict[str, float]] = {}

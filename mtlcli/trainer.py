@@ -37,7 +37,7 @@ try:
 except ImportError:  # not POSIX: run directories are not locked
     fcntl = None  # type: ignore[assignment]
 
-from mtlcli import __version__, methods
+from mtlcli import __version__, distributed, methods
 from mtlcli.augment import build_augment
 from mtlcli.data import registry
 from mtlcli.data.store import PreparedDataset, load_prepared, resolve_data_dir, task_target
@@ -99,6 +99,31 @@ def training_steps(n: int, batch_size: int) -> int:
     cannot normalise in training (the dilated ResNet and the PSP heads would fail on it)."""
     steps = math.ceil(n / batch_size)
     return steps - 1 if steps > 1 and n % batch_size == 1 else steps
+
+
+TRACE_ENV = "MTL_STEP_TRACE"  # a file: rank 0 appends each step's method weights (tests of the distributed run)
+SIGNAL_AT_ENV = "MTL_SIGNAL_AT_STEP"  # tests: rank 0 sends itself SIGTERM before this (1-based) step
+
+
+def check_distributable(recipe: Recipe, job: distributed.Distributed) -> None:
+    """Methods that stay the same algorithm across ranks (see mtlcli.distributed); others are refused."""
+    if recipe.method.name not in distributed.SUPPORTED:
+        raise MtlError(
+            f"method {recipe.method.name} does not run on {job.world} processes yet: its learned state or its use of "
+            "per-task gradients beyond their Gram matrix is not reduced across processes",
+            hint=f"train it on one process, or choose one of: {', '.join(distributed.SUPPORTED)}",
+        )
+
+
+def check_batches(n: int, batch_size: int, job: distributed.Distributed) -> None:
+    """Every rank gets at least one row of every batch (the last one included)."""
+    last = n - (training_steps(n, batch_size) - 1) * batch_size
+    if min(batch_size, last) < job.world:
+        raise MtlError(
+            f"{job.world} processes need at least {job.world} rows in every batch; with {n} training samples and "
+            f"train.batch_size {batch_size} a batch has {min(batch_size, last)}",
+            hint="raise train.batch_size, or use fewer processes",
+        )
 
 
 def augmentation_of(recipe: Recipe) -> str:
@@ -413,7 +438,13 @@ class Trainer:
 
     def __post_init__(self) -> None:
         r = self.recipe
-        self.device = resolve_device(r.train.device)
+        self.job, device_spec = distributed.setup_from_environment(r.train.device)
+        self.device = resolve_device(device_spec)
+        if self.job.active:
+            check_distributable(r, self.job)
+            if not self.job.writer:  # one console: rank 0's
+                self.console = Console(stderr=True, quiet=True)
+                self.show_progress = False
         if r.train.deterministic:
             enable_determinism(self.device)
         self.dataset = load_dataset(r)
@@ -427,6 +458,8 @@ class Trainer:
         named = [*self.model.named_parameters(), *((f"method.{i}", p) for i, p in enumerate(self.method.parameters()))]
         self.guard = NonFiniteGuard([t.name for t in self.tasks], named, self.device, r.train.on_nonfinite)
         self.splits = device_splits(r, self.dataset, self.device)
+        if self.job.active:
+            check_batches(len(self.splits["train"]), r.train.batch_size, self.job)
         self.augment = build_augment(augmentation_of(r), self.dataset.target_kinds, r.train.seed, self.device)
         self.shuffle = torch.Generator(device=self.device)
         self.shuffle.manual_seed(r.train.seed)
@@ -505,6 +538,8 @@ class Trainer:
 
     def save(self, name: str, state: dict[str, Any] | None = None) -> None:
         assert self.run_dir is not None
+        if not self.job.writer:  # rank 0 writes; every rank holds the same state
+            return
         save_checkpoint(self.run_dir / name, state if state is not None else self.checkpoint())
 
     def restore(self, state: dict[str, Any], source: Path | str = "checkpoint") -> None:
@@ -557,14 +592,18 @@ class Trainer:
                 hint="train the recipe again: `mtl train " + str(run_dir / "recipe.yaml") + "`",
             )
         state = load_checkpoint(run_dir / LAST)
-        lock = RunLock(run_dir).acquire()  # before touching its files
+        job, _ = distributed.setup_from_environment(recipe.train.device)
+        lock = RunLock(run_dir).acquire() if job.writer else None  # before touching its files
         try:
             trainer = cls(recipe, console=console or Console(stderr=True), show_progress=show_progress, run_dir=run_dir)
             trainer.restore(state, run_dir / LAST)
         except BaseException:
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
         trainer.lock = lock
+        if not job.writer:  # the files are rank 0's
+            return trainer
         trainer._repair_best(state)
         # drop lines written after the checkpoint we resume from, and a torn last line (kill -9)
         kept = [rec for rec in run.metrics if isinstance(rec, dict) and rec.get("epoch", 0) < trainer.position.epoch]
@@ -597,17 +636,22 @@ class Trainer:
         """Train to the last epoch (from the current position) and write summary.json."""
         r = self.recipe
         if self.run_dir is None:
-            self.run_dir = create_run_dir(Path(r.output.dir), r.method.name, r.train.seed)
-            self.lock = RunLock(self.run_dir).acquire()
-            write_recipe(self.run_dir, r.dump())
-            (self.run_dir / METRICS).touch()  # a run directory from the start: resumable after epoch 1's first step
-        if self.lock is None:
+            created = None
+            if self.job.writer:
+                self.run_dir = create_run_dir(Path(r.output.dir), r.method.name, r.train.seed)
+                self.lock = RunLock(self.run_dir).acquire()
+                write_recipe(self.run_dir, r.dump())
+                (self.run_dir / METRICS).touch()  # a run directory from the start: resumable after epoch 1's first step
+                created = str(self.run_dir)
+            self.run_dir = Path(self.job.broadcast_text(created))
+        if self.lock is None and self.job.writer:
             self.lock = RunLock(self.run_dir).acquire()
         try:
             return self._run()
         finally:
-            self.lock.release()
-            self.lock = None
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
 
     def _run(self) -> Path:
         r = self.recipe
@@ -639,9 +683,15 @@ class Trainer:
             self.save(LAST)
         where = f"epoch {pos.epoch}, batch {pos.batch}" if pos.batch else f"the end of epoch {pos.epoch - 1}"
         name = signal.Signals(stop.signal).name if stop.signal is not None else "a signal"
+        how = (
+            f"torchrun --nproc-per-node N -m mtlcli train --resume {self.run_dir}` (any N; or `mtl train --resume "
+            f"{self.run_dir} --nproc N`"
+            if self.job.active
+            else f"mtl train --resume {self.run_dir}"
+        )
         raise TrainingInterrupted(
             f"training stopped by {name} at {where}; progress saved in {self.run_dir / LAST}",
-            hint=f"resume with `mtl train --resume {self.run_dir}`",
+            hint=f"resume with `{how}`",
         )
 
     def _check_finite(self) -> None:
@@ -681,21 +731,36 @@ class Trainer:
         bar = progress.add_task(f"epoch {pos.epoch}/{r.train.epochs}", total=steps, completed=pos.batch, status="")
         self.model.train()
         started = time.perf_counter()
+        signal_at = int(os.environ.get(SIGNAL_AT_ENV, "0"))
         while pos.batch < steps:
+            if signal_at == self.global_step + 1 and self.job.writer:  # tests: a SIGTERM to rank 0 alone
+                signal.raise_signal(signal.SIGTERM)
+            if self.job.active:  # every rank stops at the same step, whichever got the signal
+                self._agree_on_stop(stop)
             if stop:  # the step before has finished: stop between steps
                 pos.step_times.extend(timer.collect())
                 pos.epoch_seconds += time.perf_counter() - started
                 self.elapsed += time.perf_counter() - started
                 return False
             index = pos.perm[pos.batch * batch_size : (pos.batch + 1) * batch_size]
-            x, y = train.batch(index)
-            x, y = self.augment(x, y, self.global_step)
+            mine = self.job.shard(index)  # rows r, r + N, ... of the global batch
+            x, y = train.batch(mine)
+            x, y = self.augment(x, y, self.global_step * self.job.world + self.job.rank)
             timer.start()
             self.optimizer.zero_grad(set_to_none=True)
             z, outputs = self.model(x)
-            step = Step.of(self.model, z, [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in self.tasks])
-            losses = step.losses
+            task_losses = [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in self.tasks]
+            if self.job.active:  # this rank's share of the batch: the ranks' losses add up to the batch's
+                task_losses = [loss * (len(mine) / len(index)) for loss in task_losses]
+            step = Step.of(self.model, z, task_losses)
             weights = self.method.backward(step)
+            losses = step.losses
+            if self.job.active:
+                self._sum_gradients()
+                losses = self.job.sum_(losses.detach().clone())
+                self.job.check_identical(weights.detach(), f"the method's weights at step {self.global_step + 1}")
+            if TRACE_ENV in os.environ and self.job.writer:
+                append_jsonl(Path(os.environ[TRACE_ENV]), {"step": self.global_step + 1, "weights": weights.tolist()})
             try:
                 apply = self.guard.observe(self.global_step + 1, losses, f"epoch {pos.epoch}, batch {pos.batch + 1}", weights)
             except NonFiniteError as exc:
@@ -726,6 +791,24 @@ class Trainer:
         self.scheduler.step()
         self._end_epoch(steps, train_seconds, lr)
         return True
+
+    def _sum_gradients(self) -> None:
+        """All-reduce every gradient (one flattened buffer): the ranks' partial gradients add up to the batch's."""
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        flat = self.job.sum_(torch.cat([g.reshape(-1) for g in grads]))
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _agree_on_stop(self, stop: StopRequest) -> None:
+        """A signal seen by any rank stops every rank before the same step (one tiny all-reduce per step)."""
+        flag = torch.tensor([float(stop.signal or 0)], device=self.device)
+        seen = int(self.job.max_(flag).item())
+        if seen and not stop:
+            stop.signal = seen
 
     def _status(self, mean_losses: torch.Tensor, mean_weights: torch.Tensor) -> str:
         losses = mean_losses.tolist()
@@ -785,7 +868,8 @@ class Trainer:
             self.best_score, self.best_epoch = score, pos.epoch
         self.position = Position(epoch=pos.epoch + 1)
         state = self.checkpoint()
-        append_jsonl(self.run_dir / METRICS, record)
+        if self.job.writer:
+            append_jsonl(self.run_dir / METRICS, record)
         # last before best: a crash in between leaves a last.pt that knows it is the best (resume re-saves it)
         if pos.epoch % r.train.checkpoint_every == 0 or pos.epoch == r.train.epochs:
             self.save(LAST, state)
@@ -803,6 +887,8 @@ class Trainer:
 
     def _write_summary(self) -> None:
         assert self.run_dir is not None
+        if not self.job.writer:
+            return
         records = read_jsonl(self.run_dir / METRICS)
         best = next(rec for rec in records if rec["epoch"] == self.best_epoch)
         summary = {

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from mtlcli import distributed
 from mtlcli import recipe as recipes
 from mtlcli.cli._common import err_console, handle_errors, out_console
 from mtlcli.errors import MtlError
@@ -31,8 +35,28 @@ def train(
     ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            help="Train data-parallel on N processes of this machine (launches torchrun: N GPUs, or N CPU processes).",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
-    """Train a recipe; prints the run directory when done (one per seed with --seeds)."""
+    """Train a recipe; prints the run directory when done (one per seed with --seeds).
+
+    Several processes: `torchrun --nproc-per-node N -m mtlcli train RECIPE ...` (any torchrun options,
+    several nodes too), or `mtl train RECIPE --nproc N` on this machine.
+    """
+    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        options = {"--method": method, "--epochs": epochs, "--seed": seed, "--seeds": seeds, "--device": device,
+                   "--out": out, "--data-dir": data_dir, "--resume": resume}  # fmt: skip
+        args = [str(recipe)] if recipe is not None else []
+        args += [f"{k}={v}" for k, v in options.items() if v is not None]
+        args += [f"--set={s}" for s in set_ or []] + (["--quiet"] if quiet else [])
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        code = subprocess.call([*launcher, "-m", "mtlcli", "train", *args])
+        raise typer.Exit(code)
     if resume is not None:
         if recipe is not None or any(v is not None for v in (method, epochs, seed, seeds, device, out, data_dir)) or set_:
             raise MtlError("--resume takes no recipe or overrides: a run continues with its own recipe")
@@ -60,9 +84,20 @@ def train(
 
 
 def _run(trainer: Trainer) -> None:
-    err_console.print(f"training {trainer.recipe.method.name} on {trainer.recipe.data.name} ({trainer.device})")
-    run_dir = trainer.run()
-    out_console.print(str(run_dir))
+    job = trainer.job
+    where = f"{trainer.device}, {job.world} processes" if job.active else str(trainer.device)
+    if job.writer:
+        err_console.print(f"training {trainer.recipe.method.name} on {trainer.recipe.data.name} ({where})")
+    try:
+        run_dir = trainer.run()
+    except MtlError as exc:
+        if job.writer or isinstance(exc, distributed.DistributedError):  # a lost rank: each survivor says so
+            raise
+        raise typer.Exit(getattr(exc, "exit_code", 1)) from None  # rank 0 says it; the others exit alike
+    finally:
+        distributed.teardown()
+    if job.writer:
+        out_console.print(str(run_dir))
 
 
 def parse_seeds(text: str) -> list[int]:

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from mtlcli import distributed
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import finite, flag_non_finite
 
@@ -68,8 +69,9 @@ def gram_step_on_representation(step: Step, weights: WeightsFn, *, head_grads: H
     """The whole step of a Gram-based method on dL_t/dz: gradients, weights from their Gram matrix,
     then the update (one encoder backward). Returns the detached weights."""
     grads = representation_grads(step)
-    gram = grads.gram()
-    alpha = flag_non_finite(gram, weights(step.losses.detach(), finite(gram)))
+    # across ranks z is split by rows: the global Gram matrix is the sum of theirs (one all-reduce with the losses)
+    gram, losses = distributed.current().sum_gram_and_losses(grads.gram(), step.losses.detach())
+    alpha = flag_non_finite(gram, weights(losses, finite(gram)))
     apply_representation_update(step, grads, alpha, head_grads=head_grads)
     return alpha.detach()
 

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from mtlcli import distributed
 from mtlcli.methods._representation import HeadGrads, WeightsFn, _accumulate, _take
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import finite, flag_non_finite
@@ -119,7 +120,13 @@ def gram_step_on_shared_parameters(step: Step, weights: WeightsFn, *, grads: Gra
     """The whole step of a Gram-based method on dL_t/dtheta_sh: per-task gradients (loop or batched),
     weights from their Gram matrix, then sum_t alpha_t g_t as the shared update. Returns the weights."""
     task_grads = shared_grads(step, grads)
+    job = distributed.current()
+    # across ranks each row of J is a partial sum: J itself is summed before its Gram matrix (exact), and
+    # every rank writes 1/N of the (then global) shared update, which the trainer's gradient all-reduce adds up
+    job.sum_(task_grads.jacobian)
     gram = task_grads.gram()
-    alpha = flag_non_finite(gram, weights(step.losses.detach(), finite(gram)))
-    apply_shared_update(step, task_grads, alpha, head_weights=head_weights_for(alpha, head_grads))
+    losses = job.sum_(step.losses.detach().clone()) if job.active else step.losses.detach()
+    alpha = flag_non_finite(gram, weights(losses, finite(gram)))
+    shared_alpha = alpha / job.world if job.active else alpha
+    apply_shared_update(step, task_grads, shared_alpha, head_weights=head_weights_for(alpha, head_grads))
     return alpha.detach()
