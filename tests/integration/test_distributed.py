@@ -118,7 +118,8 @@ def test_a_stopped_two_process_run_resumes_on_two_or_on_one(recipe_path: Path, t
 
 
 def test_a_method_that_is_not_exact_across_processes_is_refused(recipe_path: Path) -> None:
-    result = torchrun(2, [str(recipe_path), "--method", "uncertainty", "-q"])
+    command = [sys.executable, "-m", "mtlcli", "train", str(recipe_path), "--method", "uncertainty", "--nproc", "2", "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=240, check=False)
     assert result.returncode == 1
     assert "method uncertainty does not run on 2 processes" in result.stderr
     assert "Traceback" not in result.stderr.split("uncertainty does not run")[0][-2000:]
