@@ -78,6 +78,8 @@ def train(
         if len(resolved) > 1:
             err_console.print(f"seed {one.train.seed} ({i + 1}/{len(resolved)})")
         if one.method.name == "grid":
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise MtlError("grid trains one run per point: launch it on one process", hint="drop torchrun / --nproc")
             out_console.print(str(train_grid(one, console=err_console, show_progress=not quiet)))
             continue
         _run(Trainer(one, console=err_console, show_progress=not quiet))
