@@ -92,10 +92,6 @@ def _run(trainer: Trainer) -> None:
         err_console.print(f"training {trainer.recipe.method.name} on {trainer.recipe.data.name} ({where})")
     try:
         run_dir = trainer.run()
-    except MtlError as exc:
-        if job.writer or isinstance(exc, distributed.DistributedError):  # a lost rank: each survivor says so
-            raise
-        raise typer.Exit(getattr(exc, "exit_code", 1)) from None  # rank 0 says it; the others exit alike
     finally:
         distributed.teardown()
     if job.writer:
