@@ -17,12 +17,10 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import itertools
-import json
 import multiprocessing
 import multiprocessing.forkserver
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -45,6 +43,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from mtlcli import __version__
+from mtlcli.data.chunked import DONE, ChunkedBuild
 from mtlcli.data.prepare import PrepareResult
 from mtlcli.data.registry import CELEBA, CELEBA_ATTRIBUTES
 from mtlcli.data.store import FORMAT_VERSION, META, SPLITS, exclusive_prepare, existing_meta, replace_directory
@@ -65,7 +64,6 @@ CROP = "none: the whole aligned 178x218 image is resized to SxS (Sener & Koltun 
 CHUNK_IMAGES = 512  # images one worker decodes per task (fewer for big sizes: see chunk_size)
 CHUNK_BYTES = 16 << 20  # at most this much decoded data per chunk
 STATS_IMAGES = 2048  # images read at a time while measuring mean/std
-DONE = "done.json"
 
 
 # ----------------------------------------------------------------------------- where the files are
@@ -407,88 +405,26 @@ def _take(items: Iterator[Job], n: int) -> list[Job]:
 
 
 # ----------------------------------------------------------------------------- the resumable partial build
-class PartialBuild:
-    """`DATA_DIR/.celeba.partial-<size>/`: the image arrays being filled (memory-mapped .npy) and done.json.
-
-    done.json holds a fingerprint of what is being built and the chunks finished so far; it is rewritten
-    atomically after each chunk, once that chunk's pixels are flushed, so it never claims unwritten data.
-    """
+class PartialBuild(ChunkedBuild):
+    """`DATA_DIR/.celeba.partial-<size>/`: the image arrays being filled (memory-mapped .npy) and done.json."""
 
     def __init__(self, path: Path, fingerprint: dict[str, Any], plan: Plan, size: int) -> None:
-        self.path, self.fingerprint, self.plan, self.size = path, fingerprint, plan, size
-        self.chunk = fingerprint["chunk_images"]
-        self.done: dict[str, set[int]] = {split: set() for split in SPLITS}
-        self.images: dict[str, np.ndarray] = {}
-        if not self._resume():
-            self._create()
-
-    def _resume(self) -> bool:
-        record = _read_json(self.path / DONE)
-        if not record or record.get("fingerprint") != self.fingerprint:
-            return False
-        try:
-            for split in SPLITS:
-                self.images[split] = open_memmap(self.path / f"{split}_images.npy", mode="r+")
-                if self.images[split].shape != self._shape(split) or self.images[split].dtype != np.uint8:
-                    return False
-            self.done = {split: {int(k) for k in record["done"][split]} for split in SPLITS}
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        return True
-
-    def _create(self) -> None:
-        self.images.clear()
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True)
-        for split in SPLITS:
-            self.images[split] = open_memmap(
-                self.path / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=self._shape(split)
-            )
-        self.done = {split: set() for split in SPLITS}
-        self._save()
-
-    def _shape(self, split: str) -> tuple[int, int, int, int]:
-        return (len(self.plan.names[split]), self.size, self.size, 3)
-
-    def _save(self) -> None:
-        done = {split: sorted(self.done[split]) for split in SPLITS}
-        write_json_atomic(self.path / DONE, {"fingerprint": self.fingerprint, "done": done})
-
-    def jobs(self) -> list[Job]:
-        """The chunks still to decode, in split then image order."""
-        jobs = []
-        for split in SPLITS:
-            names = self.plan.names[split]
-            for k, start in enumerate(range(0, len(names), self.chunk)):
-                if k not in self.done[split]:
-                    jobs.append((split, k, names[start : start + self.chunk]))
-        return jobs
-
-    @property
-    def decoded(self) -> int:
-        """Images already decoded."""
-        return sum(min(self.chunk, len(self.plan.names[s]) - k * self.chunk) for s in SPLITS for k in self.done[s])
+        self.plan, self.size = plan, size
+        arrays = {split: {"images": ((len(plan.names[split]), size, size, 3), np.dtype(np.uint8))} for split in SPLITS}
+        super().__init__(path, fingerprint, plan.names, fingerprint["chunk_images"], arrays)
+        self.images: dict[str, np.ndarray] = {split: open_memmap(self.file(split, "images"), mode="r+") for split in SPLITS}
 
     def record(self, job: Job, pixels: np.ndarray) -> None:
         """Store one decoded chunk, flush it, then mark it done."""
         split, k, _ = job
         self.images[split][k * self.chunk : k * self.chunk + len(pixels)] = pixels
         self.images[split].flush()
-        self.done[split].add(k)
-        self._save()
+        self.mark_done(job)
 
     def close(self) -> None:
         for array in self.images.values():
             array.flush()
         self.images.clear()
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 # ----------------------------------------------------------------------------- statistics and the final directory

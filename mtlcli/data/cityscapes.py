@@ -35,7 +35,6 @@ import math
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import shutil
 import signal
 import struct
 import threading
@@ -61,11 +60,11 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from mtlcli import __version__
-from mtlcli.data.celeba import _init_worker, _note, _read_json, _take, channel_stats
+from mtlcli.data.celeba import _init_worker, _note, _take, channel_stats
+from mtlcli.data.chunked import DONE, ChunkedBuild
 from mtlcli.data.registry import CITYSCAPES_CATEGORIES, CITYSCAPES_CLASSES, DatasetSpec, Prepared, PrepareRequest
 from mtlcli.data.store import SPLITS, exclusive_prepare, existing_meta, install_prepared, read_meta
 from mtlcli.errors import DataError
-from mtlcli.io import write_json_atomic
 
 NAME = "cityscapes"
 OFFICIAL_URL = "https://www.cityscapes-dataset.com/downloads/"
@@ -80,7 +79,6 @@ ARRAYS = ("images", "semantic", "category", "instance", "disparity")  # `<split>
 CHUNK_FRAMES = 8  # frames one worker decodes per task (fewer for big sizes: see chunk_frames)
 CHUNK_BYTES = 64 << 20  # at most this much output per chunk
 STATS_BYTES = 64 << 20  # image bytes read at a time while measuring mean/std
-DONE = "done.json"
 NEAREST = "nearest: output pixel (i, j) <- source pixel (floor((i + 1/2) * H_src / H), floor((j + 1/2) * W_src / W))"
 RESIZE = {
     "images": "bilinear, antialias, torchvision.transforms.v2.functional.resize",
@@ -628,76 +626,18 @@ def _fork_server() -> multiprocessing.context.BaseContext:
 
 
 # ----------------------------------------------------------------------------- the resumable partial build
-class PartialBuild:
+class PartialBuild(ChunkedBuild):
     """`DATA_DIR/.cityscapes.partial-<size>-<seed>/`: the .npy arrays being filled (memory-mapped by the decoding
-    processes) and done.json.
-
-    done.json holds a fingerprint of what is being built and the chunks finished so far; it is rewritten
-    atomically after each chunk, once that chunk's rows are flushed, so it never claims unwritten data.
-    """
+    processes, which write their rows themselves) and done.json."""
 
     def __init__(self, path: Path, fingerprint: dict[str, Any], plan: Plan, height: int, width: int) -> None:
-        self.path, self.fingerprint, self.plan = path, fingerprint, plan
-        self.height, self.width = height, width
-        self.chunk = int(fingerprint["chunk_frames"])
-        self.done: dict[str, set[int]] = {split: set() for split in SPLITS}
-        if not self._resume():
-            self._create()
-
-    def _shapes(self, split: str) -> dict[str, tuple[tuple[int, ...], type[np.generic]]]:
-        return array_shapes(len(self.plan.frames[split]), self.height, self.width)
-
-    def _resume(self) -> bool:
-        record = _read_json(self.path / DONE)
-        if not record or record.get("fingerprint") != self.fingerprint:
-            return False
-        try:
-            for split in SPLITS:
-                for key, (shape, dtype) in self._shapes(split).items():
-                    array = open_memmap(self.path / f"{split}_{key}.npy", mode="r")
-                    if array.shape != shape or array.dtype != dtype:
-                        return False
-            self.done = {split: {int(k) for k in record["done"][split]} for split in SPLITS}
-        except (OSError, ValueError, KeyError, TypeError):
-            return False
-        return True
-
-    def _create(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True)
-        for split in SPLITS:
-            for key, (shape, dtype) in self._shapes(split).items():
-                open_memmap(self.path / f"{split}_{key}.npy", mode="w+", dtype=dtype, shape=shape).flush()
-        self.done = {split: set() for split in SPLITS}
-        self._save()
-
-    def _save(self) -> None:
-        done = {split: sorted(self.done[split]) for split in SPLITS}
-        write_json_atomic(self.path / DONE, {"fingerprint": self.fingerprint, "done": done})
-
-    def jobs(self) -> list[Job]:
-        """The chunks still to decode, in split then frame order."""
-        jobs = []
-        for split in SPLITS:
-            frames = self.plan.frames[split]
-            for k, start in enumerate(range(0, len(frames), self.chunk)):
-                if k not in self.done[split]:
-                    jobs.append((split, k, frames[start : start + self.chunk]))
-        return jobs
-
-    def start(self, job: Job) -> int:
-        """The first row of a chunk."""
-        return job[1] * self.chunk
-
-    @property
-    def decoded(self) -> int:
-        """Frames already decoded."""
-        return sum(min(self.chunk, len(self.plan.frames[s]) - k * self.chunk) for s in SPLITS for k in self.done[s])
+        self.plan, self.height, self.width = plan, height, width
+        arrays = {split: array_shapes(len(plan.frames[split]), height, width) for split in SPLITS}
+        super().__init__(path, fingerprint, plan.frames, int(fingerprint["chunk_frames"]), arrays)
 
     def record(self, job: Job) -> None:
         """Mark a chunk done (its rows are written and flushed)."""
-        self.done[job[0]].add(job[1])
-        self._save()
+        self.mark_done(job)
 
     def train_images(self) -> np.ndarray:
         return open_memmap(self.path / "train_images.npy", mode="r")

@@ -1,0 +1,102 @@
+"""A resumable prepare: arrays filled chunk by chunk in a partial directory, with done.json.
+
+Datasets decoded from many image files (CelebA, Cityscapes) stream their rows into memory-mapped
+`.npy` files in `DATA_DIR/.<name>.partial-.../`. done.json holds a fingerprint of what is being built
+and the chunks finished so far; it is rewritten atomically after each chunk, once that chunk's rows
+are flushed, so it never claims unwritten data, and an interrupted prepare resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from numpy.lib.format import open_memmap
+
+from mtlcli.data.store import SPLITS
+from mtlcli.io import write_json_atomic
+
+DONE = "done.json"
+Job = tuple[str, int, Sequence[Any]]  # (split, chunk index, the chunk's items)
+ArraySpecs = dict[str, dict[str, tuple[tuple[int, ...], Any]]]  # split -> array key -> (shape, dtype)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class ChunkedBuild:
+    """The partial directory `path`: `arrays[split][key]` as `<split>_<key>.npy`, filled in chunks of
+    `chunk` items of `items[split]`; resumed when done.json's fingerprint and the arrays match."""
+
+    def __init__(
+        self, path: Path, fingerprint: dict[str, Any], items: dict[str, Sequence[Any]], chunk: int, arrays: ArraySpecs
+    ) -> None:
+        self.path, self.fingerprint, self.items, self.chunk, self.arrays = path, fingerprint, items, chunk, arrays
+        self.done: dict[str, set[int]] = {split: set() for split in SPLITS}
+        if not self._resume():
+            self._create()
+
+    def file(self, split: str, key: str) -> Path:
+        return self.path / f"{split}_{key}.npy"
+
+    def _resume(self) -> bool:
+        record = read_json(self.path / DONE)
+        if not record or record.get("fingerprint") != self.fingerprint:
+            return False
+        try:
+            for split in SPLITS:
+                for key, (shape, dtype) in self.arrays[split].items():
+                    array = open_memmap(self.file(split, key), mode="r")
+                    if array.shape != shape or array.dtype != dtype:
+                        return False
+            self.done = {split: {int(k) for k in record["done"][split]} for split in SPLITS}
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return True
+
+    def _create(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.path.mkdir(parents=True)
+        for split in SPLITS:
+            for key, (shape, dtype) in self.arrays[split].items():
+                open_memmap(self.file(split, key), mode="w+", dtype=dtype, shape=shape).flush()
+        self.done = {split: set() for split in SPLITS}
+        self._save()
+
+    def _save(self) -> None:
+        done = {split: sorted(self.done[split]) for split in SPLITS}
+        write_json_atomic(self.path / DONE, {"fingerprint": self.fingerprint, "done": done})
+
+    def jobs(self) -> list[Job]:
+        """The chunks still to do, in split then item order."""
+        jobs: list[Job] = []
+        for split in SPLITS:
+            items = self.items[split]
+            for k, start in enumerate(range(0, len(items), self.chunk)):
+                if k not in self.done[split]:
+                    jobs.append((split, k, items[start : start + self.chunk]))
+        return jobs
+
+    def start(self, job: Job) -> int:
+        """The first row of a chunk."""
+        return job[1] * self.chunk
+
+    @property
+    def decoded(self) -> int:
+        """Items already done."""
+        return sum(min(self.chunk, len(self.items[s]) - k * self.chunk) for s in SPLITS for k in self.done[s])
+
+    def mark_done(self, job: Job) -> None:
+        """Record a chunk as done (its rows are written and flushed)."""
+        self.done[job[0]].add(job[1])
+        self._save()
+
