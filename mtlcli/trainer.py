@@ -754,10 +754,9 @@ class Trainer:
                 task_losses = [loss * (len(mine) / len(index)) for loss in task_losses]
             step = Step.of(self.model, z, task_losses)
             weights = self.method.backward(step)
-            losses = step.losses
+            losses = step.summed_losses()  # all-reduced once per step, by the method when it needed them
             if self.job.active:
                 self._sum_gradients()
-                losses = self.job.sum_(losses.detach().clone())
                 self.job.check_identical(weights.detach(), f"the method's weights at step {self.global_step + 1}")
             if TRACE_ENV in os.environ and self.job.writer:
                 append_jsonl(Path(os.environ[TRACE_ENV]), {"step": self.global_step + 1, "weights": weights.tolist()})

@@ -69,11 +69,22 @@ def gram_step_on_representation(step: Step, weights: WeightsFn, *, head_grads: H
     """The whole step of a Gram-based method on dL_t/dz: gradients, weights from their Gram matrix,
     then the update (one encoder backward). Returns the detached weights."""
     grads = representation_grads(step)
-    # across ranks z is split by rows: the global Gram matrix is the sum of theirs (one all-reduce with the losses)
-    gram, losses = distributed.current().sum_gram_and_losses(grads.gram(), step.losses.detach())
+    gram, losses = summed_gram_and_losses(step, grads.gram())
     alpha = flag_non_finite(gram, weights(losses, finite(gram)))
     apply_representation_update(step, grads, alpha, head_grads=head_grads)
     return alpha.detach()
+
+
+def summed_gram_and_losses(step: Step, gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Across ranks z is split by rows, so the batch's Gram matrix is the sum of theirs: summed with the losses
+    in one all-reduce of T^2 + T numbers (the losses are then the step's, for the trainer too)."""
+    job = distributed.current()
+    if not job.active:
+        return gram, step.summed_losses()
+    if step.summed is not None:
+        return job.sum_(gram), step.summed
+    gram, step.summed = job.sum_gram_and_losses(gram, step.losses.detach())
+    return gram, step.summed
 
 
 def _take(param: nn.Parameter, grad: Tensor) -> None:

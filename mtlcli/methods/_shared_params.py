@@ -125,7 +125,7 @@ def gram_step_on_shared_parameters(step: Step, weights: WeightsFn, *, grads: Gra
     # every rank writes 1/N of the (then global) shared update, which the trainer's gradient all-reduce adds up
     job.sum_(task_grads.jacobian)
     gram = task_grads.gram()
-    losses = job.sum_(step.losses.detach().clone()) if job.active else step.losses.detach()
+    losses = step.summed_losses()
     alpha = flag_non_finite(gram, weights(losses, finite(gram)))
     shared_alpha = alpha / job.world if job.active else alpha
     apply_shared_update(step, task_grads, shared_alpha, head_weights=head_weights_for(alpha, head_grads))

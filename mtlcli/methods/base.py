@@ -9,13 +9,14 @@ learnable state; they never subclass the model or the trainer.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from mtlcli import distributed
 from mtlcli.models import MultiTaskModel
 
 
@@ -38,6 +39,15 @@ class Step:
     z: Tensor
     losses: Tensor
     parts: tuple[Tensor, ...] | None = None
+    summed: Tensor | None = field(default=None, repr=False)  # the losses summed across ranks, once known
+
+    def summed_losses(self) -> Tensor:
+        """The detached losses summed across the ranks of a torchrun job (the batch's losses), all-reduced once
+        per step and shared by the method and the trainer; on one process, the losses."""
+        if self.summed is None:
+            job = distributed.current()
+            self.summed = job.sum_(self.losses.detach().clone()) if job.active else self.losses.detach()
+        return self.summed
 
     @classmethod
     def of(cls, model: MultiTaskModel, z: Tensor, task_losses: Sequence[Tensor]) -> Step:
