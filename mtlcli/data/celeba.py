@@ -498,7 +498,7 @@ def _base_meta(source: CelebaSource, plan: Plan, size: int, provenance: dict[str
     return {
         "dataset": NAME,
         "description": CELEBA.description,
-        "tasks": [{"name": a, "num_classes": 2} for a in CELEBA_ATTRIBUTES],
+        **CELEBA.meta_schema(),
         "seed": None,
         "size": size,
         "resize": RESIZE,

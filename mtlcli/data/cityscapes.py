@@ -738,8 +738,7 @@ def _base_meta(spec: DatasetSpec, plan: Plan, height: int, width: int, seed: int
     return {
         "dataset": NAME,
         "description": spec.description,
-        "tasks": [{"name": t.name, "num_classes": t.num_classes, "target": t.target} for t in spec.tasks],
-        "targets": {name: {"kind": kind} for name, kind in spec.target_kinds.items()},
+        **spec.meta_schema(),
         "size": height,
         "width": width,
         "seed": seed,

@@ -487,8 +487,7 @@ def _base_meta(spec: DatasetSpec, release: Release, size: int, width: int, seed:
     return {
         "dataset": NAME,
         "description": spec.description,
-        "tasks": [{"name": t.name, "num_classes": t.num_classes, "target": t.target} for t in spec.tasks],
-        "targets": {name: {"kind": kind} for name, kind in spec.target_kinds.items()},
+        **spec.meta_schema(),
         "size": size,
         "width": width,
         "seed": seed,

@@ -106,6 +106,13 @@ class DatasetSpec:
         width, height = self.aspect
         return size * width // height if size * width % height == 0 else None
 
+    def meta_schema(self) -> dict[str, Any]:
+        """meta.json's `tasks` (and `targets`, for datasets with target arrays): what `load_prepared` reads back."""
+        tasks = [{"name": t.name, "num_classes": t.num_classes, **({"target": t.target} if t.target else {})} for t in self.tasks]
+        if not self.target_kinds:
+            return {"tasks": tasks}
+        return {"tasks": tasks, "targets": {name: {"kind": kind} for name, kind in self.target_kinds.items()}}
+
     def task(self, name: str) -> TaskSpec | None:
         return next((t for t in self.tasks if t.name == name), None)
 

@@ -62,15 +62,11 @@ def synthetic_dataset(
     meta = {
         "dataset": spec.name,
         "description": f"synthetic stand-in for {spec.description}: random tensors",
-        "tasks": [
-            {"name": t.name, "num_classes": t.num_classes, **({"target": t.target} if t.target else {})} for t in spec.tasks
-        ],
+        **spec.meta_schema(),
         "seed": seed,
         "size": size,
         "width": width,
         "synthetic": True,
         "counts": dict(counts),
     }
-    if spec.target_kinds:
-        meta["targets"] = {name: {"kind": kind} for name, kind in spec.target_kinds.items()}
     return PreparedDataset(path=Path(f"<synthetic {spec.name}>"), meta=meta, images=images, targets=targets)
