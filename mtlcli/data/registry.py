@@ -175,16 +175,21 @@ def _paired(name: str, aliases: tuple[str, ...] = ()) -> DatasetSpec:
 
 
 # ----------------------------------------------------------------------------- CelebA
+def _one_source(spec: DatasetSpec, request: PrepareRequest) -> Path | None:
+    """`--source DIR` (or None) for a dataset read from one release directory that no script can download."""
+    if request.mirror is not None:
+        raise DataError(f"--mirror: {spec.name} cannot be downloaded by a script", hint="pass the release with --source DIR")
+    if len(request.sources) > 1:
+        raise DataError(f"--source: {spec.name} is read from one directory", hint="pass --source DIR once")
+    return Path(request.sources[0]) if request.sources else None
+
+
 def _prepare_celeba(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
     from mtlcli.data.celeba import prepare_celeba
 
-    if len(request.sources) > 1:
-        raise DataError("--source: celeba is read from one directory", hint="pass --source DIR once")
-    if request.mirror is not None:
-        raise DataError("--mirror: CelebA cannot be downloaded by a script", hint="pass the official release with --source DIR")
     result = prepare_celeba(
         data_dir=request.data_dir,
-        source=Path(request.sources[0]) if request.sources else None,
+        source=_one_source(spec, request),
         size=request.size if request.size is not None else spec.default_size,
         force=request.force,
         workers=request.workers,
@@ -226,24 +231,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _no_mirror(spec: DatasetSpec, request: PrepareRequest) -> Path | None:
-    if request.mirror is not None:
-        raise DataError(f"--mirror: {spec.name} cannot be downloaded by a script", hint="pass the release with --source DIR")
-    if len(request.sources) > 1:
-        raise DataError(f"--source: {spec.name} is read from one directory", hint="pass --source DIR once")
-    return Path(request.sources[0]) if request.sources else None
-
-
 def _prepare_cityscapes(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
     from mtlcli.data.cityscapes import prepare_cityscapes
 
-    return prepare_cityscapes(spec, request, _no_mirror(spec, request))
+    return prepare_cityscapes(spec, request, _one_source(spec, request))
 
 
 def _prepare_nyuv2(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
     from mtlcli.data.nyuv2 import prepare_nyuv2
 
-    return prepare_nyuv2(spec, request, _no_mirror(spec, request))
+    return prepare_nyuv2(spec, request, _one_source(spec, request))
 
 
 CITYSCAPES = DatasetSpec(
