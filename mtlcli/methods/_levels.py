@@ -22,6 +22,22 @@ from mtlcli.methods.base import Options, Step
 Level = Literal["representation", "shared"]
 
 
+def grads_only_at_shared_level(grads: GradsMode | None, level: str) -> GradsMode | None:
+    """`grads` (loop or batched per-task backwards) exists only at level shared: an error elsewhere."""
+    if grads is not None and level != "shared":
+        raise ValueError(
+            "applies only at level shared (per-task gradients of the shared parameters); "
+            "set level: shared, or drop grads (level representation needs one encoder backward)"
+        )
+    return grads
+
+
+def describe_level(level: str, grads: GradsMode | None) -> str:
+    """`level=...[, grads=...]` for a method's repr."""
+    shown = f", grads={grads or 'loop'!r}" if level == "shared" else ""
+    return f"level={level!r}{shown}"
+
+
 class LevelOptions(Options):
     """`level`, `grads` (shared level only) and `head_grads`, validated together."""
 
@@ -37,17 +53,11 @@ class LevelOptions(Options):
     @field_validator("grads")
     @classmethod
     def _grads_only_at_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
-        if value is not None and info.data.get("level", "representation") != "shared":
-            raise ValueError(
-                "applies only at level shared (per-task gradients of the shared parameters); "
-                "set level: shared, or drop grads (level representation needs one encoder backward)"
-            )
-        return value
+        return grads_only_at_shared_level(value, info.data.get("level", "representation"))
 
     def describe_level(self) -> str:
         """`level=..., [grads=...,] head_grads=...` for a method's repr."""
-        grads = f", grads={self.grads or 'loop'!r}" if self.level == "shared" else ""
-        return f"level={self.level!r}{grads}, head_grads={self.head_grads!r}"
+        return f"{describe_level(self.level, self.grads)}, head_grads={self.head_grads!r}"
 
 
 def level_step(step: Step, weights: WeightsFn, options: LevelOptions) -> Tensor:

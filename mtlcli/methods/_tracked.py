@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
-from mtlcli.methods._levels import Level
+from mtlcli.methods._levels import Level, describe_level, grads_only_at_shared_level
 from mtlcli.methods._representation import RepresentationGrads, apply_representation_update, representation_grads
 from mtlcli.methods._shared_params import GradsMode, SharedGrads, apply_shared_update, shared_grads
 from mtlcli.methods.base import Options, Step
@@ -35,16 +35,10 @@ class TrackedOptions(Options):
     @field_validator("grads")
     @classmethod
     def _grads_only_at_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
-        if value is not None and info.data.get("level", "shared") != "shared":
-            raise ValueError(
-                "applies only at level shared (per-task gradients of the shared parameters); "
-                "set level: shared, or drop grads (level representation needs one encoder backward)"
-            )
-        return value
+        return grads_only_at_shared_level(value, info.data.get("level", "shared"))
 
     def describe_level(self) -> str:
-        grads = f", grads={self.grads or 'loop'!r}" if self.level == "shared" else ""
-        return f"level={self.level!r}{grads}"
+        return describe_level(self.level, self.grads)
 
 
 def task_gradients(step: Step, options: TrackedOptions) -> tuple[Tensor, list[list[Tensor | None]]]:
