@@ -28,6 +28,7 @@ from torchvision.models import ResNet50_Weights
 from torchvision.models.resnet import Bottleneck
 
 from mtlcli.errors import DataError
+from mtlcli.models._input import sides_problem
 
 __all__ = [
     "DilatedResNet50Encoder",
@@ -45,15 +46,7 @@ _PRETRAINED_CHANNELS = 3
 
 def dilated_resnet_input_problem(shape: tuple[int, int, int]) -> str | None:
     """Why the dilated ResNet-50 cannot take (channels, height, width) inputs, or None when it can."""
-    channels, height, width = shape
-    if channels < 1:
-        return f"dilated-resnet50 needs at least 1 input channel, got {channels}"
-    if min(height, width) < OUTPUT_STRIDE or height % OUTPUT_STRIDE or width % OUTPUT_STRIDE:
-        return (
-            f"dilated-resnet50 takes images whose height and width are multiples of {OUTPUT_STRIDE} "
-            f"(>= {OUTPUT_STRIDE}), got {height}x{width}: its output stride is {OUTPUT_STRIDE}"
-        )
-    return None
+    return sides_problem("dilated-resnet50", shape, OUTPUT_STRIDE, f"its output stride is {OUTPUT_STRIDE}")
 
 
 class DilatedResNet50Encoder(nn.Module):

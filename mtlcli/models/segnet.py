@@ -30,6 +30,8 @@ from typing import cast
 
 from torch import Tensor, nn
 
+from mtlcli.models._input import sides_problem
+
 __all__ = ["SegNetSplitEncoder", "segnet_head", "segnet_input_problem"]
 
 _STAGES = 5
@@ -39,15 +41,8 @@ _ENCODER_LAYERS = (2, 2, 3, 3, 3)  # conv layers per encoder stage (VGG-16); the
 
 def segnet_input_problem(shape: tuple[int, int, int]) -> str | None:
     """Why the split SegNet cannot take (channels, height, width) inputs, or None when it can."""
-    channels, height, width = shape
-    if channels < 1:
-        return f"segnet-split needs at least 1 input channel, got {channels}"
-    if min(height, width) < _REDUCTION or height % _REDUCTION or width % _REDUCTION:
-        return (
-            f"segnet-split takes images whose height and width are multiples of {_REDUCTION} (>= {_REDUCTION}), "
-            f"got {height}x{width}: its {_STAGES} max-pool/unpool stages must divide them exactly"
-        )
-    return None
+    why = f"its {_STAGES} max-pool/unpool stages must divide them exactly"
+    return sides_problem("segnet-split", shape, _REDUCTION, why)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
