@@ -38,16 +38,18 @@ class DeviceSplit:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def _take(self, array: Tensor, index: Tensor | slice) -> Tensor:
-        if isinstance(index, Tensor) and index.device != array.device:
-            index = index.to(array.device)
-        return array[index].to(self.device, non_blocking=True)
-
     def batch(self, index: Tensor | slice) -> tuple[Tensor, dict[str, Tensor]]:
-        x = self._take(self.images, index)
+        on_host: dict[torch.device, Tensor | slice] = {}  # the index moved once per place the arrays live
+
+        def take(array: Tensor) -> Tensor:
+            if array.device not in on_host:
+                on_host[array.device] = index.to(array.device) if isinstance(index, Tensor) else index
+            return array[on_host[array.device]].to(self.device, non_blocking=True)
+
+        x = take(self.images)
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
         x = x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
-        return x, {name: self._take(array, index) for name, array in self.targets.items()}
+        return x, {name: take(array) for name, array in self.targets.items()}
 
 
 @torch.no_grad()

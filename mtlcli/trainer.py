@@ -732,6 +732,7 @@ class Trainer:
         self.model.train()
         started = time.perf_counter()
         signal_at = int(os.environ.get(SIGNAL_AT_ENV, "0"))
+        trace = Path(os.environ[TRACE_ENV]) if TRACE_ENV in os.environ and self.job.writer else None
         while pos.batch < steps:
             if signal_at == self.global_step + 1 and self.job.writer:  # tests: a SIGTERM to rank 0 alone
                 signal.raise_signal(signal.SIGTERM)
@@ -758,8 +759,8 @@ class Trainer:
             if self.job.active:
                 self._sum_gradients()
                 self.job.check_identical(weights.detach(), f"the method's weights at step {self.global_step + 1}")
-            if TRACE_ENV in os.environ and self.job.writer:
-                append_jsonl(Path(os.environ[TRACE_ENV]), {"step": self.global_step + 1, "weights": weights.tolist()})
+            if trace is not None:
+                append_jsonl(trace, {"step": self.global_step + 1, "weights": weights.tolist()})
             try:
                 apply = self.guard.observe(self.global_step + 1, losses, f"epoch {pos.epoch}, batch {pos.batch + 1}", weights)
             except NonFiniteError as exc:
