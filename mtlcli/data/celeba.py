@@ -17,16 +17,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import itertools
-import multiprocessing
-import multiprocessing.forkserver
 import os
 import re
 import signal
-import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,13 +34,13 @@ import torch
 import torchvision
 from numpy.lib.format import open_memmap
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from mtlcli import __version__
-from mtlcli.data.chunked import DONE, ChunkedBuild
+from mtlcli.data.chunked import DONE, ChunkedBuild, fork_server
+from mtlcli.data.feedback import note, progress
 from mtlcli.data.prepare import PrepareResult
 from mtlcli.data.registry import CELEBA, CELEBA_ATTRIBUTES
 from mtlcli.data.store import FORMAT_VERSION, META, SPLITS, exclusive_prepare, existing_meta, replace_directory
@@ -364,7 +361,7 @@ def _decoded(jobs: list[Job], images: ImageSource, size: int, workers: int) -> I
         finally:
             _close_zips()
         return
-    context = _fork_server()
+    context = fork_server(__name__)
     pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
     try:
         queue, pending = iter(jobs), {}
@@ -381,22 +378,6 @@ def _decoded(jobs: list[Job], images: ImageSource, size: int, workers: int) -> I
         raise DataError("a decoding process died (out of memory?)", hint="rerun with fewer --workers: it resumes") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _fork_server() -> multiprocessing.context.BaseContext:
-    """Workers forked by a fresh server that imports torch once (this process, holding torch's threads,
-    is never forked). The server starts with Ctrl-C ignored (inherited), so a ^C while it imports torch
-    leaves it no traceback to print; this process gets the ^C and stops the build."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    if threading.current_thread() is not threading.main_thread():
-        return context
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return context
 
 
 def _take(items: Iterator[Job], n: int) -> list[Job]:
@@ -513,31 +494,14 @@ def _base_meta(source: CelebaSource, plan: Plan, size: int, provenance: dict[str
     }
 
 
-@contextlib.contextmanager
-def _progress(console: Console | None, total: int, done: int) -> Iterator[Callable[[int], None]]:
-    """Yields `advance(n)`: a rich bar on `console`, or nothing without one."""
-    if console is None:
-        yield lambda n: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as progress:
-        task = progress.add_task("decode CelebA", total=total, completed=done)
-        yield lambda n: progress.advance(task, n)
-
-
-def _note(console: Console | None, text: str) -> None:
-    if console is not None:
-        console.print(f"[yellow]note:[/] {text}", highlight=False)
-
-
 def _decode_into(build: PartialBuild, source: CelebaSource, workers: int, console: Console | None) -> int:
     """Decode every chunk not yet done into the partial build; returns the images taken from an earlier run."""
     resumed = build.decoded
     if resumed:
-        _note(console, f"resuming: {resumed:,} images were already decoded in {build.path}")
+        note(console, f"resuming: {resumed:,} images were already decoded in {build.path}")
     jobs = build.jobs()
     total = sum(build.plan.counts.values())
-    with _progress(console, total, resumed) as advance:
+    with progress(console, "decode CelebA", total, resumed) as advance:
         try:
             chunks = _decoded(jobs, source.images, build.size, max(1, min(workers, len(jobs))))
             with contextlib.closing(chunks):  # stops the pool at once if recording fails
@@ -577,7 +541,7 @@ def prepare_celeba(
     check_images(located, plan)
     if plan.counts != OFFICIAL_COUNTS:
         ours, official = (" / ".join(f"{n:,}" for n in c.values()) for c in (plan.counts, OFFICIAL_COUNTS))
-        _note(console, f"train / val / test hold {ours} images, the official release {official}")
+        note(console, f"train / val / test hold {ours} images, the official release {official}")
     provenance = _provenance(located)
     data_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_prepare(data_dir, NAME):

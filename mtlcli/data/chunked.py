@@ -9,7 +9,11 @@ are flushed, so it never claims unwritten data, and an interrupted prepare resum
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.forkserver
 import shutil
+import signal
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,3 +104,19 @@ class ChunkedBuild:
         self.done[job[0]].add(job[1])
         self._save()
 
+
+
+def fork_server(preload: str) -> multiprocessing.context.BaseContext:
+    """A forkserver context whose server imports `preload` (and with it torch) once, so this process, which
+    holds torch's threads, is never forked. The server starts with Ctrl-C ignored (inherited), so a ^C while it
+    imports leaves it no traceback to print; this process gets the ^C and stops the build."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([preload])
+    if threading.current_thread() is not threading.main_thread():
+        return context
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return context

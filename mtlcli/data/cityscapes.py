@@ -32,17 +32,13 @@ import contextlib
 import hashlib
 import io
 import math
-import multiprocessing
-import multiprocessing.forkserver
 import os
-import signal
 import struct
-import threading
 import time
 import zipfile
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +51,13 @@ import torchvision
 from numpy.lib.format import open_memmap
 from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from mtlcli import __version__
-from mtlcli.data.celeba import _init_worker, _note, _take, channel_stats
-from mtlcli.data.chunked import DONE, ChunkedBuild
+from mtlcli.data.celeba import _init_worker, _take, channel_stats
+from mtlcli.data.chunked import DONE, ChunkedBuild, fork_server
+from mtlcli.data.feedback import note, progress
 from mtlcli.data.registry import CITYSCAPES_CATEGORIES, CITYSCAPES_CLASSES, DatasetSpec, Prepared, PrepareRequest
 from mtlcli.data.store import SPLITS, exclusive_prepare, existing_meta, install_prepared, read_meta
 from mtlcli.errors import DataError
@@ -434,7 +430,7 @@ def check_headers(source: CityscapesSource, plan: Plan, console: Console | None)
             odd += sizes["image"][1] != 2 * sizes["image"][0]
     if odd:
         official = f"{OFFICIAL_SIZE[1]}x{OFFICIAL_SIZE[0]}"
-        _note(console, f"{odd} frame(s) are not 2:1 (the release's are {official}): they are stretched to {NAME}'s 2:1")
+        note(console, f"{odd} frame(s) are not 2:1 (the release's are {official}): they are stretched to {NAME}'s 2:1")
 
 
 def _replace(source: CityscapesSource, part: Part) -> str:
@@ -590,7 +586,7 @@ def _decoded(build: PartialBuild, source: CityscapesSource, workers: int) -> Ite
         finally:
             _close_zips()
         return
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=_fork_server(), initializer=_init_worker)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=fork_server(__name__), initializer=_init_worker)
     try:
         queue, pending = iter(jobs), {}
         for job in _take(queue, 2 * workers):
@@ -608,21 +604,6 @@ def _decoded(build: PartialBuild, source: CityscapesSource, workers: int) -> Ite
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _close_zips()
-
-
-def _fork_server() -> multiprocessing.context.BaseContext:
-    """Workers forked by a server that imports this module (and torch) once; it starts with Ctrl-C ignored,
-    so a ^C reaches this process only, which stops the build (as celeba's)."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    if threading.current_thread() is not threading.main_thread():
-        return context
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return context
 
 
 # ----------------------------------------------------------------------------- the resumable partial build
@@ -647,24 +628,12 @@ class PartialBuild(ChunkedBuild):
         (self.path / DONE).unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _progress(console: Console | None, total: int, done: int) -> Iterator[Callable[[int], None]]:
-    """Yields `advance(n)`: a rich bar on `console`, or nothing without one."""
-    if console is None:
-        yield lambda n: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as progress:
-        task = progress.add_task("decode Cityscapes", total=total, completed=done)
-        yield lambda n: progress.advance(task, n)
-
-
 def _decode_into(build: PartialBuild, source: CityscapesSource, workers: int, console: Console | None) -> int:
     """Decode every chunk not yet done into the partial build; returns the frames taken from an earlier run."""
     resumed = build.decoded
     if resumed:
-        _note(console, f"resuming: {resumed:,} frames were already decoded in {build.path}")
-    with _progress(console, sum(build.plan.counts.values()), resumed) as advance:
+        note(console, f"resuming: {resumed:,} frames were already decoded in {build.path}")
+    with progress(console, "decode Cityscapes", sum(build.plan.counts.values()), resumed) as advance:
         try:
             chunks = _decoded(build, source, workers)
             with contextlib.closing(chunks):  # stops the pool at once if recording fails
@@ -779,7 +748,7 @@ def prepare_cityscapes(spec: DatasetSpec, request: PrepareRequest, source: Path 
     release_counts = {split: len(frames) for split, frames in release.items()}
     if release_counts != OFFICIAL_COUNTS:
         ours, official = (" / ".join(f"{n:,}" for n in c.values()) for c in (release_counts, OFFICIAL_COUNTS))
-        _note(console, f"the release's train / val hold {ours} frames, the official {official}")
+        note(console, f"the release's train / val hold {ours} frames, the official {official}")
     plan = plan_splits(release, seed, located)
     try:
         check_headers(located, plan, console)

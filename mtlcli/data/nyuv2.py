@@ -29,7 +29,7 @@ import time
 import uuid
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from numpy.lib.format import open_memmap, read_array
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torchvision import __version__ as tv_version
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from mtlcli import __version__
 from mtlcli.data.celeba import channel_stats
+from mtlcli.data.feedback import note, progress
 from mtlcli.data.registry import NYUV2_CLASSES, DatasetSpec, Prepared, PrepareRequest
 from mtlcli.data.store import (
     IGNORE_INDEX,
@@ -397,23 +397,6 @@ def _already(target: Path, size: int, seed: int, force: bool) -> Prepared | None
     return None if existing is None else Prepared(path=target, built=False, meta=existing)
 
 
-@contextlib.contextmanager
-def _progress(console: Console | None, total: int) -> Iterator[Callable[[int], None]]:
-    """Yields `advance(n)`: a rich bar on `console`, or nothing without one."""
-    if console is None:
-        yield lambda n: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as progress:
-        task = progress.add_task("read NYUv2", total=total)
-        yield lambda n: progress.advance(task, n)
-
-
-def _note(console: Console | None, text: str) -> None:
-    if console is not None:
-        console.print(f"[yellow]note:[/] {text}", highlight=False)
-
-
 def _first_image(release: Release, size: int) -> tuple[str, np.ndarray]:
     """The first training image, which fixes the release's H x W (4:3, at least `size` high)."""
     stem = release.stems["train"][0]
@@ -437,7 +420,7 @@ def _build(partial: Path, release: Release, size: int, width: int, seed: int, co
     found = {split: len(stems) for split, stems in release.stems.items()}
     if hw != RELEASE_HW or found != RELEASE_COUNTS:
         ours = f"{found['train']} train / {found['val']} val images of {hw[0]}x{hw[1]}"
-        _note(console, f"the source holds {ours}; the MTAN release 795 / 654 of 288x384")
+        note(console, f"the source holds {ours}; the MTAN release 795 / 654 of 288x384")
     shapes = {"images": (size, width, 3), "segmentation": (size, width), "depth": (size, width), "normal": (3, size, width)}
     dtypes = {"images": np.uint8, "segmentation": np.uint8, "depth": np.float32, "normal": np.float32}
     arrays = {
@@ -445,7 +428,7 @@ def _build(partial: Path, release: Release, size: int, width: int, seed: int, co
         for split in SPLITS
         for key, shape in shapes.items()
     }
-    with _progress(console, len(plan)) as advance:
+    with progress(console, "read NYUv2", len(plan)) as advance:
         for release_split, stem, split, row in plan:
             sample = {}
             for kind in KINDS:
