@@ -160,21 +160,21 @@ def input_normalization(recipe: Recipe, dataset: PreparedDataset) -> tuple[list[
     return pick("mean"), pick("std")
 
 
-def images_fit_on(device: torch.device, dataset: PreparedDataset) -> bool:
-    """Whether images and per-pixel targets go to the device (CUDA with room to spare); on the CPU they stay
-    memory-mapped and each batch is gathered in host memory."""
+def images_fit_on(device: torch.device, dataset: PreparedDataset, targets: set[str]) -> bool:
+    """Whether the images and the `targets` arrays go to the device (CUDA with room to spare); on the CPU they
+    stay memory-mapped and each batch is gathered in host memory."""
     if device.type != "cuda":
         return False
     free, _total = torch.cuda.mem_get_info(device)
-    arrays = [*dataset.images.values(), *(a for split in dataset.targets.values() for a in split.values())]
+    arrays = [*dataset.images.values(), *(split[name] for split in dataset.targets.values() for name in targets)]
     return sum(a.nbytes for a in arrays) <= DEVICE_DATA_FRACTION * free
 
 
 def device_splits(recipe: Recipe, dataset: PreparedDataset, device: torch.device) -> dict[str, DeviceSplit]:
     mean, std = input_normalization(recipe, dataset)
-    on_device = images_fit_on(device, dataset)
-    kinds = dataset.target_kinds
     used = {task_target(dataset.meta, t.name)[0] for t in recipe.tasks}  # arrays of tasks not trained stay on disk
+    on_device = images_fit_on(device, dataset, used)
+    kinds = dataset.target_kinds
     splits = {}
     for split in ("train", "val", "test"):
         images = torch.from_numpy(dataset.images[split])
