@@ -120,3 +120,23 @@ def store_rows(old: Tensor, rows_now: Tensor) -> Tensor:
     new = old.clone()
     new[:, :rows] = rows_now
     return new
+
+
+class TrackedStateHooks:
+    """The state hooks of a method whose whole state is the `TrackedState` in `self.tracked`: checkpointed with
+    it, and restored to the copy from before a step the trainer skipped."""
+
+    tracked: TrackedState
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.tracked.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracked.load_state_dict(state)
+
+    def step_skipped(self) -> None:
+        """The trainer dropped this step: restore the state from before it."""
+        self.tracked.step_skipped()

@@ -38,13 +38,13 @@ are in `state_dict`, so a resumed run continues bitwise-identically on the CPU.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._tracked import TrackedOptions, TrackedState, apply_update, store_rows, task_gradients
+from mtlcli.methods._tracked import TrackedOptions, TrackedState, TrackedStateHooks, apply_update, store_rows, task_gradients
 from mtlcli.methods.base import Step
 
 EPS = 1e-8  # LibMTL: log(losses + 1e-8) and alpha = max / (norm + 1e-8)
@@ -61,7 +61,7 @@ def log_losses(step: Step) -> Step:
     return Step(step.model, step.z, torch.log(step.losses + EPS), parts)
 
 
-class DbMtl:
+class DbMtl(TrackedStateHooks):
     """Log-losses, and an EMA of their gradients, each rescaled to the largest EMA norm, summed."""
 
     name: ClassVar[str] = "db-mtl"
@@ -88,19 +88,6 @@ class DbMtl:
     def ema(self) -> Tensor:
         """The EMA of the per-task log-loss gradients, [T, rows, features] (rows = 1 at level shared)."""
         return self.tracked.ready()["ema"]
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return []
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.tracked.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tracked.load_state_dict(state)
-
-    def step_skipped(self) -> None:
-        """The trainer dropped this step: restore the EMA and step count from before it."""
-        self.tracked.step_skipped()
 
     def backward(self, step: Step) -> Tensor:
         s = self.tracked.ready()

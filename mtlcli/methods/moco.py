@@ -36,13 +36,13 @@ run continues bitwise-identically on the CPU.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._tracked import TrackedOptions, TrackedState, apply_update, store_rows, task_gradients
+from mtlcli.methods._tracked import TrackedOptions, TrackedState, TrackedStateHooks, apply_update, store_rows, task_gradients
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import project_simplex
 
@@ -62,7 +62,7 @@ class MocoOptions(TrackedOptions):
     )
 
 
-class Moco:
+class Moco(TrackedStateHooks):
     """Tracked per-task gradients Y (loss-length rescaled), weights lambda by one projected step, update Y^T lambda."""
 
     name: ClassVar[str] = "moco"
@@ -98,19 +98,6 @@ class Moco:
     def lambd(self) -> Tensor:
         """The task weights lambda [T], on the simplex."""
         return self.tracked.ready()["lambda"]
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return []
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.tracked.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tracked.load_state_dict(state)
-
-    def step_skipped(self) -> None:
-        """The trainer dropped this step: restore Y, lambda and the step count from before it."""
-        self.tracked.step_skipped()
 
     def _project(self, v: Tensor) -> Tensor:
         if self.options.projection == "softmax":
