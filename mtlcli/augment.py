@@ -31,9 +31,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from mtlcli.names import AUGMENT_CHOICES
+
 __all__ = ["AUGMENT_CHOICES", "SCALES", "Augment", "Crops", "apply_crops", "build_augment", "draw_crops", "scale_crop"]
 
-AUGMENT_CHOICES = ("default", "none", "scale-crop", "scale-crop-flip")
 SCALES = (1.0, 1.2, 1.5)
 
 Augment = Callable[[Tensor, dict[str, Tensor], int], tuple[Tensor, dict[str, Tensor]]]

@@ -6,18 +6,18 @@ keys are rejected with a suggestion; method options are validated by the method'
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mtlcli.augment import AUGMENT_CHOICES
 from mtlcli.data.registry import DATASETS
 from mtlcli.errors import MtlError, RecipeError
-from mtlcli.models import ENCODERS, encoder_option_problems
-from mtlcli.tasks import LOSSES, METRICS
+from mtlcli.methods import REGISTRY, option_problems
+from mtlcli.models.registry import ENCODERS, encoder_option_problems
+from mtlcli.names import AUGMENT_CHOICES, LOSS_NAMES, METRIC_NAMES
+from mtlcli.schema import closest, describe_error, did_you_mean, non_string_keys, show, unknown_name
 
 DATASET_NAMES = tuple(DATASETS)
 ALL_TASKS = "all"  # `tasks: all` = every task of the dataset, with its default loss and metrics
@@ -60,8 +60,8 @@ class ModelConfig(BaseModel):
 
 class TaskConfig(Section):
     name: str
-    loss: Literal[tuple(LOSSES)] | None = Field(None, description="null: the dataset's loss for this task")  # type: ignore[valid-type]
-    metrics: list[Literal[tuple(METRICS)]] | None = Field(None, min_length=1, description="null: the dataset's metrics")  # type: ignore[valid-type]
+    loss: Literal[LOSS_NAMES] | None = Field(None, description="null: the dataset's loss for this task")  # type: ignore[valid-type]
+    metrics: list[Literal[METRIC_NAMES]] | None = Field(None, min_length=1, description="null: the dataset's metrics")  # type: ignore[valid-type]
     loss_scale: float = Field(1.0, gt=0)
 
 
@@ -150,55 +150,6 @@ class Recipe(Section):
         return self.model_dump(mode="json")
 
 
-_FRIENDLY = {
-    "greater_than": "must be > {gt}",
-    "greater_than_equal": "must be >= {ge}",
-    "less_than": "must be < {lt}",
-    "less_than_equal": "must be <= {le}",
-    "missing": "required",
-    "too_short": "needs at least {min_length} item(s)",
-    "int_type": "must be an integer",
-    "int_parsing": "must be an integer",
-    "int_from_float": "must be an integer",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "finite_number": "must be a finite number",
-    "string_type": "must be a string",
-    "bool_type": "must be true or false",
-    "list_type": "must be a list",
-    "dict_type": "must be a mapping",
-    "model_type": "must be a mapping",
-    "model_attributes_type": "must be a mapping",
-}
-
-
-def describe_error(err: dict[str, Any]) -> str:
-    """A short message for one pydantic error: what is expected and what was found."""
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    if kind == "literal_error":
-        message = f"must be one of {ctx.get('expected', '').replace(chr(39), '')}"
-    elif kind in _FRIENDLY:
-        message = _FRIENDLY[kind].format(**{k: _number(v) for k, v in ctx.items()})
-    elif kind == "value_error":
-        return str(ctx.get("error", err["msg"]))
-    else:
-        message = err["msg"][0].lower() + err["msg"][1:]
-    if kind != "missing" and "input" in err:
-        message += f", got {_show(err['input'])}"
-    return message
-
-
-def _number(value: Any) -> Any:
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
-    text = text.removesuffix("\n...").removesuffix(" ...")
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
     """Field names of the section that holds the key at `loc` (for did-you-mean suggestions)."""
     model: type[BaseModel] | None = Recipe
@@ -233,10 +184,7 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
         for err in exc.errors():
             loc = tuple(err["loc"])
             if err["type"] == "extra_forbidden":
-                key = str(loc[-1])
-                close = difflib.get_close_matches(key, _fields_at(loc), n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(_format_problem(loc, f"unknown key{hint}"))
+                problems.append(_format_problem(loc, f"unknown key{did_you_mean(str(loc[-1]), _fields_at(loc))}"))
             elif err["type"] == "value_error" and not loc:
                 problems.append(str((err.get("ctx") or {}).get("error", err["msg"])))
             else:
@@ -270,19 +218,15 @@ def _expand_all_tasks(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _method_problems(method: Any) -> list[str]:
-    from mtlcli.methods import REGISTRY, option_problems
-
     if not isinstance(method, dict) or not isinstance(method.get("name"), str):
         return []
     name = method["name"]
     if name not in REGISTRY:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return [f"method.name: unknown method {name!r}{hint}; choose one of: {', '.join(REGISTRY)}"]
+        return [f"method.name: {unknown_name('method', name, REGISTRY)}"]
     options = {k: v for k, v in method.items() if k != "name"}
-    not_names = [k for k in options if not isinstance(k, str)]  # YAML allows `0: x` or `true: x` as keys
+    not_names = non_string_keys("method", options)  # YAML allows `0: x` or `true: x` as keys
     if not_names:
-        return [_format_problem(("method", str(k)), f"option names must be strings, got {_show(k)}") for k in not_names]
+        return not_names
     return [_format_problem(("method", *loc), msg) for loc, msg in option_problems(name, options)]
 
 
@@ -293,8 +237,8 @@ def _task_problems(raw: dict[str, Any]) -> list[str]:
     problems = []
     for i, task in enumerate(tasks):
         if isinstance(task, dict) and isinstance(task.get("name"), str) and spec.task(task["name"]) is None:
-            close = difflib.get_close_matches(task["name"], spec.task_names, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = closest(task["name"], spec.task_names)
+            hint = f"did you mean {close!r}? " if close else ""
             shown = (
                 ", ".join(spec.task_names)
                 if len(spec.task_names) <= 12
@@ -329,19 +273,17 @@ def _model_problems(raw: dict[str, Any]) -> list[str]:
     if model is None:
         return []
     if not isinstance(model, dict):
-        return [f"model: must be a mapping, got {_show(model)}"]
+        return [f"model: must be a mapping, got {show(model)}"]
     spec = _dataset_of(raw)
     encoder = model.get("encoder") if model.get("encoder") is not None else spec.default_encoder if spec else None
     if encoder is None:
         return []
     if not isinstance(encoder, str) or encoder not in ENCODERS:
-        close = difflib.get_close_matches(str(encoder), list(ENCODERS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return [f"model.encoder: unknown encoder {_show(encoder)}{hint}; choose one of: {', '.join(ENCODERS)}"]
+        return [f"model.encoder: {unknown_name('encoder', encoder, ENCODERS)}"]
     options = {k: v for k, v in model.items() if k != "encoder"}
-    not_names = [k for k in options if not isinstance(k, str)]
+    not_names = non_string_keys("model", options)
     if not_names:
-        return [_format_problem(("model", str(k)), f"option names must be strings, got {_show(k)}") for k in not_names]
+        return not_names
     return [_format_problem(("model", *loc), msg) for loc, msg in encoder_option_problems(encoder, options)]
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtlcli.names import LOSS_NAMES, METRIC_NAMES, check_implemented
 from mtlcli.dense import DENSE_LOSSES, DENSE_METRICS, Accumulator
 from mtlcli.dense import DenseMetric as Metric
 
@@ -43,6 +44,8 @@ METRICS: dict[str, Metric] = {
     "error": Metric("error", False, ARGMAX_COUNTS, lambda s, _c: _percent(s[1] - s[0], s[1]), "%"),
     **DENSE_METRICS,
 }
+check_implemented("losses", LOSS_NAMES, LOSSES)
+check_implemented("metrics", METRIC_NAMES, METRICS)
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import itertools
 import os
 import re
-import signal
 import time
 import zipfile
 import zlib
@@ -39,10 +37,10 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from mtlcli import __version__
-from mtlcli.data.chunked import DONE, ChunkedBuild, fork_server
+from mtlcli.data.chunked import DONE, ChunkedBuild, channel_stats, fork_server, init_worker, take
 from mtlcli.data.feedback import note, progress
 from mtlcli.data.prepare import PrepareResult
-from mtlcli.data.registry import CELEBA, CELEBA_ATTRIBUTES
+from mtlcli.data.registry import CELEBA, CELEBA_ATTRIBUTES, DatasetSpec, Prepared, PrepareRequest, one_source
 from mtlcli.data.store import FORMAT_VERSION, META, SPLITS, exclusive_prepare, existing_meta, replace_directory
 from mtlcli.errors import DataError
 from mtlcli.io import atomic_open, fsync_dir, md5_file, sha256_file, write_json_atomic
@@ -60,7 +58,6 @@ RESIZE = "bilinear, antialias, torchvision.transforms.v2.functional.resize"
 CROP = "none: the whole aligned 178x218 image is resized to SxS (Sener & Koltun 2018)"
 CHUNK_IMAGES = 512  # images one worker decodes per task (fewer for big sizes: see chunk_size)
 CHUNK_BYTES = 16 << 20  # at most this much decoded data per chunk
-STATS_IMAGES = 2048  # images read at a time while measuring mean/std
 
 
 # ----------------------------------------------------------------------------- where the files are
@@ -343,12 +340,6 @@ def chunk_size(size: int) -> int:
     return max(1, min(CHUNK_IMAGES, CHUNK_BYTES // (size * size * 3)))
 
 
-def _init_worker() -> None:
-    """A decoding process: one torch thread (the processes are the parallelism); Ctrl-C is the parent's."""
-    torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 Job = tuple[str, int, list[str]]  # (split, chunk index, image names)
 
 
@@ -362,27 +353,22 @@ def _decoded(jobs: list[Job], images: ImageSource, size: int, workers: int) -> I
             _close_zips()
         return
     context = fork_server(__name__)
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=init_worker)
     try:
         queue, pending = iter(jobs), {}
-        for job in _take(queue, 2 * workers):
+        for job in take(queue, 2 * workers):
             pending[pool.submit(decode_chunk, images, job[2], size)] = job
         while pending:
             finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
             for future in finished:
                 job = pending.pop(future)
                 yield job, future.result()
-                for nxt in _take(queue, 1):
+                for nxt in take(queue, 1):
                     pending[pool.submit(decode_chunk, images, nxt[2], size)] = nxt
     except BrokenProcessPool:
         raise DataError("a decoding process died (out of memory?)", hint="rerun with fewer --workers: it resumes") from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _take(items: Iterator[Job], n: int) -> list[Job]:
-    """Up to n more jobs."""
-    return list(itertools.islice(items, n))
 
 
 # ----------------------------------------------------------------------------- the resumable partial build
@@ -409,25 +395,6 @@ class PartialBuild(ChunkedBuild):
 
 
 # ----------------------------------------------------------------------------- statistics and the final directory
-def channel_stats(images: np.ndarray, *, block: int = STATS_IMAGES) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of uint8 images [N, H, W, C] in [0, 1] units.
-
-    Streamed in blocks of images via exact 256-bin histograms, so the result is independent of the block
-    size and never needs a float copy of the split.
-    """
-    channels = images.shape[-1]
-    counts = np.zeros((channels, 256), dtype=np.int64)
-    for start in range(0, len(images), block):
-        part = np.asarray(images[start : start + block])
-        for c in range(channels):
-            counts[c] += np.bincount(part[..., c].ravel(), minlength=256)
-    values = np.arange(256, dtype=np.float64) / 255.0
-    total = counts.sum(axis=1)
-    mean = counts @ values / total
-    var = (counts * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / total
-    return [float(m) for m in mean], [float(s) for s in np.sqrt(var)]
-
-
 def _write_labels(path: Path, labels: np.ndarray) -> None:
     with atomic_open(path, "wb") as handle:
         np.save(handle, labels, allow_pickle=False)
@@ -552,3 +519,16 @@ def prepare_celeba(
         meta = _finish(build, meta)
         replace_directory(build.path, target)
     return PrepareResult(path=target, built=True, meta=meta)
+
+
+def prepare(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
+    """The registry's prepare of CelebA (`mtl prepare celeba`)."""
+    result = prepare_celeba(
+        data_dir=request.data_dir,
+        source=one_source(spec, request),
+        size=request.size if request.size is not None else spec.default_size,
+        force=request.force,
+        workers=request.workers,
+        console=request.console,
+    )
+    return Prepared(result.path, result.built, result.meta)

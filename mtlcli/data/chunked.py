@@ -8,16 +8,18 @@ are flushed, so it never claims unwritten data, and an interrupted prepare resum
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import multiprocessing.forkserver
 import shutil
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 from numpy.lib.format import open_memmap
 
 from mtlcli.data.store import SPLITS
@@ -120,3 +122,40 @@ def fork_server(preload: str) -> multiprocessing.context.BaseContext:
     finally:
         signal.signal(signal.SIGINT, previous)
     return context
+
+
+# ----------------------------------------------------------------------------- parallel decoding
+STATS_IMAGES = 2048  # images read at a time while measuring mean/std
+T = TypeVar("T")
+
+
+def init_worker() -> None:
+    """A decoding process: one torch thread (the processes are the parallelism); Ctrl-C is the parent's."""
+    import torch  # the workers decode with torchvision
+
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def take(items: Iterator[T], n: int) -> list[T]:
+    """Up to n more items (jobs for the decoding pool)."""
+    return list(itertools.islice(items, n))
+
+
+def channel_stats(images: np.ndarray, *, block: int = STATS_IMAGES) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std of uint8 images [N, H, W, C] in [0, 1] units.
+
+    Streamed in blocks of images via exact 256-bin histograms, so the result is independent of the block
+    size and never needs a float copy of the split.
+    """
+    channels = images.shape[-1]
+    counts = np.zeros((channels, 256), dtype=np.int64)
+    for start in range(0, len(images), block):
+        part = np.asarray(images[start : start + block])
+        for c in range(channels):
+            counts[c] += np.bincount(part[..., c].ravel(), minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    total = counts.sum(axis=1)
+    mean = counts @ values / total
+    var = (counts * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / total
+    return [float(m) for m in mean], [float(s) for s in np.sqrt(var)]

@@ -55,10 +55,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from mtlcli import __version__
-from mtlcli.data.celeba import _init_worker, _take, channel_stats
-from mtlcli.data.chunked import DONE, ChunkedBuild, fork_server
+from mtlcli.data.chunked import DONE, ChunkedBuild, channel_stats, fork_server, init_worker, take
 from mtlcli.data.feedback import note, progress
-from mtlcli.data.registry import CITYSCAPES_CATEGORIES, CITYSCAPES_CLASSES, DatasetSpec, Prepared, PrepareRequest
+from mtlcli.data.registry import CITYSCAPES_CATEGORIES, CITYSCAPES_CLASSES, DatasetSpec, Prepared, PrepareRequest, one_source
 from mtlcli.data.store import SPLITS, exclusive_prepare, existing_meta, install_prepared, read_meta
 from mtlcli.errors import DataError
 
@@ -586,10 +585,10 @@ def _decoded(build: PartialBuild, source: CityscapesSource, workers: int) -> Ite
         finally:
             _close_zips()
         return
-    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=fork_server(__name__), initializer=_init_worker)
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=fork_server(__name__), initializer=init_worker)
     try:
         queue, pending = iter(jobs), {}
-        for job in _take(queue, 2 * workers):
+        for job in take(queue, 2 * workers):
             pending[pool.submit(decode_chunk, source, job, build.start(job), *args)] = job
         while pending:
             finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
@@ -597,7 +596,7 @@ def _decoded(build: PartialBuild, source: CityscapesSource, workers: int) -> Ite
                 job = pending.pop(future)
                 future.result()
                 yield job
-                for nxt in _take(queue, 1):
+                for nxt in take(queue, 1):
                     pending[pool.submit(decode_chunk, source, nxt, build.start(nxt), *args)] = nxt
     except BrokenProcessPool:
         raise DataError("a decoding process died (out of memory?)", hint="rerun with fewer --workers: it resumes") from None
@@ -772,3 +771,8 @@ def prepare_cityscapes(spec: DatasetSpec, request: PrepareRequest, source: Path 
         }
         install_prepared(build.path, target, meta)
     return Prepared(path=target, built=True, meta=read_meta(target) or meta)
+
+
+def prepare(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
+    """The registry's prepare of Cityscapes (`mtl prepare cityscapes`)."""
+    return prepare_cityscapes(spec, request, one_source(spec, request))

@@ -9,40 +9,11 @@ split, and partners are drawn within each split so validation shares no source i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-CANVAS = 36
-ITEM = 28
-OFFSET = 6
-VAL_FRACTION = 0.1
+from mtlcli.data.paired import CANVAS, ITEM, OFFSET, SPECS, TASKS, VAL_FRACTION, PairedSpec
 
-
-@dataclass(frozen=True)
-class PairedSpec:
-    """A two-task overlay dataset: which raw source feeds the left and the right item."""
-
-    name: str
-    left: str
-    right: str
-    description: str
-
-    @property
-    def sources(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((self.left, self.right)))
-
-
-SPECS: dict[str, PairedSpec] = {
-    "multimnist": PairedSpec("multimnist", "mnist", "mnist", "two MNIST digits (Sener & Koltun 2018)"),
-    "multifashion": PairedSpec(
-        "multifashion", "fashion-mnist", "fashion-mnist", "two Fashion-MNIST items (Lin et al. 2019)"
-    ),
-    "multi-fashion-mnist": PairedSpec(
-        "multi-fashion-mnist", "mnist", "fashion-mnist", "an MNIST digit and a Fashion-MNIST item (Lin et al. 2019)"
-    ),
-}
-TASKS = ("left", "right")
+__all__ = ["CANVAS", "ITEM", "OFFSET", "SPECS", "TASKS", "VAL_FRACTION", "PairedSpec"]
 
 
 def draw_partners(n_left: int, n_right: int, rng: np.random.Generator, *, same_pool: bool) -> np.ndarray:

@@ -43,9 +43,9 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from mtlcli import __version__
-from mtlcli.data.celeba import channel_stats
+from mtlcli.data.chunked import channel_stats
 from mtlcli.data.feedback import note, progress
-from mtlcli.data.registry import NYUV2_CLASSES, DatasetSpec, Prepared, PrepareRequest
+from mtlcli.data.registry import NYUV2_CLASSES, DatasetSpec, Prepared, PrepareRequest, one_source
 from mtlcli.data.store import (
     IGNORE_INDEX,
     SPLITS,
@@ -514,3 +514,8 @@ def prepare_nyuv2(spec: DatasetSpec, request: PrepareRequest, source: Path | Non
             shutil.rmtree(partial, ignore_errors=True)
             raise
     return Prepared(path=target, built=True, meta=read_meta(target) or meta)
+
+
+def prepare(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
+    """The registry's prepare of NYUv2 (`mtl prepare nyuv2`)."""
+    return prepare_nyuv2(spec, request, one_source(spec, request))

@@ -9,8 +9,9 @@ import numpy as np
 from rich.console import Console
 
 from mtlcli import __version__
-from mtlcli.data import multimnist, sources
+from mtlcli.data import multimnist, paired, sources
 from mtlcli.data.idx import read_idx
+from mtlcli.data.registry import DatasetSpec, Prepared, PrepareRequest
 from mtlcli.data.store import read_meta, remove_stale_temps, write_prepared
 from mtlcli.errors import DataError
 from mtlcli.io import sha256_file
@@ -59,11 +60,11 @@ def prepare(
 ) -> PrepareResult:
     """Build `data_dir/name` unless it is already there with the same seed and size."""
     console = console or Console(stderr=True)
-    if name not in multimnist.SPECS:
-        raise DataError(f"{name!r} is not a MultiMNIST-style dataset", hint=f"choose one of: {', '.join(multimnist.SPECS)}")
-    spec = multimnist.SPECS[name]
-    if size < 1 or size > multimnist.CANVAS:
-        raise DataError(f"--size {size}: must be between 1 and {multimnist.CANVAS}")
+    if name not in paired.SPECS:
+        raise DataError(f"{name!r} is not a MultiMNIST-style dataset", hint=f"choose one of: {', '.join(paired.SPECS)}")
+    spec = paired.SPECS[name]
+    if size < 1 or size > paired.CANVAS:
+        raise DataError(f"--size {size}: must be between 1 and {paired.CANVAS}")
     unknown = set(source_dirs) - set(spec.sources)
     if unknown:
         raise DataError(
@@ -117,7 +118,7 @@ def prepare(
         "seed": seed,
         "size": size,
         "construction": {
-            "canvas": multimnist.CANVAS,
+            "canvas": paired.CANVAS,
             "left_at": [0, 0],
             "right_at": [multimnist.OFFSET, multimnist.OFFSET],
             "combine": "max",
@@ -131,3 +132,38 @@ def prepare(
     }
     path = write_prepared(data_dir, spec.name, splits, meta)
     return PrepareResult(path=path, built=True, meta=read_meta(path) or meta)
+
+
+def paired_sources(spec: DatasetSpec, values: list[str]) -> dict[str, Path]:
+    """`--source DIR` (one raw source) or `--source NAME=DIR` (each of two)."""
+    needed = paired.SPECS[spec.name].sources
+    result: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and name in ("mnist", "fashion-mnist"):
+            result[name] = Path(path)
+        elif len(needed) == 1:
+            result[needed[0]] = Path(value)
+        else:
+            raise DataError(
+                f"--source {value!r}: {spec.name} is built from {' and '.join(needed)}",
+                hint="name each source: --source mnist=DIR --source fashion-mnist=DIR",
+            )
+    return result
+
+
+def prepare_paired(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
+    """The registry's prepare of the MultiMNIST family (`mtl prepare multimnist`)."""
+    if request.workers is not None:
+        raise DataError(f"--workers applies to datasets decoded from images (celeba), not to {spec.name}")
+    result = prepare(
+        spec.name,
+        data_dir=request.data_dir,
+        source_dirs=paired_sources(spec, request.sources),
+        mirror=request.mirror,
+        seed=request.seed,
+        size=request.size if request.size is not None else spec.default_size,
+        force=request.force,
+        console=request.console,
+    )
+    return Prepared(result.path, result.built, result.meta)

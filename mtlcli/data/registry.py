@@ -9,15 +9,16 @@ never name a dataset. Adding a dataset = one module under `mtlcli.data` + one en
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
-from mtlcli.data import multimnist
+from mtlcli.data import paired
 from mtlcli.errors import DataError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
@@ -78,7 +79,7 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_encoder: str
-    prepare: Callable[[DatasetSpec, PrepareRequest], Prepared]
+    prepare_with: str  # "module:function" under mtlcli.data: (spec, request) -> Prepared, imported when it runs
     how_to_get: str
     aliases: tuple[str, ...] = ()
     uses_seed: bool = True  # whether `--seed` changes what prepare builds (pairing, validation split)
@@ -116,86 +117,41 @@ class DatasetSpec:
     def task(self, name: str) -> TaskSpec | None:
         return next((t for t in self.tasks if t.name == name), None)
 
+    def prepare(self, request: PrepareRequest) -> Prepared:
+        """Build the dataset (`mtl prepare`): imports its module (numpy, torch, ...) and runs its prepare."""
+        module, _, function = self.prepare_with.partition(":")
+        return getattr(importlib.import_module(f"mtlcli.data.{module}"), function)(self, request)
+
 
 # ----------------------------------------------------------------------------- MNIST family
-def _paired_sources(spec: DatasetSpec, values: list[str]) -> dict[str, Path]:
-    """`--source DIR` (one raw source) or `--source NAME=DIR` (each of two)."""
-    needed = multimnist.SPECS[spec.name].sources
-    result: dict[str, Path] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if sep and name in ("mnist", "fashion-mnist"):
-            result[name] = Path(path)
-        elif len(needed) == 1:
-            result[needed[0]] = Path(value)
-        else:
-            raise DataError(
-                f"--source {value!r}: {spec.name} is built from {' and '.join(needed)}",
-                hint="name each source: --source mnist=DIR --source fashion-mnist=DIR",
-            )
-    return result
-
-
-def _prepare_paired(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
-    from mtlcli.data.prepare import prepare
-
-    if request.workers is not None:
-        raise DataError(f"--workers applies to datasets decoded from images (celeba), not to {spec.name}")
-    result = prepare(
-        spec.name,
-        data_dir=request.data_dir,
-        source_dirs=_paired_sources(spec, request.sources),
-        mirror=request.mirror,
-        seed=request.seed,
-        size=request.size if request.size is not None else spec.default_size,
-        force=request.force,
-        console=request.console,
-    )
-    return Prepared(result.path, result.built, result.meta)
-
-
 def _paired(name: str, aliases: tuple[str, ...] = ()) -> DatasetSpec:
-    paired = multimnist.SPECS[name]
-    raw = " and ".join(dict.fromkeys({"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[s] for s in paired.sources))
+    overlay = paired.SPECS[name]
+    raw = " and ".join(dict.fromkeys({"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}[s] for s in overlay.sources))
     return DatasetSpec(
         name=name,
-        description=paired.description,
-        tasks=tuple(TaskSpec(task, 10) for task in multimnist.TASKS),
+        description=overlay.description,
+        tasks=tuple(TaskSpec(task, 10) for task in paired.TASKS),
         channels=1,
         default_size=28,
         min_size=16,
-        max_size=multimnist.CANVAS,
+        max_size=paired.CANVAS,
         mean=(0.1307,),
         std=(0.3081,),
         default_encoder="multilenet",
-        prepare=_prepare_paired,
+        prepare_with="prepare:prepare_paired",
         how_to_get=f"downloaded by `mtl prepare {name}` ({raw} IDX files; or --source DIR with the raw files)",
         aliases=aliases,
     )
 
 
 # ----------------------------------------------------------------------------- CelebA
-def _one_source(spec: DatasetSpec, request: PrepareRequest) -> Path | None:
+def one_source(spec: DatasetSpec, request: PrepareRequest) -> Path | None:
     """`--source DIR` (or None) for a dataset read from one release directory that no script can download."""
     if request.mirror is not None:
         raise DataError(f"--mirror: {spec.name} cannot be downloaded by a script", hint="pass the release with --source DIR")
     if len(request.sources) > 1:
         raise DataError(f"--source: {spec.name} is read from one directory", hint="pass --source DIR once")
     return Path(request.sources[0]) if request.sources else None
-
-
-def _prepare_celeba(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
-    from mtlcli.data.celeba import prepare_celeba
-
-    result = prepare_celeba(
-        data_dir=request.data_dir,
-        source=_one_source(spec, request),
-        size=request.size if request.size is not None else spec.default_size,
-        force=request.force,
-        workers=request.workers,
-        console=request.console,
-    )
-    return Prepared(result.path, result.built, result.meta)
 
 
 CELEBA = DatasetSpec(
@@ -210,7 +166,7 @@ CELEBA = DatasetSpec(
     mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5),
     default_encoder="resnet18-cifar",
-    prepare=_prepare_celeba,
+    prepare_with="celeba:prepare",
     how_to_get=(
         "the official release (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html: img_align_celeba, "
         "list_attr_celeba.txt, list_eval_partition.txt), then `mtl prepare celeba --source DIR`"
@@ -231,18 +187,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _prepare_cityscapes(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
-    from mtlcli.data.cityscapes import prepare_cityscapes
-
-    return prepare_cityscapes(spec, request, _one_source(spec, request))
-
-
-def _prepare_nyuv2(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
-    from mtlcli.data.nyuv2 import prepare_nyuv2
-
-    return prepare_nyuv2(spec, request, _one_source(spec, request))
-
-
 CITYSCAPES = DatasetSpec(
     name="cityscapes",
     description="Cityscapes fine annotations: 19-class segmentation, instance offsets, disparity (Sener & Koltun 2018)",
@@ -260,7 +204,7 @@ CITYSCAPES = DatasetSpec(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     default_encoder="resnet50-dilated",
-    prepare=_prepare_cityscapes,
+    prepare_with="cityscapes:prepare",
     how_to_get=(
         "the official release (https://www.cityscapes-dataset.com/downloads/, free registration: "
         "leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip, disparity_trainvaltest.zip), "
@@ -287,7 +231,7 @@ NYUV2 = DatasetSpec(
     mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0),
     default_encoder="segnet-split",
-    prepare=_prepare_nyuv2,
+    prepare_with="nyuv2:prepare",
     how_to_get=(
         "the preprocessed NYUv2 of MTAN (https://github.com/lorenmt/mtan: nyuv2.zip, 795 train / 654 val "
         "images at 288x384 as .npy), then `mtl prepare nyuv2 --source DIR`"

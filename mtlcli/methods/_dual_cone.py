@@ -59,34 +59,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
 from torch import Tensor
 
 from mtlcli.errors import MtlError
-from mtlcli.methods._levels import LevelOptions
-
-
-class DualConeOptions(LevelOptions):
-    """Options shared by upgrad and dualproj."""
-
-    pref_vector: list[float] | None = Field(
-        None, min_length=1, description="one weight >= 0 per task combining the projected gradients (null: 1/T each, the mean)"
-    )
-    reg_eps: float = Field(1e-4, ge=0, description="added to the diagonal of G / trace(G) (TorchJD's reg_eps)")
-    norm_eps: float = Field(0.0, ge=0, description="a G with trace below this counts as zero (TorchJD's default: 1e-4)")
-    tol: float = Field(1e-10, gt=0, description="relative KKT tolerance of the projection solver")
-    max_iter: int = Field(1000, gt=0, description="active-set iterations per projection")
-
-    @field_validator("pref_vector")
-    @classmethod
-    def _non_negative(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and (any(not np.isfinite(p) or p < 0 for p in value) or sum(value) <= 0):
-            raise ValueError(f"pref_vector must be finite, >= 0 and not all zero, got {value}")
-        return value
-
-    def describe(self) -> str:
-        o = self
-        return f"{o.describe_level()}, pref_vector={o.pref_vector!r}, reg_eps={o.reg_eps!r}, norm_eps={o.norm_eps!r}"
+from mtlcli.methods.options import DualConeOptions
 
 
 def check_pref_vector(options: DualConeOptions, num_tasks: int, method: str) -> None:

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlcli.methods.base import MethodHooks
 
-class LearnedScale:
+
+class LearnedScale(MethodHooks):
     """Holds `s` [T] (zeros at the start) for the methods that learn a loss scale per task."""
 
     s: nn.Parameter | None = None

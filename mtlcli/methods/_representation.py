@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -17,8 +16,7 @@ from torch import Tensor, nn
 from mtlcli import distributed
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import finite, flag_non_finite
-
-HeadGrads = Literal["weighted", "raw"]
+from mtlcli.methods.options import HeadGrads
 
 
 @dataclass

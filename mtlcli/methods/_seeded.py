@@ -11,8 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlcli.methods.base import MethodHooks
 
-class SeededRandom:
+
+class SeededRandom(MethodHooks):
     """A CPU `torch.Generator` as the method's state: seeded at setup, saved and restored."""
 
     def __init__(self) -> None:

@@ -14,7 +14,6 @@ T x T Gram matrix are kept; the update is written straight into `.grad`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +22,7 @@ from mtlcli import distributed
 from mtlcli.methods._representation import HeadGrads, WeightsFn, _accumulate, _take
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import finite, flag_non_finite
-
-GradsMode = Literal["loop", "batched"]
+from mtlcli.methods.options import GradsMode
 
 
 @dataclass

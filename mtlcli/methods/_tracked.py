@@ -13,32 +13,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
-from mtlcli.methods._levels import Level, describe_level, grads_only_at_shared_level
 from mtlcli.methods._representation import RepresentationGrads, apply_representation_update, representation_grads
-from mtlcli.methods._shared_params import GradsMode, SharedGrads, apply_shared_update, shared_grads
-from mtlcli.methods.base import Options, Step
-
-
-class TrackedOptions(Options):
-    level: Level = Field(
-        "shared",
-        description="the shared parameters (LibMTL's level; default) or the representation z (one encoder backward; "
-        "the kept gradients then mix the gradients of different examples)",
-    )
-    grads: GradsMode | None = Field(
-        None, description="level shared only: per-task grads by T backwards or one batched backward (null: loop)"
-    )
-
-    @field_validator("grads")
-    @classmethod
-    def _grads_only_at_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
-        return grads_only_at_shared_level(value, info.data.get("level", "shared"))
-
-    def describe_level(self) -> str:
-        return describe_level(self.level, self.grads)
+from mtlcli.methods._shared_params import SharedGrads, apply_shared_update, shared_grads
+from mtlcli.methods.base import MethodHooks, Step
+from mtlcli.methods.options import TrackedOptions
 
 
 def task_gradients(step: Step, options: TrackedOptions) -> tuple[Tensor, list[list[Tensor | None]]]:
@@ -122,7 +102,7 @@ def store_rows(old: Tensor, rows_now: Tensor) -> Tensor:
     return new
 
 
-class TrackedStateHooks:
+class TrackedStateHooks(MethodHooks):
     """The state hooks of a method whose whole state is the `TrackedState` in `self.tracked`: checkpointed with
     it, and restored to the copy from before a step the trainer skipped."""
 

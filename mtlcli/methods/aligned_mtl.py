@@ -34,26 +34,16 @@ their raw gradients by default, as in the authors' code (`scale_decoder_grad: Fa
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._levels import LevelOptions, level_step
-from mtlcli.methods._representation import HeadGrads
-from mtlcli.methods.base import Stateless, Step
+from mtlcli.methods._levels import GramMethod
+from mtlcli.methods.options import AlignedMtlOptions
 
-ScaleMode = Literal["min", "median", "rmse"]
-Reduction = Literal["mean", "sum"]
 _RANK_FLOOR = 1e-10  # relative eigenvalue floor below which a direction counts as null (see the docstring)
-
-
-class AlignedMtlOptions(LevelOptions):
-    scale_mode: ScaleMode = Field("min", description="scale of the aligned singular values: min (paper), median or rmse")
-    reduction: Reduction = Field("mean", description="combine the aligned gradients by their mean (TorchJD) or sum (authors)")
-    head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or w_t-scaled ones")
 
 
 def balance_transformation(gram: np.ndarray, scale_mode: str = "min", eps: float = float(np.finfo(np.float64).eps)) -> np.ndarray:
@@ -90,7 +80,7 @@ def aligned_mtl_weights(gram: Tensor, scale_mode: str = "min", reduction: str = 
     return torch.as_tensor(b @ pref, dtype=gram.dtype, device=gram.device)
 
 
-class AlignedMtl(Stateless):
+class AlignedMtl(GramMethod):
     """Aligned-MTL on the representation gradients dL_t/dz (default) or the shared-parameter gradients."""
 
     name: ClassVar[str] = "aligned-mtl"
@@ -105,6 +95,3 @@ class AlignedMtl(Stateless):
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """Weights w = B p of the aligned update d = J^T w; `losses` is unused."""
         return aligned_mtl_weights(gram, self.options.scale_mode, self.options.reduction)
-
-    def backward(self, step: Step) -> Tensor:
-        return level_step(step, self.weights, self.options)

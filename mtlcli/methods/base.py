@@ -10,20 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from mtlcli import distributed
-from mtlcli.models import MultiTaskModel
 
-
-class Options(BaseModel):
-    """Base of every method's options: unknown options are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+if TYPE_CHECKING:
+    from mtlcli.models import MultiTaskModel
 
 
 @dataclass
@@ -75,7 +70,12 @@ class Step:
 
 @runtime_checkable
 class Method(Protocol):
-    """A multi-task weighting method (one module under `mtlcli.methods`)."""
+    """A multi-task weighting method (one module under `mtlcli.methods`).
+
+    Every hook is part of the protocol; the optional ones have no-op defaults in `MethodHooks`, which every
+    method inherits (directly or through `Stateless` and the other state helpers), so the trainer calls them
+    all unconditionally.
+    """
 
     name: ClassVar[str]
 
@@ -93,19 +93,39 @@ class Method(Protocol):
 
     def state_dict(self) -> dict[str, Any]: ...
 
-    # Optional: `step_skipped() -> None`, called when the trainer drops the step whose backward just ran
-    # (non-finite, `train.on_nonfinite: skip`): a method that updated its own state in `backward` undoes it.
-    # Optional: `epoch_stats() -> dict[str, int | float]`, read (and reset) by the trainer at each epoch's end
-    # into metrics.jsonl's `method_stats` (IMTL-G: steps whose equal projections were negative).
-    # Optional: `end_epoch(mean_losses: Tensor[T]) -> None`, called by the trainer after each epoch with
-    # that epoch's mean (applied-step) training losses, before the checkpoint is taken (so state saved
-    # in `state_dict` includes it). Methods paced by epochs (DWA) implement it; others need not.
-
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def step_skipped(self) -> None:
+        """The trainer dropped the step whose backward just ran (non-finite, `train.on_nonfinite: skip`): a
+        method that updated its own state in `backward` undoes it."""
+        ...
 
-class Stateless:
-    """Mixin-free helper: the default state hooks of a method without learnable state."""
+    def epoch_stats(self) -> dict[str, int | float]:
+        """What the method counted this epoch (IMTL-G: steps whose equal projections were negative), read and
+        reset at each epoch's end into metrics.jsonl's `method_stats`; empty: nothing to report."""
+        ...
+
+    def end_epoch(self, mean_losses: Tensor) -> None:
+        """After each epoch, with its mean (applied-step) training losses [T], before the checkpoint is taken
+        (so state saved in `state_dict` includes it). Methods paced by epochs (DWA, STCH) use it."""
+        ...
+
+
+class MethodHooks:
+    """The no-op defaults of the optional hooks of `Method`; every method inherits them."""
+
+    def step_skipped(self) -> None:
+        return None
+
+    def epoch_stats(self) -> dict[str, int | float]:
+        return {}
+
+    def end_epoch(self, mean_losses: Tensor) -> None:
+        return None
+
+
+class Stateless(MethodHooks):
+    """The default state hooks of a method without learnable state."""
 
     def setup(self, num_tasks: int, device: torch.device) -> None:
         return None

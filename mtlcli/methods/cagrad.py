@@ -40,28 +40,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._levels import LevelOptions, level_step
-from mtlcli.methods._representation import HeadGrads
-from mtlcli.methods.base import Stateless, Step
+from mtlcli.methods._levels import GramMethod
 from mtlcli.methods.min_norm import wolfe_min_norm_point
+from mtlcli.methods.options import CagradOptions
 
-Rescale = Literal[0, 1, 2]
 _MAX_ROUNDS = 100
 _KKT_TOL = 1e-9  # relative tolerance of the dual KKT check that ends the search
 _ZERO_NORM = 1e-7  # ||g_w*|| / max_i ||g_i|| below which g_w* counts as 0 (float64 Gram entries: ~1e-8 noise)
-
-
-class CagradOptions(LevelOptions):
-    c: float = Field(0.4, ge=0, description="radius of the ball around the mean gradient, in units of ||g_0||")
-    rescale: Rescale = Field(1, description="divide the update by 1 (0), 1 + c^2 (1, the authors') or 1 + c (2)")
-    head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or alpha_t-scaled ones")
 
 
 @dataclass(frozen=True)
@@ -253,7 +244,7 @@ def nonnegative_least_squares(g: np.ndarray, b: np.ndarray, max_iter: int | None
     return np.clip(lam, 0.0, None)
 
 
-class Cagrad(Stateless):
+class Cagrad(GramMethod):
     """CAGrad on the representation gradients dL_t/dz (default) or the shared-parameter gradients."""
 
     name: ClassVar[str] = "cagrad"
@@ -269,6 +260,3 @@ class Cagrad(Stateless):
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """Coefficients of the CAGrad update in the task gradients; `losses` is unused."""
         return cagrad_weights(gram, self.options.c, self.options.rescale)
-
-    def backward(self, step: Step) -> Tensor:
-        return level_step(step, self.weights, self.options)

@@ -41,18 +41,13 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._tracked import TrackedOptions, TrackedState, TrackedStateHooks, apply_update, store_rows, task_gradients
+from mtlcli.methods._tracked import TrackedState, TrackedStateHooks, apply_update, store_rows, task_gradients
 from mtlcli.methods.base import Step
+from mtlcli.methods.options import DbMtlOptions
 
 EPS = 1e-8  # LibMTL: log(losses + 1e-8) and alpha = max / (norm + 1e-8)
-
-
-class DbMtlOptions(TrackedOptions):
-    beta: float = Field(0.9, ge=0, le=1, description="EMA coefficient of the log-loss gradients: beta / k^beta_sigma")
-    beta_sigma: float = Field(0.5, ge=0, description="decay of the EMA coefficient with the update count k")
 
 
 def log_losses(step: Step) -> Step:

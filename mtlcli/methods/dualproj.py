@@ -20,18 +20,13 @@ import torch
 from torch import Tensor
 
 from mtlcli.methods._dual_cone import (
-    DualConeOptions,
     check_pref_vector,
     pref_weights,
     prepared_gram,
     project_weights,
 )
-from mtlcli.methods._levels import level_step
-from mtlcli.methods.base import Stateless, Step
-
-
-class DualProjOptions(DualConeOptions):
-    """DualProj's options: exactly the dual-cone options (level, grads, head_grads, pref_vector, solver)."""
+from mtlcli.methods._levels import GramMethod
+from mtlcli.methods.options import DualProjOptions
 
 
 def dualproj_weights(gram: Tensor, options: DualProjOptions) -> Tensor:
@@ -43,7 +38,7 @@ def dualproj_weights(gram: Tensor, options: DualProjOptions) -> Tensor:
     return torch.as_tensor(w, dtype=gram.dtype, device=gram.device)
 
 
-class DualProj(Stateless):
+class DualProj(GramMethod):
     """The mean task gradient projected onto the dual cone of the task gradients."""
 
     name: ClassVar[str] = "dualproj"
@@ -60,6 +55,3 @@ class DualProj(Stateless):
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """DualProj weights w [T] (d = sum_t w_t g_t); `losses` is unused."""
         return dualproj_weights(gram, self.options)
-
-    def backward(self, step: Step) -> Tensor:
-        return level_step(step, self.weights, self.options)

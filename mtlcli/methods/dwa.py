@@ -18,14 +18,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from mtlcli.methods.base import Options, Step, weighted_backward
-
-
-class DwaOptions(Options):
-    temperature: float = Field(2.0, gt=0, description="softmax temperature T (large: weights near 1)")
+from mtlcli.methods.base import MethodHooks, Step, weighted_backward
+from mtlcli.methods.options import DwaOptions
 
 
 def dwa_weights(previous: Tensor, last: Tensor, temperature: float) -> Tensor:
@@ -35,7 +31,7 @@ def dwa_weights(previous: Tensor, last: Tensor, temperature: float) -> Tensor:
     return torch.where(torch.isfinite(ratio).all(), weights, torch.ones_like(weights))
 
 
-class Dwa:
+class Dwa(MethodHooks):
     """sum_k lambda_k L_k with lambda = K softmax(L(t-1) / L(t-2) / T), updated once per epoch."""
 
     name: ClassVar[str] = "dwa"

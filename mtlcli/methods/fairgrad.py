@@ -43,24 +43,15 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._levels import LevelOptions, level_step
-from mtlcli.methods._representation import HeadGrads
-from mtlcli.methods.base import Stateless, Step
+from mtlcli.methods._levels import GramMethod
 from mtlcli.methods.min_norm import wolfe_min_norm_point
+from mtlcli.methods.options import FairGradOptions
 
 _RIDGE = 1e-8  # relative ridge (and the hull min-norm^2 below which it is used), see the docstring
 _MAX_ITER = 200
 _RTOL = 1e-12  # relative residual at which Newton stops
-
-
-class FairGradOptions(LevelOptions):
-    alpha: float = Field(
-        1.0, ge=0, description="alpha-fairness: 0 mean, 1 proportional (authors' default), 2 delay, large max-min"
-    )
-    head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or w_t-scaled ones")
 
 
 def fairgrad_weights(gram: Tensor, alpha: float = 1.0) -> Tensor:
@@ -128,7 +119,7 @@ def _newton(g: np.ndarray, p: float) -> np.ndarray:
     return w
 
 
-class FairGrad(Stateless):
+class FairGrad(GramMethod):
     """FairGrad on the representation gradients dL_t/dz (default) or the shared-parameter gradients."""
 
     name: ClassVar[str] = "fairgrad"
@@ -142,6 +133,3 @@ class FairGrad(Stateless):
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """Weights w of the FairGrad update d = J^T w; `losses` is unused."""
         return fairgrad_weights(gram, self.options.alpha)
-
-    def backward(self, step: Step) -> Tensor:
-        return level_step(step, self.weights, self.options)

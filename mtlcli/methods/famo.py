@@ -43,22 +43,17 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods.base import Options, Step, weighted_backward
+from mtlcli.methods.base import MethodHooks, Step, weighted_backward
+from mtlcli.methods.options import FamoOptions
 
 EPS = 1e-8  # the reference's D = L - min_losses + 1e-8, with min_losses = 0
 BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults, as in the reference
 ADAM_EPS = 1e-8
 
 
-class FamoOptions(Options):
-    gamma: float = Field(0.01, ge=0, description="weight decay (L2) of the task logits in their Adam optimiser")
-    w_lr: float = Field(0.025, gt=0, description="learning rate of the task logits' own Adam optimiser")
-
-
-class Famo:
+class Famo(MethodHooks):
     """Softmax task logits moved by the observed decrease of the log-losses; the model minimises sum_t z_t log L_t / c."""
 
     name: ClassVar[str] = "famo"

@@ -11,11 +11,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlcli.methods.base import Options, Stateless, Step
-
-
-class GlsOptions(Options):
-    """No options: the method has no hyper-parameters."""
+from mtlcli.methods.base import Stateless, Step
+from mtlcli.methods.options import GlsOptions
 
 
 class Gls(Stateless):

@@ -26,16 +26,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from mtlcli.methods._representation import _accumulate, representation_grads
 from mtlcli.methods._seeded import SeededRandom
-from mtlcli.methods.base import Options, Step
-
-
-class GradDropOptions(Options):
-    leak: float = Field(0.0, ge=0, le=1, description="fraction of each task's dropped gradient let through (0: none)")
+from mtlcli.methods.base import Step
+from mtlcli.methods.options import GradDropOptions
 
 
 def sign_purity(z_grads: Tensor) -> Tensor:

@@ -14,18 +14,13 @@ import copy
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from mtlcli.methods.base import Options, Step, weighted_backward
+from mtlcli.methods.base import MethodHooks, Step, weighted_backward
+from mtlcli.methods.options import GradNormOptions
 
 
-class GradNormOptions(Options):
-    alpha: float = Field(1.5, ge=0, description="asymmetry: pull of the slower tasks (0: equal norms)")
-    lr: float = Field(0.025, gt=0, description="learning rate of the weights' own Adam optimiser")
-
-
-class GradNorm:
+class GradNorm(MethodHooks):
     """Weights w_t learnt so that the weighted gradient norms on the last shared layer follow r_t^alpha."""
 
     name: ClassVar[str] = "gradnorm"

@@ -34,17 +34,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from mtlcli.methods._levels import LevelOptions, level_step
-from mtlcli.methods._representation import HeadGrads
-from mtlcli.methods.base import Step
-
-
-class GradVacOptions(LevelOptions):
-    beta: float = Field(0.5, ge=0, le=1, description="EMA rate of the similarity goals: phi_hat += beta (phi - phi_hat)")
-    head_grads: HeadGrads = Field("raw", description="heads get their raw grads (LibMTL) or w_t-scaled ones")
+from mtlcli.methods._levels import GramMethod
+from mtlcli.methods.options import GradVacOptions
 
 
 def gradvac_coefficients(gram: Tensor, phi_hat: Tensor, orders: list[list[int]], beta: float) -> tuple[Tensor, Tensor]:
@@ -79,7 +72,7 @@ def gradvac_coefficients(gram: Tensor, phi_hat: Tensor, orders: list[list[int]],
     return coefficients, goals
 
 
-class GradVac:
+class GradVac(GramMethod):
     """Move each task gradient towards adaptive cosine goals with the others (random order), then sum."""
 
     name: ClassVar[str] = "gradvac"
@@ -143,6 +136,3 @@ class GradVac:
         coefficients, goals = gradvac_coefficients(gram.to(torch.float64), self.phi_hat, self.orders(t), self.options.beta)
         self.phi_hat = goals.to(self.phi_hat.device)
         return coefficients.sum(dim=0).to(gram.dtype)
-
-    def backward(self, step: Step) -> Tensor:
-        return level_step(step, self.weights, self.options)

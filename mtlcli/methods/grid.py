@@ -8,14 +8,8 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import Field
-
 from mtlcli.errors import MtlError
-from mtlcli.methods.base import Options
-
-
-class GridOptions(Options):
-    points: int | None = Field(None, ge=2, description="grid points per axis; null: 11 for 2 tasks, 6 for 3, 4 for 4+")
+from mtlcli.methods.options import GridOptions
 
 
 def default_points(num_tasks: int) -> int:

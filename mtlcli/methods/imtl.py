@@ -18,12 +18,9 @@ from torch import Tensor
 from mtlcli.methods._closed_form import NegativeProjections, imtl_g_weights
 from mtlcli.methods._learned_scale import LearnedScale
 from mtlcli.methods._representation import apply_representation_update, representation_grads
-from mtlcli.methods.base import Options, Step
+from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import finite, flag_non_finite
-
-
-class ImtlOptions(Options):
-    """No options: the method has no hyper-parameters."""
+from mtlcli.methods.options import ImtlOptions
 
 
 class Imtl(LearnedScale):

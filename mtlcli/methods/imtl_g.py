@@ -13,26 +13,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import Field
 from torch import Tensor
 
 from mtlcli.methods._closed_form import NegativeProjections, imtl_g_weights
-from mtlcli.methods._levels import LevelOptions, level_step
-from mtlcli.methods._representation import HeadGrads
-from mtlcli.methods._shared_params import GradsMode
-from mtlcli.methods.base import Options, Stateless, Step
+from mtlcli.methods._levels import GramMethod
+from mtlcli.methods.options import ImtlGExactOptions, ImtlGOptions
 
 
-class ImtlGOptions(LevelOptions):
-    """`level: shared` makes it IMTL-G (exact), the same step as `imtl-g-exact` (which stays as its own name)."""
-
-
-class ImtlGExactOptions(Options):
-    head_grads: HeadGrads = Field("weighted", description="heads get alpha_t-scaled or raw grads")
-    grads: GradsMode = Field("loop", description="per-task grads by T backwards or one batched backward")
-
-
-class ImtlG(Stateless):
+class ImtlG(GramMethod):
     """IMTL-G on the representation gradients dL_t/dz."""
 
     name: ClassVar[str] = "imtl-g"
@@ -59,9 +47,6 @@ class ImtlG(Stateless):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.negative.load_state_dict(state)
-
-    def backward(self, step: Step) -> Tensor:
-        return level_step(step, self.weights, self.options)
 
 
 class ImtlGExact(ImtlG):

@@ -13,11 +13,8 @@ import torch
 from torch import Tensor
 
 from mtlcli.methods._learned_scale import LearnedScale
-from mtlcli.methods.base import Options, Step
-
-
-class ImtlLOptions(Options):
-    """No options: the method has no hyper-parameters."""
+from mtlcli.methods.base import Step
+from mtlcli.methods.options import ImtlLOptions
 
 
 class ImtlL(LearnedScale):

@@ -10,29 +10,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
-from mtlcli.methods._levels import Level
-from mtlcli.methods._representation import gram_step_on_representation
-from mtlcli.methods._shared_params import GradsMode, gram_step_on_shared_parameters
-from mtlcli.methods.base import Stateless, Step
-from mtlcli.methods.mgda_ub import MgdaOptions, min_norm_weights
+from mtlcli.methods._levels import GramMethod
+from mtlcli.methods.mgda_ub import min_norm_weights
+from mtlcli.methods.options import MgdaExactOptions
 
 
-class MgdaExactOptions(MgdaOptions):
-    level: Level = Field("shared", description="shared parameters (exact MGDA) or representation z (= mgda-ub)")
-    grads: GradsMode = Field("loop", description="level shared: per-task grads by T backwards or one batched backward")
-
-    @field_validator("grads")
-    @classmethod
-    def _batched_needs_shared_level(cls, value: GradsMode, info: ValidationInfo) -> GradsMode:
-        if value == "batched" and info.data.get("level") == "representation":
-            raise ValueError("batched applies only at level shared (level representation needs one encoder backward)")
-        return value
-
-
-class Mgda(Stateless):
+class Mgda(GramMethod):
     """MGDA on the shared-parameter gradients: weights from the T x T Gram matrix of dL_t/dtheta_sh."""
 
     name: ClassVar[str] = "mgda"
@@ -47,9 +32,3 @@ class Mgda(Stateless):
 
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         return min_norm_weights(losses, gram, self.options)
-
-    def backward(self, step: Step) -> Tensor:
-        o = self.options
-        if o.level == "representation":  # exactly mgda-ub
-            return gram_step_on_representation(step, self.weights, head_grads=o.head_grads)
-        return gram_step_on_shared_parameters(step, self.weights, grads=o.grads, head_grads=o.head_grads)

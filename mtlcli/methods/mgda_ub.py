@@ -8,24 +8,14 @@ simplex (optionally on normalised gradients); they multiply the raw losses, as i
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._representation import HeadGrads, gram_step_on_representation, normalize_gram
-from mtlcli.methods.base import Options, Stateless, Step
-from mtlcli.methods.min_norm import Solver, min_norm
-
-Normalization = Literal["none", "l2", "loss", "loss+"]
-
-
-class MgdaOptions(Options):
-    normalization: Normalization = Field("none", description="divide g_t by 1, ||g_t||, L_t or L_t ||g_t||")
-    solver: Solver = Field("min-norm-point", description="min-norm solver (exact, paper's, authors' code)")
-    max_iter: int = Field(250, gt=0, description="solver iteration limit")
-    tol: float = Field(1e-10, gt=0, description="solver tolerance (duality gap, or step size)")
-    head_grads: HeadGrads = Field("weighted", description="heads get alpha_t-scaled (authors) or raw (paper) grads")
+from mtlcli.methods._representation import gram_step_on_representation, normalize_gram
+from mtlcli.methods.base import Stateless, Step
+from mtlcli.methods.min_norm import min_norm
+from mtlcli.methods.options import MgdaOptions
 
 
 def min_norm_weights(losses: Tensor, gram: Tensor, options: MgdaOptions) -> Tensor:

@@ -11,21 +11,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import Field
 from torch import Tensor
 
 from mtlcli.methods._closed_form import unconstrained_min_norm_weights
-from mtlcli.methods._levels import LevelOptions, level_step
+from mtlcli.methods._levels import GramMethod
 from mtlcli.methods._representation import normalize_gram
-from mtlcli.methods.base import Stateless, Step
-from mtlcli.methods.mgda_ub import Normalization
+from mtlcli.methods.options import MgdaUnconstrainedOptions
 
 
-class MgdaUnconstrainedOptions(LevelOptions):
-    normalization: Normalization = Field("none", description="divide g_t by 1, ||g_t||, L_t or L_t ||g_t||")
-
-
-class MgdaUnconstrained(Stateless):
+class MgdaUnconstrained(GramMethod):
     """Closed-form min-norm point of the affine hull of dL_t/dz (weights may be negative)."""
 
     name: ClassVar[str] = "mgda-unconstrained"
@@ -41,6 +35,3 @@ class MgdaUnconstrained(Stateless):
 
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         return unconstrained_min_norm_weights(normalize_gram(gram, losses, self.options.normalization))
-
-    def backward(self, step: Step) -> Tensor:
-        return level_step(step, self.weights, self.options)

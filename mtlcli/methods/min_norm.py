@@ -15,14 +15,12 @@ G[i, j] = g_i . g_j. Three solvers:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 from torch import Tensor
 
-Solver = Literal["min-norm-point", "frank-wolfe", "projected-gradient"]
-SOLVERS: tuple[str, ...] = ("min-norm-point", "frank-wolfe", "projected-gradient")
+from mtlcli.methods.options import SOLVERS, Solver
+
 _CHECK_EVERY = 16  # Frank-Wolfe iterations between convergence checks (one host sync each)
 
 

@@ -36,30 +36,17 @@ run continues bitwise-identically on the CPU.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from mtlcli.methods._tracked import TrackedOptions, TrackedState, TrackedStateHooks, apply_update, store_rows, task_gradients
+from mtlcli.methods._tracked import TrackedState, TrackedStateHooks, apply_update, store_rows, task_gradients
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import project_simplex
+from mtlcli.methods.options import MocoOptions
 
 EPS = 1e-8  # LibMTL: grads / (norm + 1e-8) * losses
-
-Projection = Literal["softmax", "simplex"]
-
-
-class MocoOptions(TrackedOptions):
-    beta: float = Field(0.5, ge=0, le=1, description="step of the gradient tracking y: beta / k^beta_sigma")
-    beta_sigma: float = Field(0.5, ge=0, description="decay of the tracking step with the update count k")
-    gamma: float = Field(0.1, ge=0, description="step of the task weights lambda: gamma / k^gamma_sigma")
-    gamma_sigma: float = Field(0.5, ge=0, description="decay of the weights' step with the update count k")
-    rho: float = Field(0.0, ge=0, description="l2 regularisation of lambda in its update")
-    projection: Projection = Field(
-        "softmax", description="back onto the simplex after the lambda step: softmax (LibMTL) or Euclidean (the paper)"
-    )
 
 
 class Moco(TrackedStateHooks):

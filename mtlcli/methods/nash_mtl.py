@@ -55,21 +55,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from mtlcli.methods._levels import LevelOptions, level_step
-from mtlcli.methods.base import Step
+from mtlcli.methods._levels import GramMethod
+from mtlcli.methods.options import NashMtlOptions
 
 _TOL = 1e-10  # max_t |alpha_t (G alpha)_t - 1| at which Newton stops
 _RIDGE = 1e-10  # relative to max_t G_tt: makes the solution exist for Pareto-stationary tasks
 _ZERO_TASK = 1e-20  # G_tt / max G_tt below which task t's gradient counts as 0
 _MAX_ITER = 100
-
-
-class NashMtlOptions(LevelOptions):
-    update_weights_every: int = Field(1, ge=1, description="recompute alpha every N steps, reuse it in between")
-    max_norm: float = Field(1.0, ge=0, description="clip ||sum_t alpha_t g_t|| to this (0: no clipping)")
 
 
 def solve_nash(gram: np.ndarray, *, tol: float = _TOL, max_iter: int = _MAX_ITER) -> np.ndarray:
@@ -139,7 +133,7 @@ def clip(alpha: np.ndarray, gram: np.ndarray, max_norm: float) -> np.ndarray:
     return alpha * (max_norm / norm) if norm > max_norm else alpha
 
 
-class NashMtl:
+class NashMtl(GramMethod):
     """Nash-MTL on the representation gradients dL_t/dz (default) or the shared-parameter gradients."""
 
     name: ClassVar[str] = "nash-mtl"
@@ -187,6 +181,3 @@ class NashMtl:
         self.step_count += 1
         alpha = clip(self.alpha, g, self.options.max_norm)
         return torch.as_tensor(alpha, dtype=gram.dtype, device=gram.device)
-
-    def backward(self, step: Step) -> Tensor:
-        return level_step(step, self.weights, self.options)

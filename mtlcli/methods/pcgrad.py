@@ -12,16 +12,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from mtlcli.methods._seeded import SeededRandom
-from mtlcli.methods._shared_params import GradsMode, apply_shared_update, shared_grads
-from mtlcli.methods.base import Options, Step
-
-
-class PcGradOptions(Options):
-    grads: GradsMode = Field("loop", description="per-task grads by T backwards or one batched backward")
+from mtlcli.methods._shared_params import apply_shared_update, shared_grads
+from mtlcli.methods.base import Step
+from mtlcli.methods.options import PcGradOptions
 
 
 def pcgrad_coefficients(gram: Tensor, orders: list[list[int]]) -> Tensor:

@@ -18,22 +18,14 @@ uniform, normal and Dirichlet draws alike and uses the Bernoulli draws raw; LibM
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from mtlcli.methods._seeded import SeededRandom
-from mtlcli.methods.base import Options, Step, weighted_backward
-
-Distribution = Literal["normal", "uniform", "dirichlet", "bernoulli", "constrained-bernoulli"]
-
-
-class RlwOptions(Options):
-    distribution: Distribution = Field(
-        "normal", description="what the weights are drawn from (softmax of normal, uniform or Dirichlet draws; raw Bernoulli)"
-    )
+from mtlcli.methods.base import Step, weighted_backward
+from mtlcli.methods.options import Distribution, RlwOptions
 
 
 def draw_weights(distribution: Distribution, num_tasks: int, generator: torch.Generator) -> Tensor:

@@ -13,11 +13,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlcli.methods.base import Options, Stateless, Step, weighted_backward
-
-
-class SingleTaskOptions(Options):
-    """No options: the method has no hyper-parameters."""
+from mtlcli.methods.base import Stateless, Step, weighted_backward
+from mtlcli.methods.options import SingleTaskOptions
 
 
 class SingleTask(Stateless):

@@ -5,24 +5,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field, field_validator
 from torch import Tensor
 
 from mtlcli.errors import MtlError
-from mtlcli.methods.base import Options, Stateless, Step, weighted_backward
-
-
-class StaticOptions(Options):
-    weights: list[float] = Field(description="one weight per task, >= 0, summing to 1", min_length=1)
-
-    @field_validator("weights")
-    @classmethod
-    def _on_simplex(cls, value: list[float]) -> list[float]:
-        if any(w < 0 for w in value):
-            raise ValueError(f"weights must be >= 0, got {value}")
-        if abs(sum(value) - 1.0) > 1e-6:
-            raise ValueError(f"weights must sum to 1, got {value} (sum {sum(value):g})")
-        return value
+from mtlcli.methods.base import Stateless, Step, weighted_backward
+from mtlcli.methods.options import StaticOptions
 
 
 class Static(Stateless):

@@ -31,17 +31,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
-from mtlcli.methods.base import Options, Step, weighted_backward
+from mtlcli.methods.base import MethodHooks, Step, weighted_backward
+from mtlcli.methods.options import StchOptions
 
 EPS = 1e-20  # as in LibMTL: log(x + 1e-20)
-
-
-class StchOptions(Options):
-    mu: float = Field(1.0, gt=0, description="smoothing mu (small: the Tchebycheff max; large: a mean)")
-    warmup_epoch: int = Field(4, ge=0, description="epochs 0..warmup_epoch train on sum log L; the last sets the nadir")
 
 
 def stch_objective(losses: Tensor, nadir: Tensor, mu: float) -> Tensor:
@@ -67,7 +62,7 @@ def warmup_weights(losses: Tensor) -> Tensor:
     return 1.0 / (losses.detach() + EPS)
 
 
-class Stch:
+class Stch(MethodHooks):
     """Warm-up on sum log L; then T mu logsumexp(log(L / nadir) / mu), the nadir set by the warm-up's last epoch."""
 
     name: ClassVar[str] = "stch"

@@ -20,11 +20,8 @@ import torch
 from torch import Tensor
 
 from mtlcli.methods._learned_scale import LearnedScale
-from mtlcli.methods.base import Options, Step
-
-
-class UncertaintyOptions(Options):
-    """No options: the method has no hyper-parameters."""
+from mtlcli.methods.base import Step
+from mtlcli.methods.options import UncertaintyOptions
 
 
 class Uncertainty(LearnedScale):

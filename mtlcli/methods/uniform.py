@@ -7,11 +7,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlcli.methods.base import Options, Stateless, Step, weighted_backward
-
-
-class UniformOptions(Options):
-    """No options: the method has no hyper-parameters."""
+from mtlcli.methods.base import Stateless, Step, weighted_backward
+from mtlcli.methods.options import UniformOptions
 
 
 class Uniform(Stateless):

@@ -25,18 +25,13 @@ import torch
 from torch import Tensor
 
 from mtlcli.methods._dual_cone import (
-    DualConeOptions,
     check_pref_vector,
     pref_weights,
     prepared_gram,
     project_weights,
 )
-from mtlcli.methods._levels import level_step
-from mtlcli.methods.base import Stateless, Step
-
-
-class UPGradOptions(DualConeOptions):
-    """UPGrad's options: exactly the dual-cone options (level, grads, head_grads, pref_vector, solver)."""
+from mtlcli.methods._levels import GramMethod
+from mtlcli.methods.options import UPGradOptions
 
 
 def upgrad_weights(gram: Tensor, options: UPGradOptions) -> Tensor:
@@ -53,7 +48,7 @@ def upgrad_weights(gram: Tensor, options: UPGradOptions) -> Tensor:
     return torch.as_tensor(w, dtype=gram.dtype, device=gram.device)
 
 
-class UPGrad(Stateless):
+class UPGrad(GramMethod):
     """Mean of the task gradients each projected onto the dual cone of all of them."""
 
     name: ClassVar[str] = "upgrad"
@@ -70,6 +65,3 @@ class UPGrad(Stateless):
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """UPGrad weights w [T] (d = sum_t w_t g_t); `losses` is unused."""
         return upgrad_weights(gram, self.options)
-
-    def backward(self, step: Step) -> Tensor:
-        return level_step(step, self.weights, self.options)

@@ -28,7 +28,7 @@ from torchvision.models import ResNet50_Weights
 from torchvision.models.resnet import Bottleneck
 
 from mtlcli.errors import DataError
-from mtlcli.models._input import sides_problem
+from mtlcli.models._input import DILATED_OUTPUT_STRIDE, dilated_resnet_input_problem
 
 __all__ = [
     "DilatedResNet50Encoder",
@@ -38,15 +38,11 @@ __all__ = [
 ]
 
 _LAYERS = (3, 4, 6, 3)
-OUTPUT_STRIDE = 8
+OUTPUT_STRIDE = DILATED_OUTPUT_STRIDE
 IMAGENET_WEIGHTS = ResNet50_Weights.IMAGENET1K_V1
 _PRETRAINED_WIDTH = 64
 _PRETRAINED_CHANNELS = 3
 
-
-def dilated_resnet_input_problem(shape: tuple[int, int, int]) -> str | None:
-    """Why the dilated ResNet-50 cannot take (channels, height, width) inputs, or None when it can."""
-    return sides_problem("dilated-resnet50", shape, OUTPUT_STRIDE, f"its output stride is {OUTPUT_STRIDE}")
 
 
 class DilatedResNet50Encoder(nn.Module):

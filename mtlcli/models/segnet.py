@@ -30,19 +30,13 @@ from typing import cast
 
 from torch import Tensor, nn
 
-from mtlcli.models._input import sides_problem
+from mtlcli.models._input import SEGNET_STAGES, segnet_input_problem
 
 __all__ = ["SegNetSplitEncoder", "segnet_head", "segnet_input_problem"]
 
-_STAGES = 5
-_REDUCTION = 2**_STAGES
+_STAGES = SEGNET_STAGES
 _ENCODER_LAYERS = (2, 2, 3, 3, 3)  # conv layers per encoder stage (VGG-16); the decoder mirrors them
 
-
-def segnet_input_problem(shape: tuple[int, int, int]) -> str | None:
-    """Why the split SegNet cannot take (channels, height, width) inputs, or None when it can."""
-    why = f"its {_STAGES} max-pool/unpool stages must divide them exactly"
-    return sides_problem("segnet-split", shape, _REDUCTION, why)
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from mtlcli.cli import app
-from mtlcli.methods import min_norm
+from mtlcli.methods.min_norm import min_norm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 runner = CliRunner()

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mtlcli.cli import app
 from mtlcli.data import nyuv2
-from mtlcli.data.celeba import channel_stats
+from mtlcli.data.chunked import channel_stats
 from mtlcli.data.registry import NYUV2, Prepared, PrepareRequest
 from mtlcli.data.store import SPLITS, load_prepared
 from mtlcli.errors import DataError

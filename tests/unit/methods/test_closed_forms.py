@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from mtlcli.methods import build, min_norm
+from mtlcli.methods import build
 from mtlcli.methods._closed_form import imtl_g_weights
+from mtlcli.methods.min_norm import min_norm
 from tests.unit.methods.matrices import SCALES, jacobian
 
 GRAM_METHODS = ["imtl-g", "imtl-g-exact", "imtl"]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtlcli.methods import build, min_norm
+from mtlcli.methods import build
+from mtlcli.methods.min_norm import min_norm
 from tests.unit.methods.matrices import KINDS, SCALES, jacobian
 from tests.unit.methods.test_min_norm_reference import exact_reference
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlcli.methods import build, min_norm
+from mtlcli.methods import build
 from mtlcli.methods.base import Step
+from mtlcli.methods.min_norm import min_norm
 from mtlcli.models import build_model
 
 

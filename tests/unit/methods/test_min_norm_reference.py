@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtlcli.methods import min_norm
+from mtlcli.methods.min_norm import min_norm
 
 
 def exact_reference(gram: np.ndarray) -> float:
