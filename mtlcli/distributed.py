@@ -33,9 +33,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mtlcli.errors import MtlError
+from mtlcli.errors import DistributedError, MtlError
 
-__all__ = ["SUPPORTED", "Distributed", "DistributedError", "current", "setup_from_environment", "teardown"]
+__all__ = ["SUPPORTED", "Distributed", "DistributedError", "current", "setup_from_environment", "sum_gradients", "teardown"]
 
 # uniform/static: losses only; the others: weights from (the summed losses, the summed Gram matrix) at either
 # level, with state derived from those weights alone (Nash-MTL, GradVac: identical on every rank)
@@ -46,10 +46,6 @@ SUPPORTED = (
 TIMEOUT_ENV = "MTL_DIST_TIMEOUT"  # seconds a collective waits for a lost rank before the job fails
 DEFAULT_TIMEOUT = 300
 DEBUG_ENV = "MTL_DEBUG_DISTRIBUTED"
-
-
-class DistributedError(MtlError):
-    """A collective failed: another rank died or stopped answering within the timeout."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +109,17 @@ class Distributed:
     def barrier(self) -> None:
         if self.active:
             _collective(dist.barrier)
+
+
+def sum_gradients(job: Distributed, grads: list[Tensor]) -> None:
+    """All-reduce every gradient (one flattened buffer): the ranks' partial gradients add up to the batch's."""
+    if not grads:
+        return
+    flat = job.sum_(torch.cat([g.reshape(-1) for g in grads]))
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _collective(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

@@ -28,3 +28,7 @@ class RecipeError(MtlError):
 
 class RunError(MtlError):
     """A run directory or checkpoint is missing, incomplete or corrupt."""
+
+
+class DistributedError(MtlError):
+    """A collective failed: another rank of a torchrun job died or stopped answering within the timeout."""

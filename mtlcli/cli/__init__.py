@@ -1,9 +1,17 @@
-"""The `mtl` command line: thin commands over the library; errors become one clear line."""
+"""The `mtl` command line: thin commands over the library; errors become one clear line.
+
+Startup is instant by design: this package and every command module import only typer, rich and the
+torch-free registries at the top; a command imports torch, pandas or matplotlib inside its body, when it
+computes. `tests/cli/test_startup.py` guards this.
+"""
 
 from __future__ import annotations
 
 import os
+import platform
+import re
 import sys
+from pathlib import Path
 
 import typer
 
@@ -14,22 +22,54 @@ app = typer.Typer(
     name="mtl",
     help="Train and compare multi-task learning methods (MGDA-UB and its rivals).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
 
 
+def torch_build() -> tuple[str | None, str | None]:
+    """(torch version, CUDA version torch was built with, None for a CPU build), read without importing torch."""
+    from importlib import metadata, util
+
+    try:
+        version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None, None
+    spec = util.find_spec("torch")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        try:
+            text = (Path(folder) / "version.py").read_text(encoding="utf-8")
+        except OSError:
+            continue
+        match = re.search(r"^cuda\s*(?::[^=\n]*)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        return version, match.group(1) if match else None
+    return version, None
+
+
+def version_line() -> str:
+    """`mtl X, torch Y, CUDA Z, Python W` (CUDA only for a CUDA build of torch)."""
+    torch_version, cuda = torch_build()
+    parts = [f"mtl {__version__}", f"torch {torch_version or 'not installed'}"]
+    if cuda:
+        parts.append(f"CUDA {cuda}")
+    parts.append(f"Python {platform.python_version()}")
+    return ", ".join(parts)
+
+
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"mtl {__version__}")
+        typer.echo(version_line())
         raise typer.Exit()
 
 
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the versions of mtl, torch, CUDA and Python."
+    ),
 ) -> None:
     if debug:
         os.environ["MTL_DEBUG"] = "1"

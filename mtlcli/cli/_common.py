@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from mtlcli.errors import MtlError
+from mtlcli.errors import DistributedError, MtlError
 
 
 class TableFormat(str, Enum):
@@ -37,8 +37,6 @@ def debug_enabled() -> bool:
 
 def report(exc: MtlError) -> None:
     """The error line (and hint) on stderr; in a torchrun job rank 0 speaks for all, unless a rank was lost."""
-    from mtlcli.distributed import DistributedError
-
     if int(os.environ.get("RANK", "0")) > 0 and not isinstance(exc, DistributedError):
         return
     err_console.print(f"[bold red]Error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)

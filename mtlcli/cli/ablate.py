@@ -7,21 +7,21 @@ from typing import Annotated
 
 import typer
 
-from mtlcli import recipe as recipes
-from mtlcli.ablation import ablation_table, parse_methods, run_ablation
+from mtlcli.cli import complete
 from mtlcli.cli._common import TableFormat as Format
 from mtlcli.cli._common import err_console, handle_errors
-from mtlcli.io import write_json_atomic, write_text_atomic
-from mtlcli.report.render import render_one
 
 
 @handle_errors
 def ablate(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, batch size and tasks are timed.")],
+    recipe: Annotated[
+        Path, typer.Argument(help="Recipe YAML whose model, batch size and tasks are timed.", autocompletion=complete.recipes)
+    ],
     methods: Annotated[
         list[str] | None,
         typer.Option(
-            help="Methods, NAME[:key=value...], comma-separated or repeated (default: the timing-relevant ones there are)."
+            help="Methods, NAME[:key=value...], comma-separated or repeated (default: the timing-relevant ones there are).",
+            autocompletion=complete.methods,
         ),
     ] = None,
     steps: Annotated[int, typer.Option(help="Timed steps per method (the median is reported).")] = 20,
@@ -31,7 +31,10 @@ def ablate(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Override train.batch_size.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Prepared-data directory (default: $MTL_DATA_DIR or ./data).")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="key.path=value (parsed as YAML); repeatable.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="key.path=value (parsed as YAML); repeatable.", autocompletion=complete.set_keys),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Where ablation-*.{json,csv,md} go (default: the recipe's output.dir).")
     ] = None,
@@ -42,12 +45,18 @@ def ablate(
     The table is written next to the runs (the recipe's output.dir, or --out), where `mtl compare`
     picks it up.
     """
+    from mtlcli import recipe as recipes  # validation imports no torch: a recipe error prints at once
+
     sets = list(set_ or [])
     if synthetic:
         sets.append("data.synthetic=true")
     if batch_size is not None:
         sets.append(f"train.batch_size={batch_size}")
     resolved = recipes.load(recipe, device=device, data_dir=data_dir, sets=sets)
+    from mtlcli.ablation import ablation_table, parse_methods, run_ablation
+    from mtlcli.io import write_json_atomic, write_text_atomic
+    from mtlcli.report.render import render_one
+
     specs, notes = parse_methods(methods)
     for note in notes:
         err_console.print(f"note: {note}", highlight=False)

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mtlcli.ablation import ablation_table, find_ablations
+from mtlcli.cli import complete
 from mtlcli.cli._common import TableFormat as Format
 from mtlcli.cli._common import err_console, handle_errors
 from mtlcli.errors import MtlError
-from mtlcli.report import render, write_report
-from mtlcli.report.tables import MAX_STDOUT_COLUMNS, Table, build_tables, groups_of, stdout_tables
-from mtlcli.results import Selection, load_runs, results_of
+from mtlcli.report import MAX_STDOUT_COLUMNS
+
+if TYPE_CHECKING:
+    from mtlcli.report.tables import Table
 
 
 @handle_errors
 def compare(
-    dirs: Annotated[list[Path], typer.Argument(help="Directories searched recursively for run directories.")],
+    dirs: Annotated[
+        list[Path], typer.Argument(help="Directories searched recursively for run directories.", autocompletion=complete.run_dirs)
+    ],
     fmt: Annotated[Format, typer.Option("--format", help="Format of the tables printed to stdout.")] = Format.table,
     select: Annotated[
         str, typer.Option(help="best (test at the best-validation epoch) or last:K (mean of the last K epochs).")
@@ -44,6 +47,12 @@ def compare(
     per-run tables included), the figures and a self-contained report.html. Step-cost tables written
     by `mtl ablate` under the same directories are included.
     """
+    from mtlcli.ablation import ablation_table, find_ablations
+    from mtlcli.report import write_report
+    from mtlcli.report.render import render
+    from mtlcli.report.tables import build_tables, groups_of, stdout_tables
+    from mtlcli.results import Selection, load_runs, results_of
+
     selection = Selection.parse(select)
     runs, warnings = load_runs(dirs)
     results, more = results_of(runs, selection)

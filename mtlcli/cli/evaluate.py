@@ -8,15 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tabulate import tabulate
 
+from mtlcli.cli import complete
 from mtlcli.cli._common import err_console, handle_errors, out_console
 from mtlcli.errors import MtlError
-from mtlcli.evaluation import evaluate as evaluate_model
-from mtlcli.io import write_json_atomic
-from mtlcli.recipe import validate
-from mtlcli.runs import BEST, LAST, read_run
-from mtlcli.trainer import device_splits, load_checkpoint, load_dataset, make_model, resolve_device, tasks_of
 
 
 class Split(str, Enum):
@@ -31,7 +26,7 @@ class Checkpoint(str, Enum):
 
 @handle_errors
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `mtl train`.")],
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `mtl train`.", autocompletion=complete.run_dirs)],
     split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.test,
     checkpoint: Annotated[Checkpoint, typer.Option(help="best (by validation) or last.")] = Checkpoint.best,
     data_dir: Annotated[
@@ -41,6 +36,14 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Evaluate a checkpoint; prints a table and writes eval-<split>-<checkpoint>.json in the run."""
+    from tabulate import tabulate
+
+    from mtlcli.evaluation import evaluate as evaluate_model
+    from mtlcli.io import write_json_atomic
+    from mtlcli.recipe import validate
+    from mtlcli.runs import BEST, LAST, read_run
+    from mtlcli.trainer import device_splits, load_checkpoint, load_dataset, make_model, resolve_device, tasks_of
+
     run = read_run(run_dir)
     recipe = validate(run.recipe, source=str(run.path / "recipe.yaml"))
     dev = resolve_device(device)

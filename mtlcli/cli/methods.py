@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import textwrap
 import typing
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 from rich.markup import escape
 
+from mtlcli.cli import complete
 from mtlcli.cli._common import handle_errors, out_console
 from mtlcli.errors import MtlError
-from mtlcli.methods import REGISTRY
+
+if TYPE_CHECKING:
+    from pydantic.fields import FieldInfo
 
 
 def _choices(field: FieldInfo) -> str:
@@ -35,6 +36,10 @@ def _type_name(annotation: object) -> str:
 
 def describe_options(name: str) -> list[tuple[str, str, str, str]]:
     """(option, choices or type, default, description) for each option of method `name`."""
+    from pydantic_core import PydanticUndefined
+
+    from mtlcli.methods.registry import REGISTRY
+
     rows = []
     for key, field in REGISTRY[name].options.model_fields.items():
         default = "required" if field.default is PydanticUndefined else _show(field.default)
@@ -48,6 +53,8 @@ def _show(value: object) -> str:
 
 def method_block(name: str, width: int = 80) -> str:
     """One method as a block of lines no wider than `width` (rich markup)."""
+    from mtlcli.methods.registry import REGISTRY
+
     info = REGISTRY[name]
     wrap = textwrap.TextWrapper(width=width, initial_indent="    ", subsequent_indent="    ")
     lines = [f"[bold cyan]{name}[/]", *(escape(line) for line in wrap.wrap(info.summary))]
@@ -65,9 +72,11 @@ def method_block(name: str, width: int = 80) -> str:
 
 @handle_errors
 def list_methods(
-    name: Annotated[str | None, typer.Argument(help="Show one method only.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Show one method only.", autocompletion=complete.methods)] = None,
 ) -> None:
     """List every method with a one-line description, its paper and its options (with defaults)."""
+    from mtlcli.methods.registry import REGISTRY
+
     if name is not None and name not in REGISTRY:
         raise MtlError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(REGISTRY)}")
     names = [name] if name is not None else list(REGISTRY)

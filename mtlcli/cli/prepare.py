@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
+from mtlcli.cli import complete
 from mtlcli.cli._common import err_console, handle_errors
 from mtlcli.data import registry
-from mtlcli.data.store import resolve_data_dir
 from mtlcli.errors import DataError
 
 
@@ -19,7 +19,9 @@ def _datasets_help() -> str:
 
 @handle_errors
 def prepare(
-    dataset: Annotated[str, typer.Argument(help=f"The dataset ({', '.join(registry.DATASETS)}).")],
+    dataset: Annotated[
+        str, typer.Argument(help=f"The dataset ({', '.join(registry.DATASETS)}).", autocompletion=complete.datasets)
+    ],
     source: Annotated[
         list[str] | None,
         typer.Option(
@@ -48,6 +50,7 @@ def prepare(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if already prepared.")] = False,
 ) -> None:
     """Build a dataset once into DATA_DIR/<dataset>/ (uint8 arrays + meta.json with checksums)."""
+    from mtlcli.data.store import resolve_data_dir
     spec = registry.get(dataset)
     if size is not None and not spec.min_size <= size <= spec.max_size:
         raise DataError(f"--size {size}: {spec.name} images are {spec.min_size}..{spec.max_size} pixels {spec.side_word}")
@@ -61,7 +64,7 @@ def prepare(
         workers=workers,
         console=err_console,
     )
-    result = spec.prepare(spec, request)
+    result = spec.prepare(request)
     meta = result.meta
     counts = ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())
     side = meta["size"]

@@ -6,22 +6,27 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mtlcli import distributed
-from mtlcli import recipe as recipes
+from mtlcli.cli import complete
 from mtlcli.cli._common import err_console, handle_errors, out_console
 from mtlcli.errors import MtlError
-from mtlcli.sweep import train_grid
-from mtlcli.trainer import Trainer
+
+if TYPE_CHECKING:
+    from mtlcli.trainer import Trainer
 
 
 @handle_errors
 def train(
-    recipe: Annotated[Path | None, typer.Argument(help="Recipe YAML, e.g. recipes/multifashion.yaml.")] = None,
-    method: Annotated[str | None, typer.Option(help="Method to train (see `mtl methods`); replaces the recipe's.")] = None,
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML, e.g. recipes/multifashion.yaml.", autocompletion=complete.recipes)
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="Method to train (see `mtl methods`); replaces the recipe's.", autocompletion=complete.methods),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Override train.epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
     seeds: Annotated[
@@ -31,9 +36,12 @@ def train(
     out: Annotated[str | None, typer.Option(help="Override output.dir (runs are created inside it).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Prepared-data directory [default: $MTL_DATA_DIR or ./data].")] = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="key.path=value (value parsed as YAML); repeatable.")
+        list[str] | None,
+        typer.Option("--set", help="key.path=value (value parsed as YAML); repeatable.", autocompletion=complete.set_keys),
     ] = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run directory.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue an interrupted run directory.", autocompletion=complete.run_dirs)
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     nproc: Annotated[
         int | None,
@@ -57,7 +65,11 @@ def train(
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
         code = subprocess.call([*launcher, "-m", "mtlcli", "train", *args])
         raise typer.Exit(code)
+    from mtlcli import recipe as recipes  # validation imports no torch: a recipe error prints at once
+
     if resume is not None:
+        from mtlcli.trainer import Trainer
+
         if recipe is not None or any(v is not None for v in (method, epochs, seed, seeds, device, out, data_dir)) or set_:
             raise MtlError("--resume takes no recipe or overrides: a run continues with its own recipe")
         trainer = Trainer.resume(resume, console=err_console, show_progress=not quiet)
@@ -74,6 +86,9 @@ def train(
         )
         for s in seed_list
     ]  # every seed's recipe is validated before the first one trains
+    from mtlcli.sweep import train_grid
+    from mtlcli.trainer import Trainer
+
     for i, one in enumerate(resolved):
         if len(resolved) > 1:
             err_console.print(f"seed {one.train.seed} ({i + 1}/{len(resolved)})")
@@ -86,6 +101,8 @@ def train(
 
 
 def _run(trainer: Trainer) -> None:
+    from mtlcli import distributed
+
     job = trainer.job
     where = f"{trainer.device}, {job.world} processes" if job.active else str(trainer.device)
     if job.writer:

@@ -39,7 +39,6 @@ from torchvision.transforms.v2 import functional as tvf
 from mtlcli import __version__
 from mtlcli.data.chunked import DONE, ChunkedBuild, channel_stats, fork_server, init_worker, take
 from mtlcli.data.feedback import note, progress
-from mtlcli.data.prepare import PrepareResult
 from mtlcli.data.registry import CELEBA, CELEBA_ATTRIBUTES, DatasetSpec, Prepared, PrepareRequest, one_source
 from mtlcli.data.store import FORMAT_VERSION, META, SPLITS, exclusive_prepare, existing_meta, replace_directory
 from mtlcli.errors import DataError
@@ -429,10 +428,10 @@ def _check_args(size: int, workers: int | None) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _already(target: Path, size: int, force: bool) -> PrepareResult | None:
+def _already(target: Path, size: int, force: bool) -> Prepared | None:
     """The existing prepared dataset when it is what was asked for (and not --force)."""
     existing = existing_meta(target, size=size, seed=None, force=force)  # CelebA's splits are official: no seed
-    return None if existing is None else PrepareResult(path=target, built=False, meta=existing)
+    return None if existing is None else Prepared(path=target, built=False, meta=existing)
 
 
 def _provenance(source: CelebaSource) -> dict[str, Any]:
@@ -496,7 +495,7 @@ def prepare_celeba(
     force: bool = False,
     workers: int | None = None,
     console: Console | None = None,
-) -> PrepareResult:
+) -> Prepared:
     """Build `data_dir/celeba` from the official release unless it is already there with this size."""
     started = time.monotonic()
     workers = _check_args(size, workers)
@@ -518,12 +517,12 @@ def prepare_celeba(
         meta = {**_base_meta(located, plan, size, provenance), "prepare_seconds": seconds, "resumed_images": resumed}
         meta = _finish(build, meta)
         replace_directory(build.path, target)
-    return PrepareResult(path=target, built=True, meta=meta)
+    return Prepared(path=target, built=True, meta=meta)
 
 
 def prepare(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
     """The registry's prepare of CelebA (`mtl prepare celeba`)."""
-    result = prepare_celeba(
+    return prepare_celeba(
         data_dir=request.data_dir,
         source=one_source(spec, request),
         size=request.size if request.size is not None else spec.default_size,
@@ -531,4 +530,3 @@ def prepare(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
         workers=request.workers,
         console=request.console,
     )
-    return Prepared(result.path, result.built, result.meta)

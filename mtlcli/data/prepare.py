@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,6 @@ from mtlcli.errors import DataError
 from mtlcli.io import sha256_file
 
 NUM_CLASSES = 10
-
-
-@dataclass(frozen=True)
-class PrepareResult:
-    path: Path
-    built: bool
-    meta: dict
 
 
 def load_raw(located: sources.LocatedFiles) -> dict[str, np.ndarray]:
@@ -57,7 +49,7 @@ def prepare(
     size: int = 28,
     force: bool = False,
     console: Console | None = None,
-) -> PrepareResult:
+) -> Prepared:
     """Build `data_dir/name` unless it is already there with the same seed and size."""
     console = console or Console(stderr=True)
     if name not in paired.SPECS:
@@ -74,7 +66,7 @@ def prepare(
     existing = read_meta(target) if target.is_dir() else None
     if existing is not None and not force:
         if existing.get("seed") == seed and existing.get("size") == size:
-            return PrepareResult(path=target, built=False, meta=existing)
+            return Prepared(path=target, built=False, meta=existing)
         raise DataError(
             f"{target} was prepared with seed {existing.get('seed')}, size {existing.get('size')}; "
             f"pass --force to rebuild it with seed {seed}, size {size}",
@@ -131,7 +123,7 @@ def prepare(
         "created_by": f"mtlcli {__version__}, numpy {np.__version__}",
     }
     path = write_prepared(data_dir, spec.name, splits, meta)
-    return PrepareResult(path=path, built=True, meta=read_meta(path) or meta)
+    return Prepared(path=path, built=True, meta=read_meta(path) or meta)
 
 
 def paired_sources(spec: DatasetSpec, values: list[str]) -> dict[str, Path]:
@@ -156,7 +148,7 @@ def prepare_paired(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
     """The registry's prepare of the MultiMNIST family (`mtl prepare multimnist`)."""
     if request.workers is not None:
         raise DataError(f"--workers applies to datasets decoded from images (celeba), not to {spec.name}")
-    result = prepare(
+    return prepare(
         spec.name,
         data_dir=request.data_dir,
         source_dirs=paired_sources(spec, request.sources),
@@ -166,4 +158,3 @@ def prepare_paired(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
         force=request.force,
         console=request.console,
     )
-    return Prepared(result.path, result.built, result.meta)

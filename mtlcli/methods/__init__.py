@@ -1,6 +1,6 @@
 """Multi-task weighting methods: one module each, listed in `registry`, options in `options`.
 
-Importing this package is cheap (no torch): `REGISTRY`, `option_problems` and `needs_independent_networks`
+Importing this package is cheap (no torch, no pydantic): `REGISTRY`, `option_problems` and `needs_independent_networks`
 read the registry and the options schemas; `build` imports the one implementation it builds. The torch
 side (`Method`, `Step`) is loaded on first use; the min-norm solver is `mtlcli.methods.min_norm.min_norm`.
 
@@ -16,13 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from mtlcli import schema
 from mtlcli.errors import MtlError
-from mtlcli.methods.options import SOLVERS
 from mtlcli.methods.registry import REGISTRY, MethodInfo
 
 if TYPE_CHECKING:
     from mtlcli.methods.base import Method, Step
+    from mtlcli.methods.options import SOLVERS
+    from mtlcli.schema import Problem
 
 __all__ = [
     "REGISTRY",
@@ -35,11 +35,11 @@ __all__ = [
     "option_problems",
 ]
 
-_LAZY = {"Method": "mtlcli.methods.base", "Step": "mtlcli.methods.base"}
+_LAZY = {"Method": "mtlcli.methods.base", "Step": "mtlcli.methods.base", "SOLVERS": "mtlcli.methods.options"}
 
 
 def __getattr__(name: str) -> Any:
-    """The torch side of the public API, imported on first use (PEP 562)."""
+    """The torch side of the public API (and the solver names), imported on first use (PEP 562)."""
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -49,8 +49,10 @@ def _unknown_method(name: str) -> MtlError:
     return MtlError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(REGISTRY)}")
 
 
-def option_problems(name: str, options: dict[str, Any]) -> list[schema.Problem]:
+def option_problems(name: str, options: dict[str, Any]) -> list[Problem]:
     """Problems with `options` for method `name`, as (key path, message) pairs; empty when valid."""
+    from mtlcli import schema
+
     if name not in REGISTRY:
         raise _unknown_method(name)
     info = REGISTRY[name]

@@ -29,6 +29,7 @@ from torchvision.models.resnet import Bottleneck
 
 from mtlcli.errors import DataError
 from mtlcli.models._input import DILATED_OUTPUT_STRIDE, dilated_resnet_input_problem
+from mtlcli.models.registry import DilatedResNetOptions
 
 __all__ = [
     "DilatedResNet50Encoder",
@@ -171,3 +172,14 @@ def _state_dict_problem(encoder: nn.Module, state: dict[object, object]) -> str 
         if keys
     ]
     return "; ".join(problems) or None
+
+
+def build_encoder(shape: tuple[int, int, int], o: DilatedResNetOptions) -> nn.Module:
+    """The registry's `resnet50-dilated` encoder, with torchvision's ImageNet weights when `pretrained`."""
+    problem = dilated_resnet_input_problem(shape)
+    if problem is not None:
+        raise ValueError(problem)
+    encoder = DilatedResNet50Encoder(in_channels=shape[0], width=o.width)
+    if o.pretrained:
+        load_imagenet_weights(encoder)
+    return encoder

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlcli.models.registry import MultiLeNetOptions
+
 
 def _conv_out(size: int) -> int:
     size = (size - 4) // 2  # conv k5 then pool 2
@@ -51,3 +53,13 @@ class MultiLeNetHead(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.fc2(self.dropout(F.relu(self.fc1(z))))
+
+
+def build_encoder(shape: tuple[int, int, int], o: MultiLeNetOptions) -> nn.Module:
+    """The registry's `multilenet` encoder for (channels, height, width) inputs."""
+    return MultiLeNetEncoder(input_size=shape[1:], dropout=o.dropout, out_features=o.hidden, in_channels=shape[0])
+
+
+def build_head(features: int, classes: int, _shape: tuple[int, int, int], o: MultiLeNetOptions) -> nn.Module:
+    """The registry's `multilenet` head: FC-ReLU-dropout-FC on the `features`-d z."""
+    return MultiLeNetHead(in_features=features, hidden=o.hidden, num_classes=classes, dropout=o.dropout)

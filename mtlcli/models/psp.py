@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtlcli.models.registry import DilatedResNetOptions
+
 __all__ = ["POOL_SCALES", "PSPHead"]
 
 POOL_SCALES = (1, 2, 3, 6)
@@ -72,3 +74,8 @@ class PSPHead(nn.Module):
         if tuple(out.shape[-2:]) != self.output_size:
             out = F.interpolate(out, size=self.output_size, mode="bilinear", align_corners=False)
         return out
+
+
+def build_head(channels: int, outputs: int, shape: tuple[int, int, int], o: DilatedResNetOptions) -> nn.Module:
+    """The registry's head of `resnet50-dilated`: a PSP head upsampling to the input's height and width."""
+    return PSPHead(channels, outputs, output_size=(shape[1], shape[2]), branch_channels=o.head_width)

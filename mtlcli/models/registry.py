@@ -1,11 +1,13 @@
 """The encoder registry: each encoder's options schema, input check and builders, apart from torch.
 
 Validating a recipe (`model:` options, whether `data.size` fits the encoder) and listing encoders read this
-module without importing torch; the builders import their torch module when a run builds the model.
+module without importing torch; each entry names its builders as "module:function" under `mtlcli.models`,
+imported when a run builds the model.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,69 +64,22 @@ class EncoderSpec:
     name: str
     description: str
     options: type[BaseModel]
-    encoder: Callable[[InputShape, Any], nn.Module]
-    head: Callable[[int, int, InputShape, Any], nn.Module]  # (z features or channels, outputs, input shape, options) -> head
+    encoder_with: str  # "module:function" under mtlcli.models: (input shape, options) -> encoder
+    head_with: str  # "module:function": (z features or channels, outputs, input shape, options) -> head
     input_problem: Callable[[InputShape], str | None] = lambda _shape: None  # why it cannot take this input, if so
 
+    def encoder(self, shape: InputShape, options: Any) -> nn.Module:
+        """A new encoder for inputs of `shape` (imports its torch module)."""
+        return _load(self.encoder_with)(shape, options)
 
-def _lenet(shape: InputShape, o: MultiLeNetOptions) -> nn.Module:
-    from mtlcli.models.lenet import MultiLeNetEncoder
-
-    return MultiLeNetEncoder(input_size=shape[1:], dropout=o.dropout, out_features=o.hidden, in_channels=shape[0])
-
-
-def _lenet_head(features: int, classes: int, _shape: InputShape, o: MultiLeNetOptions) -> nn.Module:
-    from mtlcli.models.lenet import MultiLeNetHead
-
-    return MultiLeNetHead(in_features=features, hidden=o.hidden, num_classes=classes, dropout=o.dropout)
+    def head(self, features: int, outputs: int, shape: InputShape, options: Any) -> nn.Module:
+        """A new head with `outputs` outputs on `features` features (or channels) of z."""
+        return _load(self.head_with)(features, outputs, shape, options)
 
 
-def _resnet(shape: InputShape, o: ResNetOptions) -> nn.Module:
-    from mtlcli.models.resnet import ResNet18CifarEncoder
-
-    problem = resnet_cifar_input_problem(shape)
-    if problem is not None:
-        raise ValueError(problem)
-    return ResNet18CifarEncoder(in_channels=shape[0], input_size=shape[1], width=o.width)
-
-
-def _resnet_head(features: int, classes: int, _shape: InputShape, _o: ResNetOptions) -> nn.Module:
-    from mtlcli.models.resnet import resnet_head
-
-    return resnet_head(features, classes)
-
-
-def _dilated(shape: InputShape, o: DilatedResNetOptions) -> nn.Module:
-    from mtlcli.models.dilated_resnet import DilatedResNet50Encoder, load_imagenet_weights
-
-    problem = dilated_resnet_input_problem(shape)
-    if problem is not None:
-        raise ValueError(problem)
-    encoder = DilatedResNet50Encoder(in_channels=shape[0], width=o.width)
-    if o.pretrained:
-        load_imagenet_weights(encoder)
-    return encoder
-
-
-def _psp_head(channels: int, outputs: int, shape: InputShape, o: DilatedResNetOptions) -> nn.Module:
-    from mtlcli.models.psp import PSPHead
-
-    return PSPHead(channels, outputs, output_size=(shape[1], shape[2]), branch_channels=o.head_width)
-
-
-def _segnet(shape: InputShape, o: SegNetOptions) -> nn.Module:
-    from mtlcli.models.segnet import SegNetSplitEncoder
-
-    problem = segnet_input_problem(shape)
-    if problem is not None:
-        raise ValueError(problem)
-    return SegNetSplitEncoder(in_channels=shape[0], width=o.width)
-
-
-def _segnet_head(channels: int, outputs: int, _shape: InputShape, _o: SegNetOptions) -> nn.Module:
-    from mtlcli.models.segnet import segnet_head
-
-    return segnet_head(channels, outputs)
+def _load(where: str) -> Callable[..., nn.Module]:
+    module, _, function = where.partition(":")
+    return getattr(importlib.import_module(f"mtlcli.models.{module}"), function)
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -134,31 +89,31 @@ ENCODERS: dict[str, EncoderSpec] = {
             "multilenet",
             "MultiLeNet (Sener & Koltun 2018): 2 conv + FC, z is `hidden`-d; heads FC-ReLU-dropout-FC",
             MultiLeNetOptions,
-            _lenet,
-            _lenet_head,
+            "lenet:build_encoder",
+            "lenet:build_head",
         ),
         EncoderSpec(
             "resnet18-cifar",
             "CIFAR-style ResNet-18 (3x3 stem, no max-pool, avg-pool 4): z is 2048-d at 64x64; heads Linear(z, classes)",
             ResNetOptions,
-            _resnet,
-            _resnet_head,
+            "resnet:build_encoder",
+            "resnet:build_head",
             resnet_cifar_input_problem,
         ),
         EncoderSpec(
             "resnet50-dilated",
             "ResNet-50 dilated to output stride 8 (Sener & Koltun 2018, Cityscapes): z is [2048, H/8, W/8]; a PSP head per task",
             DilatedResNetOptions,
-            _dilated,
-            _psp_head,
+            "dilated_resnet:build_encoder",
+            "psp:build_head",
             dilated_resnet_input_problem,
         ),
         EncoderSpec(
             "segnet-split",
             "split SegNet (MTAN, Liu et al. 2019, NYUv2): shared SegNet, z is [64, H, W]; heads conv 3x3 + conv 1x1",
             SegNetOptions,
-            _segnet,
-            _segnet_head,
+            "segnet:build_encoder",
+            "segnet:build_head",
             segnet_input_problem,
         ),
     )

@@ -16,6 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
+from mtlcli.models._input import resnet_cifar_input_problem
+from mtlcli.models.registry import ResNetOptions
+
 __all__ = ["ResNet18CifarEncoder", "resnet_head"]
 
 _BLOCKS_PER_STAGE = 2
@@ -79,3 +82,16 @@ class ResNet18CifarEncoder(nn.Module):
 def resnet_head(in_features: int, num_classes: int) -> nn.Module:
     """The authors' head per attribute: Linear(z, classes), giving logits (their log-softmax is in our cross-entropy)."""
     return nn.Linear(in_features, num_classes)
+
+
+def build_encoder(shape: tuple[int, int, int], o: ResNetOptions) -> nn.Module:
+    """The registry's `resnet18-cifar` encoder (square inputs, side a multiple of 32)."""
+    problem = resnet_cifar_input_problem(shape)
+    if problem is not None:
+        raise ValueError(problem)
+    return ResNet18CifarEncoder(in_channels=shape[0], input_size=shape[1], width=o.width)
+
+
+def build_head(features: int, classes: int, _shape: tuple[int, int, int], _o: ResNetOptions) -> nn.Module:
+    """The registry's `resnet18-cifar` head: Linear(z, classes)."""
+    return resnet_head(features, classes)

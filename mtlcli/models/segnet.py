@@ -31,6 +31,7 @@ from typing import cast
 from torch import Tensor, nn
 
 from mtlcli.models._input import SEGNET_STAGES, segnet_input_problem
+from mtlcli.models.registry import SegNetOptions
 
 __all__ = ["SegNetSplitEncoder", "segnet_head", "segnet_input_problem"]
 
@@ -115,3 +116,16 @@ def segnet_head(in_channels: int, out_channels: int) -> nn.Module:
     )
     _init_reference(head)
     return head
+
+
+def build_encoder(shape: tuple[int, int, int], o: SegNetOptions) -> nn.Module:
+    """The registry's `segnet-split` encoder (sides multiples of 32)."""
+    problem = segnet_input_problem(shape)
+    if problem is not None:
+        raise ValueError(problem)
+    return SegNetSplitEncoder(in_channels=shape[0], width=o.width)
+
+
+def build_head(channels: int, outputs: int, _shape: tuple[int, int, int], _o: SegNetOptions) -> nn.Module:
+    """The registry's `segnet-split` head: conv 3x3 + conv 1x1."""
+    return segnet_head(channels, outputs)

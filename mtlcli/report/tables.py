@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from mtlcli.report import MAX_STDOUT_COLUMNS
 from mtlcli.results import (
     GRID,
     SINGLE_TASK,
@@ -33,7 +34,6 @@ DELTA_TASKS = "Δm% (tasks)"
 MEAN_RANK = "mean rank"
 # More task-metric columns than this: stdout shows the methods table's summary (`--wide` prints it whole),
 # and the timing, grid and scale tables show means over tasks instead of a column per task metric.
-MAX_STDOUT_COLUMNS = 12  # NYUv2's 9 (IMTL / Nash-MTL Table 2) still fit
 COST_COLUMNS = ("ms/step", "× uniform", "train min")
 DELTA_NOTE = (
     "Δm% = mean of (-1)^h (M - M_st) / M_st × 100 against single-task (h = 1 when higher is better; "

@@ -19,7 +19,7 @@ from tests.celeba_fixture import FakeCelebA, attr_text, make_celeba_source, repl
 SIZE = 32
 
 
-def build(data_dir: Path, source: Path | None, **kwargs: object) -> celeba.PrepareResult:
+def build(data_dir: Path, source: Path | None, **kwargs: object) -> celeba.Prepared:
     options = {"size": SIZE, "force": False, "workers": 1, "console": None, **kwargs}
     return celeba.prepare_celeba(data_dir=data_dir, source=source, **options)  # type: ignore[arg-type]
 
@@ -31,7 +31,7 @@ def fake(tmp_path_factory: pytest.TempPathFactory) -> FakeCelebA:
 
 
 @pytest.fixture(scope="module")
-def prepared(fake: FakeCelebA, tmp_path_factory: pytest.TempPathFactory) -> celeba.PrepareResult:
+def prepared(fake: FakeCelebA, tmp_path_factory: pytest.TempPathFactory) -> celeba.Prepared:
     return build(tmp_path_factory.mktemp("celeba-data"), fake.path)
 
 
@@ -42,7 +42,7 @@ def own(tmp_path: Path) -> FakeCelebA:
 
 
 # ----------------------------------------------------------------------------- what is built
-def test_labels_splits_shapes_and_dtypes_follow_the_files(fake: FakeCelebA, prepared: celeba.PrepareResult) -> None:
+def test_labels_splits_shapes_and_dtypes_follow_the_files(fake: FakeCelebA, prepared: celeba.Prepared) -> None:
     data = load_prepared(prepared.path.parent, "celeba")
     assert data.task_names == list(CELEBA_ATTRIBUTES)
     assert data.num_classes == dict.fromkeys(CELEBA_ATTRIBUTES, 2)
@@ -55,7 +55,7 @@ def test_labels_splits_shapes_and_dtypes_follow_the_files(fake: FakeCelebA, prep
     assert isinstance(data.images["train"], np.memmap) and isinstance(data.labels["train"], np.memmap)
 
 
-def test_images_are_the_resized_jpegs_in_partition_order(fake: FakeCelebA, prepared: celeba.PrepareResult) -> None:
+def test_images_are_the_resized_jpegs_in_partition_order(fake: FakeCelebA, prepared: celeba.Prepared) -> None:
     data = load_prepared(prepared.path.parent, "celeba")
     names, _ = fake.split("val")
     images = celeba.ImageSource(fake.root / celeba.IMAGE_DIR, "folder")
@@ -74,7 +74,7 @@ def test_a_permuted_header_still_gives_registry_order(fake: FakeCelebA, tmp_path
 
 
 @pytest.mark.parametrize("layout", ["zip", "torchvision"])
-def test_zip_and_torchvision_layouts_give_identical_arrays(layout: str, prepared: celeba.PrepareResult, tmp_path: Path) -> None:
+def test_zip_and_torchvision_layouts_give_identical_arrays(layout: str, prepared: celeba.Prepared, tmp_path: Path) -> None:
     src = make_celeba_source(tmp_path / "src", layout=layout, seed=3)
     result = build(tmp_path / "data", src.path)
     assert result.meta["files"] == prepared.meta["files"]
@@ -85,14 +85,14 @@ def test_zip_and_torchvision_layouts_give_identical_arrays(layout: str, prepared
 
 
 def test_two_workers_give_the_same_bytes_as_one(
-    fake: FakeCelebA, prepared: celeba.PrepareResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeCelebA, prepared: celeba.Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(celeba, "CHUNK_IMAGES", 3)  # several chunks per split, finishing in any order
     result = build(tmp_path / "data", fake.path, workers=2)
     assert result.meta["files"] == prepared.meta["files"]
 
 
-def test_meta_records_statistics_resize_and_checksums(prepared: celeba.PrepareResult) -> None:
+def test_meta_records_statistics_resize_and_checksums(prepared: celeba.Prepared) -> None:
     meta = prepared.meta
     train = np.load(prepared.path / "train_images.npy").reshape(-1, 3).astype(np.float64) / 255
     np.testing.assert_allclose(meta["mean"], train.mean(axis=0), rtol=0, atol=1e-12)
@@ -140,7 +140,7 @@ def test_another_size_needs_force(fake: FakeCelebA, tmp_path: Path) -> None:
 
 
 def test_an_interrupted_prepare_resumes_where_it_stopped(
-    fake: FakeCelebA, prepared: celeba.PrepareResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake: FakeCelebA, prepared: celeba.Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(celeba, "CHUNK_IMAGES", 2)  # 4 + 1 + 1 chunks
     real = celeba.decode_chunk
@@ -191,7 +191,7 @@ def _fail_after(real, n: int):
 
 
 def test_a_corrupt_jpeg_fails_without_touching_the_prepared_dataset(
-    own: FakeCelebA, tmp_path: Path, prepared: celeba.PrepareResult
+    own: FakeCelebA, tmp_path: Path, prepared: celeba.Prepared
 ) -> None:
     data_dir = tmp_path / "data"
     build(data_dir, own.path)
