@@ -1,5 +1,5 @@
 # make demo: set up, get Fashion-MNIST, train uniform and mgda-ub for 3 epochs, compare.
-# make test: set up and run the test suite (lint included).
+# make test: set up and run the test suite (lint and the import contracts included).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -36,6 +36,7 @@ demo: $(STAMP) fashion-mnist
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from mtlcli.metrics import Accumulator, Metric
 
 IGNORE_INDEX = 255
 BINS_PER_DEGREE = 100  # angle histogram: 0.01 degree bins over [0, 180]
@@ -291,26 +292,6 @@ def within(state: Tensor, degrees: float) -> float:
 # registry
 
 
-@dataclass(frozen=True)
-class Accumulator:
-    """A device-side state: `size(num_outputs)` entries, `state(prediction, target, num_outputs)` per batch."""
-
-    name: str
-    size: Callable[[int], int]
-    state: Callable[[Tensor, Tensor, int], Tensor]
-
-
-@dataclass(frozen=True)
-class DenseMetric:
-    """A metric read on the host from the summed state of its accumulator: `read(state, num_outputs) -> float`."""
-
-    name: str
-    higher_is_better: bool
-    accumulator: Accumulator
-    read: Callable[[Tensor, int], float]
-    unit: str
-
-
 def _confusion_size(num_outputs: int) -> int:
     return num_outputs * num_outputs
 
@@ -351,14 +332,14 @@ ABS_ERROR = Accumulator("abs_error", size=lambda num_outputs: 2, state=_abs_erro
 REL_ERROR = Accumulator("rel_error", size=lambda num_outputs: 2, state=_rel_error)
 ANGLES = Accumulator("angles", size=lambda num_outputs: ANGLE_BINS + 2, state=_angles)
 
-DENSE_METRICS: dict[str, DenseMetric] = {
-    "miou": DenseMetric("miou", True, CONFUSION, mean_iou, "%"),
-    "pixel_accuracy": DenseMetric("pixel_accuracy", True, CONFUSION, pixel_accuracy, "%"),
-    "abs_error": DenseMetric("abs_error", False, ABS_ERROR, _read_mean, ""),
-    "rel_error": DenseMetric("rel_error", False, REL_ERROR, _read_mean, ""),
-    "mean_angle": DenseMetric("mean_angle", False, ANGLES, _read_mean_angle, "deg"),
-    "median_angle": DenseMetric("median_angle", False, ANGLES, _read_median_angle, "deg"),
-    "within_11.25": DenseMetric("within_11.25", True, ANGLES, _read_within(11.25), "%"),
-    "within_22.5": DenseMetric("within_22.5", True, ANGLES, _read_within(22.5), "%"),
-    "within_30": DenseMetric("within_30", True, ANGLES, _read_within(30.0), "%"),
+DENSE_METRICS: dict[str, Metric] = {
+    "miou": Metric("miou", True, CONFUSION, mean_iou, "%"),
+    "pixel_accuracy": Metric("pixel_accuracy", True, CONFUSION, pixel_accuracy, "%"),
+    "abs_error": Metric("abs_error", False, ABS_ERROR, _read_mean, ""),
+    "rel_error": Metric("rel_error", False, REL_ERROR, _read_mean, ""),
+    "mean_angle": Metric("mean_angle", False, ANGLES, _read_mean_angle, "deg"),
+    "median_angle": Metric("median_angle", False, ANGLES, _read_median_angle, "deg"),
+    "within_11.25": Metric("within_11.25", True, ANGLES, _read_within(11.25), "%"),
+    "within_22.5": Metric("within_22.5", True, ANGLES, _read_within(22.5), "%"),
+    "within_30": Metric("within_30", True, ANGLES, _read_within(30.0), "%"),
 }

@@ -1,8 +1,7 @@
 """Tasks: a loss, metrics and which direction is better - the schema that drives every table.
 
-A metric is read from a state summed over the batches of a split on the device (counts, a confusion
-matrix, an angle histogram), so evaluation is exact over the whole split (not a mean of batch means)
-and needs one host sync per split. Metrics that share a state share its `Accumulator`, computed once.
+The registry of losses and metrics by name (`LOSSES`, `METRICS`): the classification ones and the dense ones.
+How a metric is computed (a device-side state summed over a split, read once) is in `mtlcli.metrics`.
 """
 
 from __future__ import annotations
@@ -10,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtlcli.dense import DENSE_LOSSES, DENSE_METRICS
+from mtlcli.metrics import CLASSIFICATION_METRICS, Accumulator, Metric
 from mtlcli.names import LOSS_NAMES, METRIC_NAMES, check_implemented
-from mtlcli.dense import DENSE_LOSSES, DENSE_METRICS, Accumulator
-from mtlcli.dense import DenseMetric as Metric
 
 __all__ = ["LOSSES", "METRICS", "Accumulator", "Metric", "Task"]
 
@@ -26,24 +24,7 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
-def _argmax_counts(logits: Tensor, target: Tensor, _classes: int) -> Tensor:
-    """[correct, samples] of a classifier's argmax."""
-    correct = (logits.argmax(dim=1) == target.long()).sum()
-    return torch.stack([correct.to(torch.float64), torch.tensor(float(len(target)), dtype=torch.float64, device=logits.device)])
-
-
-ARGMAX_COUNTS = Accumulator("argmax_counts", lambda _classes: 2, _argmax_counts)
-
-
-def _percent(part: Tensor, total: Tensor) -> float:
-    return float(part) * (100.0 / max(float(total), 1.0))
-
-
-METRICS: dict[str, Metric] = {
-    "accuracy": Metric("accuracy", True, ARGMAX_COUNTS, lambda s, _c: _percent(s[0], s[1]), "%"),
-    "error": Metric("error", False, ARGMAX_COUNTS, lambda s, _c: _percent(s[1] - s[0], s[1]), "%"),
-    **DENSE_METRICS,
-}
+METRICS: dict[str, Metric] = {**CLASSIFICATION_METRICS, **DENSE_METRICS}
 check_implemented("losses", LOSS_NAMES, LOSSES)
 check_implemented("metrics", METRIC_NAMES, METRICS)
 

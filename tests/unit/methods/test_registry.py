@@ -69,3 +69,60 @@ def test_simplex_grid() -> None:
     assert len(three) == 21  # C(5 + 2, 2)
     assert all(abs(sum(w) - 1) < 1e-12 and min(w) >= 0 for w in three)
     assert len({tuple(w) for w in three}) == 21
+
+
+OPTIONAL_HOOKS = ("step_skipped", "epoch_stats", "end_epoch")
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE_METHODS - {"grid", "static"}))
+def test_every_hook_of_the_protocol_is_a_method_of_the_class(name: str) -> None:
+    """The trainer calls every hook unconditionally: each is defined (a no-op by default), none found by getattr."""
+    from mtlcli.methods.base import MethodHooks
+
+    method = build(name)
+    assert isinstance(method, MethodHooks)
+    method.setup(2, torch.device("cpu"))
+    assert isinstance(method.epoch_stats(), dict)
+    method.end_epoch(torch.ones(2))
+    method.step_skipped()
+    for hook in OPTIONAL_HOOKS:
+        assert callable(getattr(type(method), hook))
+
+
+def test_the_gram_shell_applies_a_weighting_at_the_options_level() -> None:
+    """GramMethod: the subclass gives `weights`; `backward` is the one level step for all of them."""
+    from mtlcli.methods._levels import GramMethod, level_step
+
+    shells = sorted(name for name in ISSUE_METHODS - {"grid", "static"} if isinstance(build(name), GramMethod))
+    assert shells == [
+        "aligned-mtl", "cagrad", "dualproj", "fairgrad", "gradvac", "imtl-g", "imtl-g-exact", "mgda",
+        "mgda-unconstrained", "nash-mtl", "upgrad",
+    ]  # fmt: skip
+    for name in shells:
+        assert type(build(name)).backward is GramMethod.backward
+    with pytest.raises(TypeError, match="abstract"):
+        GramMethod()  # type: ignore[abstract]
+    assert GramMethod.backward.__code__.co_names.count(level_step.__name__) == 1
+
+
+def test_registry_entries_name_their_implementation_and_schema() -> None:
+    """Each entry's "module:Class" imports to a class named like the entry; its schema is in methods.options."""
+    from mtlcli.methods import options
+
+    for name, info in REGISTRY.items():
+        assert info.options is getattr(options, info.options_schema)
+        factory = info.load()
+        if name != "grid":
+            assert factory.name == name
+    assert [n for n, i in REGISTRY.items() if i.independent_networks] == ["single-task"]
+
+
+def test_declared_names_match_their_implementations() -> None:
+    """names.py (what a recipe validates against without torch) equals the torch registries, and drift fails."""
+    from mtlcli import augment, names, tasks
+
+    assert tuple(tasks.LOSSES) == names.LOSS_NAMES
+    assert tuple(tasks.METRICS) == names.METRIC_NAMES
+    assert augment.AUGMENT_CHOICES == names.AUGMENT_CHOICES
+    with pytest.raises(RuntimeError, match="declares"):
+        names.check_implemented("losses", names.LOSS_NAMES, {**tasks.LOSSES, "huber": None})
