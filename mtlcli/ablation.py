@@ -24,15 +24,15 @@ import pandas as pd
 import torch
 
 from mtlcli import __version__, methods
+from mtlcli.data.device import DeviceSplit
 from mtlcli.data.store import PreparedDataset
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError
-from mtlcli.evaluation import DeviceSplit
 from mtlcli.methods._representation import representation_grads
 from mtlcli.methods.base import Step
 from mtlcli.recipe import MethodConfig, Recipe, parse_yaml
 from mtlcli.report.tables import Table
-from mtlcli.trainer import input_normalization, load_dataset, make_model, make_optimizer, resolve_device, tasks_of
+from mtlcli.training.build import input_normalization, load_dataset, make_model, make_optimizer, resolve_device, tasks_of
 
 KIND = "mtl-ablation"
 BLOCK = 5  # timed steps per method before the next method takes its turn

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mtlcli.data.registry import DATASETS
 from mtlcli.errors import MtlError, RecipeError
-from mtlcli.methods import REGISTRY, option_problems
+from mtlcli.methods.registry import REGISTRY, option_problems
 from mtlcli.models.registry import ENCODERS, encoder_option_problems
 from mtlcli.names import AUGMENT_CHOICES, LOSS_NAMES, METRIC_NAMES
 from mtlcli.schema import closest, describe_error, did_you_mean, non_string_keys, show, unknown_name

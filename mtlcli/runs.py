@@ -1,7 +1,8 @@
 """Run directories: created atomically with unique names, and self-describing.
 
 A run directory holds `recipe.yaml` (the resolved recipe), `metrics.jsonl` (one line per epoch),
-`best.pt` / `last.pt` checkpoints and, once training has finished, `summary.json`.
+`best.pt` / `last.pt` checkpoints and, once training has finished, `summary.json`. While it trains, its
+`RunLock` keeps a second trainer out. (No torch here: listing and reading runs stays cheap.)
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run directories are not locked
+    fcntl = None  # type: ignore[assignment]
 
 from mtlcli.errors import RunError
 from mtlcli.io import read_jsonl, write_text_atomic
@@ -40,6 +46,50 @@ def create_run_dir(out_dir: Path, method: str, seed: int) -> Path:
 def write_recipe(run_dir: Path, recipe: dict[str, Any]) -> None:
     header = f"# resolved recipe of this run; run again: mtl train {run_dir / RECIPE}\n"
     write_text_atomic(run_dir / RECIPE, header + yaml.safe_dump(recipe, sort_keys=False))
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while it trains (a second trainer is refused).
+
+    `flock` locks die with their process, so a kill -9 never leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._handle: Any = None
+
+    def acquire(self) -> RunLock:
+        if fcntl is None:
+            return self
+        handle = open(self.run_dir / ".lock", "a+b")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunError(f"{self.run_dir} is being trained by another process", hint="wait for it, or stop it first") from None
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def open_new_run(out_dir: Path, method: str, seed: int, recipe: dict[str, Any]) -> RunLock:
+    """A new run directory, locked, with its recipe and an empty metrics.jsonl: a run directory from the start,
+    resumable once its first checkpoint is written. Returns the held lock (`.run_dir` is the directory)."""
+    lock = RunLock(create_run_dir(out_dir, method, seed)).acquire()
+    write_recipe(lock.run_dir, recipe)
+    (lock.run_dir / METRICS).touch()
+    return lock
 
 
 @dataclass

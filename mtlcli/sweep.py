@@ -14,7 +14,7 @@ from mtlcli.io import write_json_atomic
 from mtlcli.methods.grid import MAX_GRID_RUNS, GridOptions, default_points, grid_size, simplex_grid
 from mtlcli.recipe import Recipe
 from mtlcli.runs import SUMMARY, create_run_dir
-from mtlcli.trainer import Trainer
+from mtlcli.training.loop import Trainer
 
 GRID = "grid.json"
 

@@ -29,23 +29,17 @@ app = typer.Typer(
 
 
 def torch_build() -> tuple[str | None, str | None]:
-    """(torch version, CUDA version torch was built with, None for a CPU build), read without importing torch."""
-    from importlib import metadata, util
-
-    try:
-        version = metadata.version("torch")
-    except metadata.PackageNotFoundError:
-        return None, None
-    spec = util.find_spec("torch")
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    for folder in folders:
+    """(torch version, CUDA version torch was built with or None for a CPU build), read from torch/version.py
+    on the path without importing torch (which takes seconds)."""
+    for entry in sys.path:
         try:
-            text = (Path(folder) / "version.py").read_text(encoding="utf-8")
+            text = (Path(entry or ".") / "torch" / "version.py").read_text(encoding="utf-8")
         except OSError:
             continue
-        match = re.search(r"^cuda\s*(?::[^=\n]*)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
-        return version, match.group(1) if match else None
-    return version, None
+        version = re.search(r"^__version__\s*(?::[^=\n]*)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        cuda = re.search(r"^cuda\s*(?::[^=\n]*)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        return (version.group(1) if version else None), (cuda.group(1) if cuda else None)
+    return None, None
 
 
 def version_line() -> str:

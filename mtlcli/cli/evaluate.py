@@ -38,11 +38,12 @@ def evaluate(
     """Evaluate a checkpoint; prints a table and writes eval-<split>-<checkpoint>.json in the run."""
     from tabulate import tabulate
 
-    from mtlcli.evaluation import evaluate as evaluate_model
     from mtlcli.io import write_json_atomic
     from mtlcli.recipe import validate
     from mtlcli.runs import BEST, LAST, read_run
-    from mtlcli.trainer import device_splits, load_checkpoint, load_dataset, make_model, resolve_device, tasks_of
+    from mtlcli.training.build import device_splits, load_dataset, make_model, resolve_device, tasks_of
+    from mtlcli.training.checkpoint import load_checkpoint
+    from mtlcli.training.evaluation import evaluate as evaluate_model
 
     run = read_run(run_dir)
     recipe = validate(run.recipe, source=str(run.path / "recipe.yaml"))

@@ -50,6 +50,7 @@ def prepare(
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if already prepared.")] = False,
 ) -> None:
     """Build a dataset once into DATA_DIR/<dataset>/ (uint8 arrays + meta.json with checksums)."""
+    from mtlcli.data.preparers import prepare_dataset
     from mtlcli.data.store import resolve_data_dir
     spec = registry.get(dataset)
     if size is not None and not spec.min_size <= size <= spec.max_size:
@@ -64,7 +65,7 @@ def prepare(
         workers=workers,
         console=err_console,
     )
-    result = spec.prepare(request)
+    result = prepare_dataset(spec.name, request)
     meta = result.meta
     counts = ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())
     side = meta["size"]

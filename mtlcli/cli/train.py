@@ -15,7 +15,7 @@ from mtlcli.cli._common import err_console, handle_errors, out_console
 from mtlcli.errors import MtlError
 
 if TYPE_CHECKING:
-    from mtlcli.trainer import Trainer
+    from mtlcli.training.loop import Trainer
 
 
 @handle_errors
@@ -68,7 +68,7 @@ def train(
     from mtlcli import recipe as recipes  # validation imports no torch: a recipe error prints at once
 
     if resume is not None:
-        from mtlcli.trainer import Trainer
+        from mtlcli.training.loop import Trainer
 
         if recipe is not None or any(v is not None for v in (method, epochs, seed, seeds, device, out, data_dir)) or set_:
             raise MtlError("--resume takes no recipe or overrides: a run continues with its own recipe")
@@ -87,7 +87,7 @@ def train(
         for s in seed_list
     ]  # every seed's recipe is validated before the first one trains
     from mtlcli.sweep import train_grid
-    from mtlcli.trainer import Trainer
+    from mtlcli.training.loop import Trainer
 
     for i, one in enumerate(resolved):
         if len(resolved) > 1:

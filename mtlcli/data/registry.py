@@ -9,7 +9,6 @@ never name a dataset. Adding a dataset = one module under `mtlcli.data` + one en
 from __future__ import annotations
 
 import difflib
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,7 +78,6 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_encoder: str
-    prepare_with: str  # "module:function" under mtlcli.data: (spec, request) -> Prepared, imported when it runs
     how_to_get: str
     aliases: tuple[str, ...] = ()
     uses_seed: bool = True  # whether `--seed` changes what prepare builds (pairing, validation split)
@@ -117,11 +115,6 @@ class DatasetSpec:
     def task(self, name: str) -> TaskSpec | None:
         return next((t for t in self.tasks if t.name == name), None)
 
-    def prepare(self, request: PrepareRequest) -> Prepared:
-        """Build the dataset (`mtl prepare`): imports its module (numpy, torch, ...) and runs its prepare."""
-        module, _, function = self.prepare_with.partition(":")
-        return getattr(importlib.import_module(f"mtlcli.data.{module}"), function)(self, request)
-
 
 # ----------------------------------------------------------------------------- MNIST family
 def _paired(name: str, aliases: tuple[str, ...] = ()) -> DatasetSpec:
@@ -138,7 +131,6 @@ def _paired(name: str, aliases: tuple[str, ...] = ()) -> DatasetSpec:
         mean=(0.1307,),
         std=(0.3081,),
         default_encoder="multilenet",
-        prepare_with="prepare:prepare_paired",
         how_to_get=f"downloaded by `mtl prepare {name}` ({raw} IDX files; or --source DIR with the raw files)",
         aliases=aliases,
     )
@@ -166,7 +158,6 @@ CELEBA = DatasetSpec(
     mean=(0.5, 0.5, 0.5),
     std=(0.5, 0.5, 0.5),
     default_encoder="resnet18-cifar",
-    prepare_with="celeba:prepare",
     how_to_get=(
         "the official release (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html: img_align_celeba, "
         "list_attr_celeba.txt, list_eval_partition.txt), then `mtl prepare celeba --source DIR`"
@@ -204,7 +195,6 @@ CITYSCAPES = DatasetSpec(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     default_encoder="resnet50-dilated",
-    prepare_with="cityscapes:prepare",
     how_to_get=(
         "the official release (https://www.cityscapes-dataset.com/downloads/, free registration: "
         "leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip, disparity_trainvaltest.zip), "
@@ -231,7 +221,6 @@ NYUV2 = DatasetSpec(
     mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0),
     default_encoder="segnet-split",
-    prepare_with="nyuv2:prepare",
     how_to_get=(
         "the preprocessed NYUv2 of MTAN (https://github.com/lorenmt/mtan: nyuv2.zip, 795 train / 654 val "
         "images at 288x384 as .npy), then `mtl prepare nyuv2 --source DIR`"

@@ -1,21 +1,21 @@
 """The method registry: names, options schemas, summaries and papers, apart from the implementations.
 
 Completing and checking method names read this module, which imports neither torch, pydantic nor any
-method: each entry names its implementation as "module:Class"
-under `mtlcli.methods`, imported by `MethodInfo.load` when a run builds the method, and its options schema
-by name in `mtlcli.methods.options`, imported when options are listed or validated.
+method. Each entry names its options schema in `mtlcli.methods.options` (pydantic, imported when options
+are listed or validated); the implementations are in `mtlcli.methods.implementations` (torch), imported
+when a run builds a method.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mtlcli.errors import MtlError
+
 if TYPE_CHECKING:
-    from mtlcli.methods.base import Method
     from mtlcli.methods.options import Options
+    from mtlcli.schema import Problem
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,6 @@ class MethodInfo:
     """A registry entry: where the method lives, its options schema, and what to show users."""
 
     name: str
-    implementation: str  # "module:attribute" under mtlcli.methods: the class (or factory) called with the options
     options_schema: str  # its options class in mtlcli.methods.options (pydantic: imported when first read)
     summary: str
     paper: str
@@ -32,12 +31,9 @@ class MethodInfo:
     @property
     def options(self) -> type[Options]:
         """The options schema (imports pydantic and `mtlcli.methods.options` on first use)."""
-        return getattr(importlib.import_module("mtlcli.methods.options"), self.options_schema)
+        from mtlcli.methods import options
 
-    def load(self) -> Callable[[Any], Method]:
-        """Import the implementation (torch and the method's module) and return its factory."""
-        module, _, attribute = self.implementation.partition(":")
-        return getattr(importlib.import_module(f"mtlcli.methods.{module}"), attribute)
+        return getattr(options, self.options_schema)
 
 
 SENER = "Sener & Koltun, NeurIPS 2018"
@@ -48,110 +44,95 @@ REGISTRY: dict[str, MethodInfo] = {
     for info in (
         MethodInfo(
             "single-task",
-            "single_task:SingleTask",
             "SingleTaskOptions",
             "one independent network per task (nothing shared), trained in one run: the reference",
             "baseline",
             independent_networks=True,
         ),
-        MethodInfo("uniform", "uniform:Uniform", "UniformOptions", "mean of the task losses", "baseline"),
-        MethodInfo("static", "static:Static", "StaticOptions", "fixed weights on the simplex: sum_t w_t L_t", "baseline"),
+        MethodInfo("uniform", "UniformOptions", "mean of the task losses", "baseline"),
+        MethodInfo("static", "StaticOptions", "fixed weights on the simplex: sum_t w_t L_t", "baseline"),
         MethodInfo(
             "grid",
-            "grid:sweep_only",
             "GridOptions",
             "static over an even grid of the simplex, one run each, best marked on validation",
             f"{SENER} (grid-search baseline)",
         ),
         MethodInfo(
             "uncertainty",
-            "uncertainty:Uncertainty",
             "UncertaintyOptions",
             "learnable log-variances s_t: sum_t exp(-s_t) L_t + s_t/2 (classification form)",
             "Kendall, Gal & Cipolla, CVPR 2018",
         ),
         MethodInfo(
             "gradnorm",
-            "gradnorm:GradNorm",
             "GradNormOptions",
             "learnt weights (sum T) equalising gradient norms on the last shared layer, paced by training rates",
             "Chen et al., ICML 2018",
         ),
         MethodInfo(
             "mgda",
-            "mgda:Mgda",
             "MgdaExactOptions",
             "exact MGDA: min-norm point of the task gradients w.r.t. the shared parameters",
             SENER,
         ),
         MethodInfo(
             "mgda-ub",
-            "mgda_ub:MgdaUb",
             "MgdaOptions",
             "min-norm point of the task gradients w.r.t. the shared representation (one encoder backward)",
             SENER,
         ),
         MethodInfo(
             "mgda-unconstrained",
-            "mgda_unconstrained:MgdaUnconstrained",
             "MgdaUnconstrainedOptions",
             "closed-form min-norm point without alpha >= 0 (affine hull), on the representation",
             f"{IMTL}, appendix C.2",
         ),
         MethodInfo(
             "imtl-g",
-            "imtl_g:ImtlG",
             "ImtlGOptions",
             "closed-form weights giving equal projections on every unit task gradient, on the representation",
             IMTL,
         ),
         MethodInfo(
             "imtl-g-exact",
-            "imtl_g:ImtlGExact",
             "ImtlGExactOptions",
             "IMTL-G on the shared-parameter gradients",
             IMTL,
         ),
-        MethodInfo("imtl-l", "imtl_l:ImtlL", "ImtlLOptions", "learnable loss scales: sum_t e^{s_t} L_t - s_t", IMTL),
+        MethodInfo("imtl-l", "ImtlLOptions", "learnable loss scales: sum_t e^{s_t} L_t - s_t", IMTL),
         MethodInfo(
             "imtl",
-            "imtl:Imtl",
             "ImtlOptions",
             "hybrid: IMTL-L scaled losses, IMTL-G weights for the encoder, raw scaled grads for the heads",
             f"{IMTL}, Algorithm 1",
         ),
-        MethodInfo("gls", "gls:Gls", "GlsOptions", "geometric mean of the task losses", "Chennupati et al., CVPR-W 2019"),
+        MethodInfo("gls", "GlsOptions", "geometric mean of the task losses", "Chennupati et al., CVPR-W 2019"),
         MethodInfo(
             "pcgrad",
-            "pcgrad:PcGrad",
             "PcGradOptions",
             "project conflicting shared-parameter gradients on each other's normal planes, random order",
             "Yu et al., NeurIPS 2020",
         ),
         MethodInfo(
             "famo",
-            "famo:Famo",
             "FamoOptions",
             "softmax logits z moved by the observed log-loss decreases (own Adam): sum_t z_t log L_t / c, balanced rates",
             "Liu et al., NeurIPS 2023 (FAMO)",
         ),
         MethodInfo(
             "dwa",
-            "dwa:Dwa",
             "DwaOptions",
             "weights K softmax(L_t(e-1) / L_t(e-2) / T) from the last two epochs' mean losses (1 at first): sum_t w_t L_t",
             "Liu, Johns & Davison, CVPR 2019",
         ),
         MethodInfo(
             "rlw",
-            "rlw:Rlw",
             "RlwOptions",
             "random weights drawn every step (softmax of a standard normal draw by default): sum_t w_t L_t",
             "Lin et al., TMLR 2022",
         ),
         MethodInfo(
             "upgrad",
-            "upgrad:UPGrad",
             "UPGradOptions",
             "mean of the task gradients each projected onto the dual cone of all of them (conflicts with none), "
             "on z or, with level: shared, the shared parameters",
@@ -159,7 +140,6 @@ REGISTRY: dict[str, MethodInfo] = {
         ),
         MethodInfo(
             "dualproj",
-            "dualproj:DualProj",
             "DualProjOptions",
             "mean task gradient projected onto the dual cone of the task gradients (GEM's projection), "
             "on z or, with level: shared, the shared parameters",
@@ -167,7 +147,6 @@ REGISTRY: dict[str, MethodInfo] = {
         ),
         MethodInfo(
             "cagrad",
-            "cagrad:Cagrad",
             "CagradOptions",
             "mean gradient moved within a ball of radius c ||g_0|| to maximise the worst task's decrease "
             "(exact dual on the Gram matrix), on z or, with level: shared, the shared parameters",
@@ -175,59 +154,79 @@ REGISTRY: dict[str, MethodInfo] = {
         ),
         MethodInfo(
             "gradvac",
-            "gradvac:GradVac",
             "GradVacOptions",
             "move each task gradient up to EMA cosine goals with the others, random order",
             "Wang, Tsvetkov, Firat & Cao, ICLR 2021 (Gradient Vaccine)",
         ),
         MethodInfo(
             "graddrop",
-            "graddrop:GradDrop",
             "GradDropOptions",
             "per element of dL/dz, keep one sign, chosen with probability of its purity",
             "Chen et al., NeurIPS 2020 (GradDrop)",
         ),
         MethodInfo(
             "nash-mtl",
-            "nash_mtl:NashMtl",
             "NashMtlOptions",
             "Nash bargaining update sum_t a_t g_t with G a = 1/a (exact Newton), on z or shared params",
             "Navon et al., ICML 2022 (Nash-MTL)",
         ),
         MethodInfo(
             "db-mtl",
-            "db_mtl:DbMtl",
             "DbMtlOptions",
             "log-losses; EMA of their gradients, each scaled to the largest norm, summed",
             "Lin, Ye, Xu, Shi & Zhang, 2023 (DB-MTL)",
         ),
         MethodInfo(
             "moco",
-            "moco:Moco",
             "MocoOptions",
             "tracked loss-scaled task gradients; weights by one projected MGDA step",
             "Fernando et al., ICLR 2023 (MoCo)",
         ),
         MethodInfo(
             "aligned-mtl",
-            "aligned_mtl:AlignedMtl",
             "AlignedMtlOptions",
             "task gradients aligned to equal singular values (condition number 1), mean",
             "Senushkin et al., CVPR 2023 (Aligned-MTL)",
         ),
         MethodInfo(
             "fairgrad",
-            "fairgrad:FairGrad",
             "FairGradOptions",
             "alpha-fair update sum_t w_t g_t with G w = w^(-1/alpha) (exact Newton)",
             "Ban & Ji, ICML 2024 (FairGrad)",
         ),
         MethodInfo(
             "stch",
-            "stch:Stch",
             "StchOptions",
             "smooth Tchebycheff: T mu logsumexp(log(L_t/n_t)/mu), n set by a log warm-up",
             "Lin et al., ICML 2024 (STCH)",
         ),
     )
 }
+
+
+def unknown_method(name: str) -> MtlError:
+    return MtlError(f"unknown method {name!r}", hint=f"choose one of: {', '.join(REGISTRY)}")
+
+
+def option_problems(name: str, options: dict[str, Any]) -> list[Problem]:
+    """Problems with `options` for method `name`, as (key path, message) pairs; empty when valid."""
+    from mtlcli import schema
+
+    if name not in REGISTRY:
+        raise unknown_method(name)
+    info = REGISTRY[name]
+    known = sorted(info.options.model_fields)
+
+    def unknown_key(key: str) -> str:
+        users = [m for m, i in REGISTRY.items() if key in i.options.model_fields]
+        where = f"applies to {', '.join(users)}" if users else "is not an option of any method"
+        close = schema.closest(key, known)
+        valid = f"did you mean {close!r}?" if close else f"options of {name}: {', '.join(known) or 'none'}"
+        return f"does not apply to {name}: it {where} ({valid})"
+
+    return schema.option_problems(info.options, options, unknown_key)
+
+
+def needs_independent_networks(name: str) -> bool:
+    """Whether method `name` trains one network per task (the single-task baseline)."""
+    return name in REGISTRY and REGISTRY[name].independent_networks

@@ -6,7 +6,6 @@ cheap; the torch side (`MultiTaskModel`, `build_model`, ...) is loaded on first 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from mtlcli.models.registry import ENCODERS, EncoderSpec, encoder_option_problems
@@ -28,19 +27,14 @@ __all__ = [
     "encoder_option_problems",
 ]
 
-_LAZY = {
-    "IndependentEncoders": "mtlcli.models.multitask",
-    "MultiTaskModel": "mtlcli.models.multitask",
-    "SliceHead": "mtlcli.models.multitask",
-    "build_model": "mtlcli.models.multitask",
-    "count_parameters": "mtlcli.models.multitask",
-    "MultiLeNetEncoder": "mtlcli.models.lenet",
-    "MultiLeNetHead": "mtlcli.models.lenet",
-}
-
-
 def __getattr__(name: str) -> Any:
     """The torch side of the public API, imported on first use."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in ("IndependentEncoders", "MultiTaskModel", "SliceHead", "build_model", "count_parameters"):
+        from mtlcli.models import multitask
+
+        return getattr(multitask, name)
+    if name in ("MultiLeNetEncoder", "MultiLeNetHead"):
+        from mtlcli.models import lenet
+
+        return getattr(lenet, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

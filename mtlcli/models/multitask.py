@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlcli.models.builders import BUILDERS
 from mtlcli.models.registry import ENCODERS, InputShape
 
 __all__ = ["IndependentEncoders", "MultiTaskModel", "SliceHead", "build_model", "count_parameters"]
@@ -89,19 +90,21 @@ def build_model(
     spec = ENCODERS[encoder]
     opts = spec.options.model_validate(options or {})
 
+    build_encoder, build_head = BUILDERS[encoder]
+
     def new_encoder() -> nn.Module:
-        return spec.encoder(input_shape, opts)
+        return build_encoder(input_shape, opts)
 
     if independent:
         encoders = [new_encoder() for _ in num_classes]
         width = encoders[0].out_features
         heads: dict[str, nn.Module] = {
-            name: SliceHead(spec.head(width, n, input_shape, opts), i * width, (i + 1) * width)
+            name: SliceHead(build_head(width, n, input_shape, opts), i * width, (i + 1) * width)
             for i, (name, n) in enumerate(num_classes.items())
         }
         return MultiTaskModel(IndependentEncoders(encoders), heads)
     shared = new_encoder()
-    heads = {name: spec.head(shared.out_features, n, input_shape, opts) for name, n in num_classes.items()}
+    heads = {name: build_head(shared.out_features, n, input_shape, opts) for name, n in num_classes.items()}
     return MultiTaskModel(shared, heads)
 
 

@@ -1,13 +1,12 @@
 """The encoder registry: each encoder's options schema, input check and builders, apart from torch.
 
 Validating a recipe (`model:` options, whether `data.size` fits the encoder) and listing encoders read this
-module without importing torch; each entry names its builders as "module:function" under `mtlcli.models`,
+module without importing torch; the builders of each encoder and its head are in `mtlcli.models.builders`,
 imported when a run builds the model.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,7 @@ from mtlcli.models._input import dilated_resnet_input_problem, resnet_cifar_inpu
 from mtlcli.schema import Problem, option_problems
 
 if TYPE_CHECKING:
-    from torch import nn
+    pass
 
 __all__ = ["ENCODERS", "EncoderSpec", "InputShape", "encoder_option_problems"]
 
@@ -59,27 +58,12 @@ InputShape = tuple[int, int, int]  # (channels, height, width)
 
 @dataclass(frozen=True)
 class EncoderSpec:
-    """A registry entry: the encoder (input shape -> z, with `out_features` and `last_layer`) and its head."""
+    """A registry entry: an encoder (input shape -> z, with `out_features` and `last_layer`), its options and input check."""
 
     name: str
     description: str
     options: type[BaseModel]
-    encoder_with: str  # "module:function" under mtlcli.models: (input shape, options) -> encoder
-    head_with: str  # "module:function": (z features or channels, outputs, input shape, options) -> head
     input_problem: Callable[[InputShape], str | None] = lambda _shape: None  # why it cannot take this input, if so
-
-    def encoder(self, shape: InputShape, options: Any) -> nn.Module:
-        """A new encoder for inputs of `shape` (imports its torch module)."""
-        return _load(self.encoder_with)(shape, options)
-
-    def head(self, features: int, outputs: int, shape: InputShape, options: Any) -> nn.Module:
-        """A new head with `outputs` outputs on `features` features (or channels) of z."""
-        return _load(self.head_with)(features, outputs, shape, options)
-
-
-def _load(where: str) -> Callable[..., nn.Module]:
-    module, _, function = where.partition(":")
-    return getattr(importlib.import_module(f"mtlcli.models.{module}"), function)
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -89,31 +73,23 @@ ENCODERS: dict[str, EncoderSpec] = {
             "multilenet",
             "MultiLeNet (Sener & Koltun 2018): 2 conv + FC, z is `hidden`-d; heads FC-ReLU-dropout-FC",
             MultiLeNetOptions,
-            "lenet:build_encoder",
-            "lenet:build_head",
         ),
         EncoderSpec(
             "resnet18-cifar",
             "CIFAR-style ResNet-18 (3x3 stem, no max-pool, avg-pool 4): z is 2048-d at 64x64; heads Linear(z, classes)",
             ResNetOptions,
-            "resnet:build_encoder",
-            "resnet:build_head",
             resnet_cifar_input_problem,
         ),
         EncoderSpec(
             "resnet50-dilated",
             "ResNet-50 dilated to output stride 8 (Sener & Koltun 2018, Cityscapes): z is [2048, H/8, W/8]; a PSP head per task",
             DilatedResNetOptions,
-            "dilated_resnet:build_encoder",
-            "psp:build_head",
             dilated_resnet_input_problem,
         ),
         EncoderSpec(
             "segnet-split",
             "split SegNet (MTAN, Liu et al. 2019, NYUv2): shared SegNet, z is [64, H, W]; heads conv 3x3 + conv 1x1",
             SegNetOptions,
-            "segnet:build_encoder",
-            "segnet:build_head",
             segnet_input_problem,
         ),
     )

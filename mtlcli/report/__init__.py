@@ -10,18 +10,16 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 __all__ = ["MAX_STDOUT_COLUMNS", "write_report"]
 
 MAX_STDOUT_COLUMNS = 12  # task-metric columns a methods table may have on stdout; NYUv2's 9 (IMTL / Nash-MTL Table 2) fit
 
-_LAZY = {"write_report": "mtlcli.report.folder"}
-
-
 def __getattr__(name: str) -> Any:
     """`write_report` (pandas, matplotlib) is imported on first use, not with the package."""
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "write_report":
+        from mtlcli.report.folder import write_report
+
+        return write_report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

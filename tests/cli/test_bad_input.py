@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from mtlcli.cli import app
 from mtlcli.io import sha256_file
-from mtlcli.trainer import TrainingInterrupted
+from mtlcli.training import TrainingInterrupted
 from tests.integration._reliability import recipe, signal_at_step, trainer
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mtlcli.cli import app
-from mtlcli.trainer import TrainingInterrupted
+from mtlcli.training import TrainingInterrupted
 from tests.integration._reliability import recipe, signal_at_step, trainer
 
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mtlcli.cli import app
-from mtlcli.trainer import load_checkpoint
+from mtlcli.training import load_checkpoint
 from tests.cli.test_bad_input import assert_clean_error
 from tests.integration._reliability import assert_same_run, metrics, recipe, trainer
 

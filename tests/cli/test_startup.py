@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +21,8 @@ except SystemExit as exc:
     code = exc.code
 else:
     code = 0
-print("\\nPROBE " + json.dumps({"code": code, "heavy": sorted(m for m in %r if m in sys.modules)}))
-""" % (HEAVY,)
+print("\\nPROBE " + json.dumps({"code": code, "heavy": sorted(m for m in HEAVY if m in sys.modules)}))
+""".replace("HEAVY", repr(HEAVY))
 
 
 def probe(args: list[str], cwd: Path, **env: str) -> tuple[int, list[str], str]:
@@ -112,12 +111,8 @@ def test_version_names_mtl_torch_and_python_on_one_line() -> None:
     from mtlcli import __version__
     from mtlcli.cli import version_line
 
-    line = version_line()
-    assert "\n" not in line
     cuda = f", CUDA {torch.version.cuda}" if torch.version.cuda else ""
-    assert line == f"mtl {__version__}, torch {torch.__version__.split('+')[0]}{cuda}, Python {platform.python_version()}" or (
-        re.fullmatch(rf"mtl {re.escape(__version__)}, torch {re.escape(torch.__version__)}{re.escape(cuda)}, Python \S+", line)
-    )
+    assert version_line() == f"mtl {__version__}, torch {torch.__version__}{cuda}, Python {platform.python_version()}"
 
 
 def test_set_keys_cover_every_recipe_section_and_option() -> None:

@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 
 from mtlcli.recipe import validate
-from mtlcli.trainer import Trainer, load_checkpoint
+from mtlcli.training import Trainer, load_checkpoint
 from tests.conftest import ROOT, load_shipped_recipe
 
 TIMING_KEYS = {"epoch_seconds", "eval_seconds", "step_seconds_mean", "step_seconds_median"}

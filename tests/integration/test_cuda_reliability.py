@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from mtlcli.trainer import NonFiniteError, Trainer, TrainingInterrupted, load_checkpoint
+from mtlcli.training import NonFiniteError, Trainer, TrainingInterrupted, load_checkpoint
 from tests.integration._reliability import metrics, recipe, signal_at_step, trainer
 from tests.integration.test_nonfinite import STEPS, poison_task
 

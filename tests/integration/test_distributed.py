@@ -20,7 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mtlcli.cli import app
-from mtlcli.trainer import load_checkpoint
+from mtlcli.training import load_checkpoint
 from tests.conftest import ROOT, load_shipped_recipe
 
 runner = CliRunner()

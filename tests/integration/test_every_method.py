@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mtlcli.cli import app
 from mtlcli.methods import REGISTRY, build
-from mtlcli.trainer import load_checkpoint
+from mtlcli.training import load_checkpoint
 
 runner = CliRunner()
 PER_STEP = [name for name in REGISTRY if name != "grid"]
@@ -89,7 +89,7 @@ def test_interrupted_run_resumes_exactly_with_the_method_state(method: str, tiny
     import signal
 
     from mtlcli.recipe import validate
-    from mtlcli.trainer import Trainer, TrainingInterrupted
+    from mtlcli.training import Trainer, TrainingInterrupted
 
     tiny_recipe["train"]["epochs"] = 2
     tiny_recipe["method"] = {"name": method}

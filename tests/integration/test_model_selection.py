@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from mtlcli import trainer as trainer_module
-from mtlcli.trainer import load_checkpoint
+from mtlcli.runs import BEST
+from mtlcli.training import load_checkpoint
+from mtlcli.training import loop as loop_module
 from tests.integration._reliability import recipe, trainer
 
 # per epoch: (val accuracy, test accuracy). Validation peaks at epoch 2, test at epochs 1 and 3.
@@ -28,12 +29,12 @@ def test_best_epoch_follows_validation_and_never_test(data_dir, tmp_path, monkey
         value = SCRIPT[epoch][0 if which == "val" else 1]
         return {task.name: {"accuracy": value, "loss": 1.0} for task in tasks}
 
-    monkeypatch.setattr(trainer_module, "evaluate", scripted)
+    monkeypatch.setattr(loop_module, "evaluate", scripted)
     best_weights: dict[int, dict[str, torch.Tensor]] = {}
     real_save = t.save
 
     def save(name: str, state: dict[str, Any]) -> None:
-        if name == trainer_module.BEST:
+        if name == BEST:
             best_weights[t.position.epoch - 1] = {k: v.clone() for k, v in state["model"].items()}
         real_save(name, state)
 

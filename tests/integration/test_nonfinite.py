@@ -12,9 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mtlcli import trainer as trainer_module
 from mtlcli.cli import app
-from mtlcli.trainer import NonFiniteError, Trainer, load_checkpoint
+from mtlcli.training import NonFiniteError, Trainer, load_checkpoint
+from mtlcli.training import loop as loop_module
 from tests.integration._reliability import recipe, trainer
 
 STEPS = 4
@@ -63,7 +63,7 @@ def test_inf_gradient_stops_naming_the_parameter(data_dir, tmp_path) -> None:
 
 
 def test_cli_prints_one_clear_line_and_exits_non_zero(data_dir, tmp_path, write_recipe, monkeypatch) -> None:
-    real = trainer_module.make_model
+    real = loop_module.make_model
     calls = {"n": 0}
 
     def poisoned(*args: Any, **kwargs: Any) -> torch.nn.Module:
@@ -79,7 +79,7 @@ def test_cli_prints_one_clear_line_and_exits_non_zero(data_dir, tmp_path, write_
         model.heads["left"].register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(trainer_module, "make_model", poisoned)
+    monkeypatch.setattr(loop_module, "make_model", poisoned)
     path = write_recipe(recipe(data_dir, tmp_path / "out", epochs=1))
     result = CliRunner().invoke(app, ["train", str(path), "-q"])
     assert result.exit_code == 1
@@ -117,7 +117,7 @@ def test_skip_drops_bad_steps_counts_them_and_finishes(data_dir, tmp_path) -> No
 
 def test_guard_on_cuda_stop_defers_the_check_without_a_per_step_sync() -> None:
     """The device-side record (used on CUDA under `stop`) keeps the first bad step and its losses."""
-    from mtlcli.trainer import NonFiniteGuard
+    from mtlcli.training import NonFiniteGuard
 
     p = torch.nn.Parameter(torch.zeros(2))
     guard = NonFiniteGuard(["a", "b"], [("w", p)], torch.device("cpu"), "stop")
@@ -132,7 +132,7 @@ def test_guard_on_cuda_stop_defers_the_check_without_a_per_step_sync() -> None:
 
 
 def test_guard_flags_each_parameter_and_ignores_those_without_gradients() -> None:
-    from mtlcli.trainer import NonFiniteGuard
+    from mtlcli.training import NonFiniteGuard
 
     a, b, c = (torch.nn.Parameter(torch.zeros(3)) for _ in range(3))
     guard = NonFiniteGuard(["t"], [("a", a), ("b", b), ("c", c)], torch.device("cpu"), "stop")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from mtlcli import trainer as trainer_module
 from mtlcli.errors import RunError
-from mtlcli.trainer import RunLock, Trainer, TrainingInterrupted, load_checkpoint
+from mtlcli.runs import RunLock
+from mtlcli.training import Trainer, TrainingInterrupted, load_checkpoint
+from mtlcli.training import loop as loop_module
 from tests.integration._reliability import assert_same_run, metrics, recipe, signal_at_step, trainer
 
 STEPS = 4  # 108 tiny training images in batches of 32
@@ -63,13 +64,13 @@ def test_checkpoint_holds_every_rng_and_loads_weights_only(data_dir, tmp_path) -
 
 def test_checkpoint_every_n_epochs_and_always_at_the_end(data_dir, tmp_path, monkeypatch) -> None:
     saved: list[tuple[str, int]] = []
-    real = trainer_module.save_checkpoint
+    real = loop_module.save_checkpoint
 
     def spy(path, state) -> None:
         saved.append((path.name, int(state["position"]["epoch"]) - 1))
         real(path, state)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", spy)
+    monkeypatch.setattr(loop_module, "save_checkpoint", spy)
     trainer(recipe(data_dir, tmp_path / "out", epochs=5, checkpoint_every=2)).run()
     assert [epoch for name, epoch in saved if name == "last.pt"] == [2, 4, 5]
 
@@ -111,7 +112,7 @@ def test_a_run_being_trained_cannot_be_resumed_twice(data_dir, tmp_path) -> None
 def test_a_crash_between_last_and_best_is_repaired_on_resume(data_dir, tmp_path, monkeypatch) -> None:
     raw = recipe(data_dir, tmp_path / "out", epochs=2)
     reference = trainer(raw).run()
-    real = trainer_module.save_checkpoint
+    real = loop_module.save_checkpoint
 
     class Crash(Exception):
         """Raised by the test to simulate a crash."""
@@ -121,12 +122,12 @@ def test_a_crash_between_last_and_best_is_repaired_on_resume(data_dir, tmp_path,
             raise Crash
         real(path, state)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", crash_on_first_best)
+    monkeypatch.setattr(loop_module, "save_checkpoint", crash_on_first_best)
     first = trainer(raw)
     with pytest.raises(Crash):
         first.run()
     assert (first.run_dir / "last.pt").is_file() and not (first.run_dir / "best.pt").exists()
-    monkeypatch.setattr(trainer_module, "save_checkpoint", real)
+    monkeypatch.setattr(loop_module, "save_checkpoint", real)
     Trainer.resume(first.run_dir, show_progress=False).run()
     assert_same_run(reference, first.run_dir)
     best, expected = load_checkpoint(first.run_dir / "best.pt"), load_checkpoint(reference / "best.pt")

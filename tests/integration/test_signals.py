@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mtlcli.cli import app
-from mtlcli.trainer import load_checkpoint
+from mtlcli.training import load_checkpoint
 from tests.integration._reliability import assert_same_run, metrics, recipe, start_cli, trainer, wait_for_line
 
 EPOCHS = 5  # batch 4: 27 steps per epoch, about 0.2 s each: long enough to be interrupted

@@ -69,7 +69,7 @@ ALLOWED = {
     "mtlcli/io.py": "the atomic helpers themselves (temp file + fsync + rename; one-write appends)",
     "mtlcli/data/store.py": "writes inside a temporary directory that is renamed into place when complete; opens lock files",
     "mtlcli/data/sources.py": "downloads to NAME.part, checks the MD5, then renames",
-    "mtlcli/trainer.py": "touches an empty metrics.jsonl and opens the run's lock file (no content)",
+    "mtlcli/runs.py": "touches an empty metrics.jsonl and opens the run's lock file (no content)",
 }
 
 

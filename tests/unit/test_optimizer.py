@@ -9,7 +9,7 @@ import torch
 
 from mtlcli import methods
 from mtlcli import recipe as recipes
-from mtlcli.trainer import make_optimizer
+from mtlcli.training.build import make_optimizer
 from tests.conftest import load_shipped_recipe
 
 

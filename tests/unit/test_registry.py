@@ -11,13 +11,13 @@ import torch
 
 from mtlcli import recipe as recipes
 from mtlcli.data import registry
+from mtlcli.data.device import DeviceSplit
 from mtlcli.data.store import IGNORE_INDEX, PreparedDataset
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import DataError, RecipeError
-from mtlcli.evaluation import DeviceSplit
 from mtlcli.models import ENCODERS
 from mtlcli.tasks import LOSSES, METRICS
-from mtlcli.trainer import input_normalization, input_shape
+from mtlcli.training.build import input_normalization, input_shape
 from tests.conftest import load_shipped_recipe
 
 
@@ -147,7 +147,7 @@ def test_a_colour_batch_is_channels_first_and_normalised_per_channel() -> None:
     assert y["labels"].tolist() == [[6, 7], [2, 3]]
 
 
-GENERIC_MODULES = ("trainer.py", "recipe.py", "evaluation.py", "ablation.py", "results.py", "tasks.py", "report", "methods")
+GENERIC_MODULES = ("training", "recipe.py", "ablation.py", "results.py", "tasks.py", "report", "methods")
 
 
 def test_generic_code_never_names_a_dataset() -> None:
@@ -171,7 +171,7 @@ def test_prepared_arrays_are_memory_mapped(data_dir: Path) -> None:
 
 def test_an_image_side_the_encoder_cannot_take_is_a_clear_error_before_and_after_loading() -> None:
     from mtlcli.errors import MtlError
-    from mtlcli.trainer import make_model
+    from mtlcli.training.build import make_model
 
     with pytest.raises(RecipeError) as info:
         recipes.load(raw={**celeba_recipe(), "data": {"name": "celeba", "size": 48}})
@@ -181,3 +181,14 @@ def test_an_image_side_the_encoder_cannot_take_is_a_clear_error_before_and_after
     with pytest.raises(MtlError, match=r"model\.encoder resnet18-cifar: .* got 48") as error:
         make_model(recipe, prepared_at_48)
     assert "--size" in (error.value.hint or "")
+
+
+def test_every_registered_dataset_and_encoder_has_its_torch_side() -> None:
+    """The torch-free registries and the modules that build (prepares, encoder builders) list the same names."""
+    from mtlcli.data.preparers import PREPARERS
+    from mtlcli.data.registry import DATASETS
+    from mtlcli.models.builders import BUILDERS
+    from mtlcli.models.registry import ENCODERS
+
+    assert list(PREPARERS) == list(DATASETS)
+    assert list(BUILDERS) == list(ENCODERS)

@@ -12,7 +12,7 @@ from mtlcli.errors import MtlError
 from mtlcli.methods import build
 from mtlcli.methods.base import Step
 from mtlcli.models import MultiTaskModel
-from mtlcli.trainer import Trainer, TrainingInterrupted, load_checkpoint
+from mtlcli.training import Trainer, TrainingInterrupted, load_checkpoint
 from tests.integration._reliability import assert_same_run, metrics, recipe, signal_at_step, trainer
 
 CPU = torch.device("cpu")

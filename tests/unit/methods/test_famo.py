@@ -238,7 +238,7 @@ def test_famo_in_the_trainer_resumes_exactly_and_survives_skipped_steps(data_dir
     `on_nonfinite: skip` dropped steps leave FAMO's state as it was."""
     import signal
 
-    from mtlcli.trainer import Trainer, TrainingInterrupted
+    from mtlcli.training import Trainer, TrainingInterrupted
     from tests.integration._reliability import recipe, trainer
     from tests.integration.test_nonfinite import poison_task
 

@@ -279,7 +279,7 @@ def test_options_and_repr() -> None:
 @pytest.mark.parametrize("sets", [["method.grads=batched"], ["method.level=representation"]])
 def test_trains_one_epoch(sets: list[str], tiny_recipe, write_recipe) -> None:
     from mtlcli.cli import app
-    from mtlcli.trainer import load_checkpoint
+    from mtlcli.training import load_checkpoint
 
     torch.set_default_dtype(torch.float32)
     recipe = write_recipe(tiny_recipe)

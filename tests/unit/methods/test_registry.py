@@ -105,15 +105,17 @@ def test_the_gram_shell_applies_a_weighting_at_the_options_level() -> None:
     assert GramMethod.backward.__code__.co_names.count(level_step.__name__) == 1
 
 
-def test_registry_entries_name_their_implementation_and_schema() -> None:
-    """Each entry's "module:Class" imports to a class named like the entry; its schema is in methods.options."""
+def test_registry_entries_have_an_implementation_and_a_schema() -> None:
+    """The torch-free registry and the implementations list the same names; each class is named like its entry,
+    and each entry's schema is a class of methods.options."""
     from mtlcli.methods import options
+    from mtlcli.methods.implementations import IMPLEMENTATIONS
 
+    assert list(IMPLEMENTATIONS) == list(REGISTRY)
     for name, info in REGISTRY.items():
         assert info.options is getattr(options, info.options_schema)
-        factory = info.load()
         if name != "grid":
-            assert factory.name == name
+            assert IMPLEMENTATIONS[name].name == name
     assert [n for n, i in REGISTRY.items() if i.independent_networks] == ["single-task"]
 
 

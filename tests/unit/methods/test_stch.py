@@ -17,7 +17,7 @@ from mtlcli.methods import build
 from mtlcli.methods.base import Step
 from mtlcli.methods.stch import stch_objective, stch_weights
 from mtlcli.models import MultiTaskModel
-from mtlcli.trainer import load_checkpoint
+from mtlcli.training import load_checkpoint
 
 CPU = torch.device("cpu")
 NADIR = [2.0, 0.5, 10.0]

@@ -2,54 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from torch import Tensor
 
 from mtlcli import distributed
+from mtlcli.data.device import DeviceSplit
 from mtlcli.models import MultiTaskModel
 from mtlcli.tasks import METRICS, Task
-
-
-@dataclass
-class DeviceSplit:
-    """A split ready for training: uint8 images [N, H, W] or [N, H, W, C] and target arrays by name.
-
-    Class labels (int64 [N, T]) live on the device; images and per-pixel targets too when they fit,
-    otherwise in host memory (memory-mapped from the prepared files), and each batch is gathered there
-    and moved. `batch` turns images into float [B, C, H, W] normalised per channel by `mean` and `std`
-    ([C, 1, 1] on the device) and returns the batch's targets by name.
-    """
-
-    images: Tensor
-    targets: dict[str, Tensor]
-    mean: Tensor
-    std: Tensor
-    device: torch.device
-
-    @classmethod
-    def create(
-        cls, images: Tensor, targets: dict[str, Tensor], mean: list[float], std: list[float], device: torch.device
-    ) -> DeviceSplit:
-        stats = {k: torch.tensor(v, dtype=torch.float32, device=device).view(-1, 1, 1) for k, v in (("mean", mean), ("std", std))}
-        return cls(images=images, targets=targets, device=device, **stats)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def batch(self, index: Tensor | slice) -> tuple[Tensor, dict[str, Tensor]]:
-        on_host: dict[torch.device, Tensor | slice] = {}  # the index moved once per place the arrays live
-
-        def take(array: Tensor) -> Tensor:
-            if array.device not in on_host:
-                on_host[array.device] = index.to(array.device) if isinstance(index, Tensor) else index
-            return array[on_host[array.device]].to(self.device, non_blocking=True)
-
-        x = take(self.images)
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
-        x = x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
-        return x, {name: take(array) for name, array in self.targets.items()}
 
 
 @torch.no_grad()

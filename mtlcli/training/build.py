@@ -1,0 +1,208 @@
+"""From a recipe to what training needs: device, data, tasks, model, optimiser and scheduler.
+
+Everything `mtl train`, `mtl eval` and `mtl ablate` share to turn a recipe into a model, its data on the
+device, and its optimiser; `train.deterministic` turns on deterministic algorithms (`enable_determinism`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mtlcli import distributed, methods
+from mtlcli.data import registry
+from mtlcli.data.device import DeviceSplit
+from mtlcli.data.store import PreparedDataset, load_prepared, resolve_data_dir, task_target
+from mtlcli.data.synthetic import synthetic_dataset
+from mtlcli.errors import MtlError
+from mtlcli.models import ENCODERS, MultiTaskModel, build_model
+from mtlcli.recipe import Recipe
+from mtlcli.tasks import Task
+
+DEVICE_DATA_FRACTION = 0.5  # images go to the GPU when they take at most this share of its free memory
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` = CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MtlError(f"device {spec!r} was asked for, but torch sees no CUDA device", hint="use --device cpu or auto")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise MtlError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(spec)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def enable_determinism(device: torch.device) -> None:
+    """Deterministic algorithms only (errors on ops without one); cuBLAS needs its workspace pinned."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def tasks_of(recipe: Recipe, dataset: PreparedDataset) -> list[Task]:
+    """The recipe's tasks bound to the prepared data: which target array (and column) each reads."""
+    tasks = []
+    for t in recipe.tasks:
+        target, column = task_target(dataset.meta, t.name)
+        outputs = dataset.num_classes[t.name]
+        tasks.append(Task(t.name, t.loss, tuple(t.metrics), t.loss_scale, target=target, column=column, num_outputs=outputs))
+    return tasks
+
+
+def training_steps(n: int, batch_size: int) -> int:
+    """Batches per epoch: the last partial batch is kept unless it would hold one sample, which BatchNorm
+    cannot normalise in training (the dilated ResNet and the PSP heads would fail on it)."""
+    steps = math.ceil(n / batch_size)
+    return steps - 1 if steps > 1 and n % batch_size == 1 else steps
+
+
+def check_distributable(recipe: Recipe, job: distributed.Distributed) -> None:
+    """Methods that stay the same algorithm across ranks (see mtlcli.distributed); others are refused."""
+    if recipe.method.name not in distributed.SUPPORTED:
+        raise MtlError(
+            f"method {recipe.method.name} does not run on {job.world} processes yet: its learned state or its use of "
+            "per-task gradients beyond their Gram matrix is not reduced across processes",
+            hint=f"train it on one process, or choose one of: {', '.join(distributed.SUPPORTED)}",
+        )
+
+
+def check_batches(n: int, batch_size: int, job: distributed.Distributed) -> None:
+    """Every rank gets at least one row of every batch (the last one included)."""
+    last = n - (training_steps(n, batch_size) - 1) * batch_size
+    if min(batch_size, last) < job.world:
+        raise MtlError(
+            f"{job.world} processes need at least {job.world} rows in every batch; with {n} training samples and "
+            f"train.batch_size {batch_size} a batch has {min(batch_size, last)}",
+            hint="raise train.batch_size, or use fewer processes",
+        )
+
+
+def augmentation_of(recipe: Recipe) -> str:
+    """The recipe's training augmentation, `default` resolved through the dataset's registry entry."""
+    name = recipe.data.augment
+    return registry.get(recipe.data.name).augment if name == "default" else name
+
+
+def load_dataset(recipe: Recipe, data_dir: Path | None = None) -> PreparedDataset:
+    if recipe.data.synthetic:  # random tensors of the recipe's shapes: no download, for timing and smoke tests
+        return synthetic_dataset(recipe.data.name, size=recipe.data.size, seed=recipe.train.seed)
+    dataset = load_prepared(resolve_data_dir(data_dir or recipe.data.dir), recipe.data.name)
+    size = int(dataset.meta["size"])
+    if recipe.data.size is not None and recipe.data.size != size:
+        height, width = dataset.images["train"].shape[1:3]
+        raise MtlError(
+            f"the recipe wants images {recipe.data.size} pixels high, {dataset.path} holds {height}x{width}",
+            hint=f"run `mtl prepare {recipe.data.name} --size {recipe.data.size} --force`",
+        )
+    return dataset
+
+
+def input_normalization(recipe: Recipe, dataset: PreparedDataset) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std): the recipe's, else the prepared data's measured ones, else the registry's."""
+    spec = registry.get(recipe.data.name)
+
+    def pick(key: str) -> list[float]:
+        value = getattr(recipe.data, key)
+        if value is None:
+            value = dataset.meta.get(key) or list(getattr(spec, key))
+        values = [float(v) for v in (value if isinstance(value, list) else [value])]
+        return values * spec.channels if len(values) == 1 else values
+
+    return pick("mean"), pick("std")
+
+
+def images_fit_on(device: torch.device, dataset: PreparedDataset, targets: set[str]) -> bool:
+    """Whether the images and the `targets` arrays go to the device (CUDA with room to spare); on the CPU they
+    stay memory-mapped and each batch is gathered in host memory."""
+    if device.type != "cuda":
+        return False
+    free, _total = torch.cuda.mem_get_info(device)
+    arrays = [*dataset.images.values(), *(split[name] for split in dataset.targets.values() for name in targets)]
+    return sum(a.nbytes for a in arrays) <= DEVICE_DATA_FRACTION * free
+
+
+def device_splits(recipe: Recipe, dataset: PreparedDataset, device: torch.device) -> dict[str, DeviceSplit]:
+    mean, std = input_normalization(recipe, dataset)
+    used = {task_target(dataset.meta, t.name)[0] for t in recipe.tasks}  # arrays of tasks not trained stay on disk
+    on_device = images_fit_on(device, dataset, used)
+    kinds = dataset.target_kinds
+    splits = {}
+    for split in ("train", "val", "test"):
+        images = torch.from_numpy(dataset.images[split])
+        targets = {}
+        for name, array in dataset.targets[split].items():
+            if name not in used:
+                continue
+            if kinds[name] == "class":  # small: always on the device, as int64
+                targets[name] = torch.from_numpy(array.astype(np.int64)).to(device)
+            else:
+                tensor = torch.from_numpy(array)
+                targets[name] = tensor.to(device) if on_device else tensor
+        splits[split] = DeviceSplit.create(images.to(device) if on_device else images, targets, mean, std, device)
+    return splits
+
+
+def input_shape(dataset: PreparedDataset) -> tuple[int, int, int]:
+    """(channels, height, width) of the dataset's images."""
+    shape = dataset.images["train"].shape[1:]
+    return (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1])
+
+
+def make_model(recipe: Recipe, dataset: PreparedDataset) -> MultiTaskModel:
+    classes = dataset.num_classes
+    encoder = recipe.model.encoder or registry.get(recipe.data.name).default_encoder
+    problem = ENCODERS[encoder].input_problem(input_shape(dataset))
+    if problem is not None:  # e.g. data prepared with a --size the encoder cannot take
+        raise MtlError(
+            f"model.encoder {encoder}: {problem}",
+            hint=f"prepare the data with another --size (mtl prepare {recipe.data.name} --size N --force) or choose "
+            "another encoder",
+        )
+    return build_model(
+        encoder=encoder,
+        num_classes={t.name: classes[t.name] for t in recipe.tasks},
+        input_shape=input_shape(dataset),
+        options=recipe.model.options,
+        independent=methods.needs_independent_networks(recipe.method.name),
+    )
+
+
+def make_optimizer(
+    recipe: Recipe, params: list[torch.nn.Parameter], method_params: list[torch.nn.Parameter] | None = None
+) -> torch.optim.Optimizer:
+    """The recipe's optimiser over the model's parameters and the method's own (learned loss scales),
+    which never get weight decay: decay would pull log-variances towards 0, i.e. towards uniform weights."""
+    o = recipe.optim
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if method_params:
+        if o.weight_decay:
+            groups.append({"params": method_params, "weight_decay": 0.0})
+        else:  # one group, as checkpoints written before the split have it
+            groups[0]["params"] = [*params, *method_params]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    s = recipe.optim.scheduler
+    if s.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
