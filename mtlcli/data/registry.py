@@ -8,7 +8,6 @@ never name a dataset. Adding a dataset = one module under `mtlcli.data` + one en
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -249,8 +248,10 @@ def canonical_name(name: str) -> str:
     for spec in DATASETS.values():
         if key == spec.name or key in spec.aliases:
             return spec.name
-    close = difflib.get_close_matches(key, list(DATASETS), n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    from mtlcli.schema import closest  # on the error path only: completion stays free of pydantic
+
+    close = closest(key, DATASETS)
+    hint = f"did you mean {close!r}? " if close else ""
     raise DataError(f"unknown dataset {name!r}", hint=f"{hint}choose one of: {', '.join(DATASETS)}")
 
 
