@@ -132,8 +132,10 @@ class Recipe(Section):
         return self
 
     def resolve_defaults(self) -> Recipe:
-        """Fill what the recipe left to the dataset (encoder, its options, each task's loss and metrics),
-        so that the saved recipe.yaml says everything the run used."""
+        """Fill what the recipe left to defaults (the method's options; the dataset's encoder, its options, each
+        task's loss and metrics), so that the saved recipe.yaml says everything the run used."""
+        method_options = REGISTRY[self.method.name].options.model_validate(self.method.options).model_dump(mode="json")
+        self.method = MethodConfig(name=self.method.name, **method_options)
         spec = DATASETS[self.data.name]
         encoder = self.model.encoder or spec.default_encoder
         options = ENCODERS[encoder].options.model_validate(self.model.options).model_dump()

@@ -199,14 +199,33 @@ def _is_ignored(key: str) -> bool:
     return key in IGNORED_KEYS or key.startswith("method.") or (key.startswith("tasks.") and key.endswith(".loss_scale"))
 
 
+# Runs written before recipe.yaml recorded every method option (mtl 0.1) ran with these defaults where the new
+# ones, the published methods', differ: the cheaper level on z, weighted head gradients, LibMTL's EMA decay ...
+DEFAULTS_BEFORE_PUBLISHED: dict[str, dict[str, Any]] = {
+    "cagrad": {"level": "representation"},
+    "nash-mtl": {"level": "representation"},
+    "upgrad": {"level": "representation", "head_grads": "weighted"},
+    "dualproj": {"level": "representation", "head_grads": "weighted"},
+    "aligned-mtl": {"level": "representation", "reduction": "mean"},
+    "fairgrad": {"level": "representation"},
+    "gradvac": {"level": "representation"},
+    "db-mtl": {"beta_sigma": 0.5},
+}
+
+
 def method_options(run: Run) -> dict[str, Any]:
-    """The run's method options with the method's defaults filled in (as given when it is not registered)."""
+    """The run's method options with the method's defaults filled in (as given when it is not registered).
+
+    A recipe.yaml that lacks some of the method's options was written before recipes recorded them all; its
+    gaps are filled with the defaults of that time (`DEFAULTS_BEFORE_PUBLISHED`), what the run really used."""
     from mtlcli.methods import REGISTRY  # local: keeps `results` importable without the method registry loaded
 
     given = {k: v for k, v in run.recipe["method"].items() if k != "name"}
     info = REGISTRY.get(run.method)
     if info is None:
         return given
+    if not set(info.options.model_fields) <= set(given):
+        given = {**DEFAULTS_BEFORE_PUBLISHED.get(run.method, {}), **given}
     try:
         return info.options(**given).model_dump(mode="json")
     except Exception:  # options of another version of the method: compare them as written
@@ -218,8 +237,12 @@ def variant_labels(runs: list[Run]) -> dict[Path, str]:
 
     Method options (defaults filled in) are compared among runs of the same method
     (`mgda (grads=loop)`); other recipe keys across all runs of the dataset that have them
-    (`uniform (optim.lr=0.01)`); seeds, devices, paths and loss scales never count.
+    (`uniform (optim.lr=0.01)`); seeds, devices, paths and loss scales never count. A run at another level
+    than its method's published one is always labelled so (`cagrad (level=representation)`), even alone;
+    the published level is never shown.
     """
+    from mtlcli.methods import REGISTRY
+
     flat = {run.path: flatten(run.recipe) for run in runs}
     shared = set.intersection(*(set(f) for f in flat.values())) if flat else set()
     varying = sorted(k for k in shared if not _is_ignored(k) and len({repr(f[k]) for f in flat.values()}) > 1)
@@ -231,8 +254,13 @@ def variant_labels(runs: list[Run]) -> dict[Path, str]:
         options = {run.path: method_options(run) for run in group}
         option_keys = sorted({k for o in options.values() for k in o})
         differing = [k for k in option_keys if len({repr(o.get(k)) for o in options.values()}) > 1]
+        info = REGISTRY.get(method)
         for run in group:
-            parts = [f"{k}={format_value(options[run.path].get(k, '-'))}" for k in differing]
+            variant = info.variant(options[run.path]) if info is not None else None
+            shown = [k for k in differing if k != "level"]  # the level shows only for a variant: below
+            parts = [f"{k}={format_value(options[run.path].get(k, '-'))}" for k in shown]
+            if variant is not None:
+                parts.insert(0, variant)
             parts += [f"{k}={format_value(flat[run.path][k])}" for k in varying]
             labels[run.path] = f"{method} ({', '.join(parts)})" if parts else method
     return labels

@@ -75,6 +75,22 @@ class LevelOptions(Options):
         return f"{describe_level(self.level, self.grads)}, head_grads={self.head_grads!r}"
 
 
+class SharedLevelOptions(LevelOptions):
+    """A method its paper runs on the shared parameters: `level: shared` by default (the published method);
+    `level: representation` is MGDA-UB's cheaper variant on z, labelled as such wherever runs are listed."""
+
+    level: Level = Field(
+        "shared",
+        description="the shared parameters (the published method) or the representation z (a cheaper variant: one "
+        "encoder backward)",
+    )
+
+    @field_validator("grads")
+    @classmethod
+    def _grads_only_at_shared_level(cls, value: GradsMode | None, info: ValidationInfo) -> GradsMode | None:
+        return grads_only_at_shared_level(value, info.data.get("level", "shared"))
+
+
 # ---------------------------------------------------------------- mgda_ub
 Normalization = Literal["none", "l2", "loss", "loss+"]
 
@@ -88,8 +104,11 @@ class MgdaOptions(Options):
 
 
 # ---------------------------------------------------------------- _dual_cone
-class DualConeOptions(LevelOptions):
-    """Options shared by upgrad and dualproj."""
+class DualConeOptions(SharedLevelOptions):
+    """Options shared by upgrad and dualproj (TorchJD's defaults: the shared parameters, heads' raw gradients as
+    `mtl_backward` gives them)."""
+
+    head_grads: HeadGrads = Field("raw", description="heads get their raw grads (TorchJD's mtl_backward) or w_t-scaled ones")
 
     pref_vector: list[float] | None = Field(
         None, min_length=1, description="one weight >= 0 per task combining the projected gradients (null: 1/T each, the mean)"
@@ -138,9 +157,9 @@ ScaleMode = Literal["min", "median", "rmse"]
 Reduction = Literal["mean", "sum"]
 
 
-class AlignedMtlOptions(LevelOptions):
+class AlignedMtlOptions(SharedLevelOptions):
     scale_mode: ScaleMode = Field("min", description="scale of the aligned singular values: min (paper), median or rmse")
-    reduction: Reduction = Field("mean", description="combine the aligned gradients by their mean (TorchJD) or sum (authors)")
+    reduction: Reduction = Field("sum", description="combine the aligned gradients by their sum (the authors') or mean (TorchJD)")
     head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or w_t-scaled ones")
 
 
@@ -148,7 +167,7 @@ class AlignedMtlOptions(LevelOptions):
 Rescale = Literal[0, 1, 2]
 
 
-class CagradOptions(LevelOptions):
+class CagradOptions(SharedLevelOptions):
     c: float = Field(0.4, ge=0, description="radius of the ball around the mean gradient, in units of ||g_0||")
     rescale: Rescale = Field(1, description="divide the update by 1 (0), 1 + c^2 (1, the authors') or 1 + c (2)")
     head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or alpha_t-scaled ones")
@@ -157,7 +176,7 @@ class CagradOptions(LevelOptions):
 # ---------------------------------------------------------------- db_mtl
 class DbMtlOptions(TrackedOptions):
     beta: float = Field(0.9, ge=0, le=1, description="EMA coefficient of the log-loss gradients: beta / k^beta_sigma")
-    beta_sigma: float = Field(0.5, ge=0, description="decay of the EMA coefficient with the update count k")
+    beta_sigma: float = Field(0.0, ge=0, description="decay of the EMA coefficient with the update count k (LibMTL: 0)")
 
 
 # ---------------------------------------------------------------- dualproj
@@ -171,7 +190,7 @@ class DwaOptions(Options):
 
 
 # ---------------------------------------------------------------- fairgrad
-class FairGradOptions(LevelOptions):
+class FairGradOptions(SharedLevelOptions):
     alpha: float = Field(
         1.0, ge=0, description="alpha-fairness: 0 mean, 1 proportional (authors' default), 2 delay, large max-min"
     )
@@ -201,7 +220,7 @@ class GradNormOptions(Options):
 
 
 # ---------------------------------------------------------------- gradvac
-class GradVacOptions(LevelOptions):
+class GradVacOptions(SharedLevelOptions):
     beta: float = Field(0.5, ge=0, le=1, description="EMA rate of the similarity goals: phi_hat += beta (phi - phi_hat)")
     head_grads: HeadGrads = Field("raw", description="heads get their raw grads (LibMTL) or w_t-scaled ones")
 
@@ -265,7 +284,7 @@ class MocoOptions(TrackedOptions):
 
 
 # ---------------------------------------------------------------- nash_mtl
-class NashMtlOptions(LevelOptions):
+class NashMtlOptions(SharedLevelOptions):
     update_weights_every: int = Field(1, ge=1, description="recompute alpha every N steps, reuse it in between")
     max_norm: float = Field(1.0, ge=0, description="clip ||sum_t alpha_t g_t|| to this (0: no clipping)")
 

@@ -35,6 +35,18 @@ class MethodInfo:
 
         return getattr(options, self.options_schema)
 
+    def published_level(self) -> str | None:
+        """The level of the published method (its paper's and reference code's), or None without a `level`."""
+        field = self.options.model_fields.get("level")
+        return None if field is None else str(field.default)
+
+    def variant(self, options: dict[str, Any]) -> str | None:
+        """`level=representation` when `options` (all of them, defaults filled in) run the method at another
+        level than its published one: a variant, never to be shown as the published method; else None."""
+        published = self.published_level()
+        level = options.get("level", published)
+        return None if published is None or level == published else f"level={level}"
+
 
 SENER = "Sener & Koltun, NeurIPS 2018"
 IMTL = "Liu et al., ICLR 2021 (IMTL)"

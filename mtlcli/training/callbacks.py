@@ -31,17 +31,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from mtlcli.distributed import Distributed
 from mtlcli.errors import RunError
 from mtlcli.io import append_jsonl, write_json_atomic, write_text_atomic
+from mtlcli.methods.registry import REGISTRY
 from mtlcli.runs import BEST, LAST, METRICS, SUMMARY, RunLock, open_new_run
 from mtlcli.training.checkpoint import load_checkpoint
 
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from mtlcli.recipe import Recipe
     from mtlcli.training.loop import Trainer
 
 CONSOLE_TASKS = 4  # more tasks than this: the console shows means instead of one number per task
 TRACE_ENV = "MTL_STEP_TRACE"  # a file: rank 0 appends each step's method weights (tests of the distributed run)
 SIGNAL_AT_ENV = "MTL_SIGNAL_AT_STEP"  # tests: rank 0 sends itself SIGTERM before this (1-based) step
+
+
+def run_name(recipe: Recipe) -> str:
+    """The method part of a run directory's name: `cagrad`, or `cagrad-representation` for a variant at another
+    level than the published method's, so that a listing never passes a variant off as the published method."""
+    variant = REGISTRY[recipe.method.name].variant(recipe.method.options)
+    return recipe.method.name if variant is None else f"{recipe.method.name}-{variant.partition('=')[2]}"
 
 
 class Callback:
@@ -152,7 +161,7 @@ class RunDirectory(Callback):
     def on_train_start(self, trainer: Trainer) -> None:
         r = trainer.recipe
         if trainer.run_dir is None:
-            self.lock = open_new_run(Path(r.output.dir), r.method.name, r.train.seed, r.dump())
+            self.lock = open_new_run(Path(r.output.dir), run_name(r), r.train.seed, r.dump())
             trainer.run_dir = self.lock.run_dir
         elif self.lock is None:
             self.lock = RunLock(trainer.run_dir).acquire()

@@ -195,17 +195,17 @@ def test_options_defaults_and_validation() -> None:
     a = build("aligned-mtl")
     assert (a.options.scale_mode, a.options.reduction, a.options.level, a.options.head_grads) == (
         "min",
-        "mean",
-        "representation",
+        "sum",
+        "shared",
         "raw",
     )
-    assert repr(a) == "AlignedMtl(scale_mode='min', reduction='mean', level='representation', head_grads='raw')"
+    assert repr(a) == "AlignedMtl(scale_mode='min', reduction='sum', level='shared', grads='loop', head_grads='raw')"
     f = build("fairgrad")
-    assert (f.options.alpha, f.options.level, f.options.head_grads) == (1.0, "representation", "raw")
-    assert repr(f) == "FairGrad(alpha=1.0, level='representation', head_grads='raw')"
+    assert (f.options.alpha, f.options.level, f.options.head_grads) == (1.0, "shared", "raw")
+    assert repr(f) == "FairGrad(alpha=1.0, level='shared', grads='loop', head_grads='raw')"
     assert "grads='batched'" in repr(build("fairgrad", level="shared", grads="batched"))
     with pytest.raises(MtlError, match="grads: applies only at level shared"):
-        build("aligned-mtl", grads="batched")
+        build("aligned-mtl", level="representation", grads="batched")
     with pytest.raises(MtlError, match="scale_mode"):
         build("aligned-mtl", scale_mode="max")
     with pytest.raises(MtlError, match="alpha"):

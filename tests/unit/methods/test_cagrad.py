@@ -207,11 +207,11 @@ def test_agrees_with_torchjd(t: int, c: float) -> None:
 def test_options_defaults_and_validation() -> None:
     method = build("cagrad")
     o = method.options
-    assert (o.c, o.rescale, o.level, o.grads, o.head_grads) == (0.4, 1, "representation", None, "raw")
-    assert repr(method) == "Cagrad(c=0.4, rescale=1, level='representation', head_grads='raw')"
+    assert (o.c, o.rescale, o.level, o.grads, o.head_grads) == (0.4, 1, "shared", None, "raw")
+    assert repr(method) == "Cagrad(c=0.4, rescale=1, level='shared', grads='loop', head_grads='raw')"
     assert "grads='batched'" in repr(build("cagrad", level="shared", grads="batched"))
     with pytest.raises(MtlError, match="grads: applies only at level shared"):
-        build("cagrad", grads="batched")
+        build("cagrad", level="representation", grads="batched")
     with pytest.raises(MtlError, match="rescale"):
         build("cagrad", rescale=3)
     with pytest.raises(MtlError, match="c"):
@@ -262,7 +262,7 @@ def test_representation_level_backpropagates_the_encoder_once() -> None:
     calls = []
     model.encoder.conv1.weight.register_hook(lambda grad: calls.append(1))
     z, losses = _losses(model, x, y)
-    build("cagrad").backward(Step.of(model, z, losses))
+    build("cagrad", level="representation").backward(Step.of(model, z, losses))
     assert len(calls) == 1
 
 

@@ -181,13 +181,13 @@ def test_a_skipped_step_leaves_no_trace() -> None:
 def test_options_defaults_and_validation() -> None:
     method = build("gradvac")
     o = method.options
-    assert (o.beta, o.level, o.grads, o.head_grads) == (0.5, "representation", None, "raw")
-    assert repr(method) == "GradVac(beta=0.5, level='representation', head_grads='raw')"
+    assert (o.beta, o.level, o.grads, o.head_grads) == (0.5, "shared", None, "raw")
+    assert repr(method) == "GradVac(beta=0.5, level='shared', grads='loop', head_grads='raw')"
     assert "grads='batched'" in repr(build("gradvac", level="shared", grads="batched"))
     with pytest.raises(MtlError, match="beta"):
         build("gradvac", beta=1.5)
     with pytest.raises(MtlError, match="grads: applies only at level shared"):
-        build("gradvac", grads="loop")
+        build("gradvac", level="representation", grads="loop")
 
 
 @pytest.mark.parametrize(("level", "grads"), [("representation", None), ("shared", "loop"), ("shared", "batched")])

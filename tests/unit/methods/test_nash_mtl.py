@@ -168,14 +168,14 @@ def test_a_skipped_step_is_not_counted() -> None:
 def test_options_defaults_and_validation() -> None:
     method = build("nash-mtl")
     o = method.options
-    assert (o.update_weights_every, o.max_norm, o.level, o.grads, o.head_grads) == (1, 1.0, "representation", None, "weighted")
-    assert repr(method) == ("NashMtl(update_weights_every=1, max_norm=1.0, level='representation', head_grads='weighted')")
+    assert (o.update_weights_every, o.max_norm, o.level, o.grads, o.head_grads) == (1, 1.0, "shared", None, "weighted")
+    assert repr(method) == ("NashMtl(update_weights_every=1, max_norm=1.0, level='shared', grads='loop', head_grads='weighted')")
     with pytest.raises(MtlError, match="update_weights_every"):
         build("nash-mtl", update_weights_every=0)
     with pytest.raises(MtlError, match="max_norm"):
         build("nash-mtl", max_norm=-1.0)
     with pytest.raises(MtlError, match="grads: applies only at level shared"):
-        build("nash-mtl", grads="batched")
+        build("nash-mtl", level="representation", grads="batched")
 
 
 def test_shared_level_trains_through_the_cli(tiny_recipe, write_recipe) -> None:

@@ -246,7 +246,7 @@ def test_torchjd_norm_eps_is_available_and_absolute(method: str) -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_options_are_validated(method: str) -> None:
     assert option_problems(method, {"level": "shared", "grads": "batched"}) == []
-    problems = option_problems(method, {"grads": "batched"})
+    problems = option_problems(method, {"level": "representation", "grads": "batched"})
     assert problems == [(("grads",), problems[0][1])] and "applies only at level shared" in problems[0][1]
     with pytest.raises(MtlError, match="grads: applies only at level shared"):
         build(method, level="representation", grads="loop")
@@ -264,14 +264,14 @@ def test_options_are_validated(method: str) -> None:
     with pytest.raises(ValueError, match="square"):
         m.weights(torch.ones(3), torch.ones(3, 2))
     shown = repr(build(method, level="shared"))
-    assert shown.endswith("(level='shared', grads='loop', head_grads='weighted', pref_vector=None, reg_eps=0.0001, norm_eps=0.0)")
+    assert shown.endswith("(level='shared', grads='loop', head_grads='raw', pref_vector=None, reg_eps=0.0001, norm_eps=0.0)")
 
 
 def test_grads_validator_error_is_a_pydantic_error() -> None:
     from mtlcli.methods.upgrad import UPGradOptions
 
     with pytest.raises(ValidationError, match="applies only at level shared"):
-        UPGradOptions(grads="batched")
+        UPGradOptions(level="representation", grads="batched")
     assert UPGradOptions(level="shared", grads="batched").grads == "batched"
 
 
@@ -326,6 +326,6 @@ def test_grads_at_the_representation_level_is_a_recipe_error(tiny_recipe, write_
     from mtlcli.cli import app
 
     recipe = write_recipe(tiny_recipe)
-    result = CliRunner().invoke(app, ["train", str(recipe), "--method", "upgrad", "--set", "method.grads=batched"])
+    result = CliRunner().invoke(app, ["train", str(recipe), "--method", "upgrad", "--set", "method.level=representation", "--set", "method.grads=batched"])
     assert result.exit_code == 1
     assert "method.grads: applies only at level shared" in result.output

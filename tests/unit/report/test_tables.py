@@ -158,3 +158,38 @@ def test_labels_fill_method_defaults_and_ignore_keys_missing_from_old_runs(tmp_p
     assert frame.loc["mgda-ub (normalization=none)", "n"] == 2
     assert frame.loc["mgda-ub (normalization=l2)", "n"] == 1
     assert frame.loc["uniform", "n"] == 2
+
+
+def test_a_variant_at_another_level_is_never_labelled_as_the_published_method(tmp_path: Path) -> None:
+    """Issue 16: `cagrad` on z is `cagrad (level=representation)` even alone; a run whose recipe.yaml predates
+    resolved method options (no `level`) ran at the old default, z, and is labelled so too."""
+    from mtlcli.methods import REGISTRY
+
+    acc = {"left": 90, "right": 80}
+    options = REGISTRY["cagrad"].options().model_dump(mode="json")  # what a new recipe.yaml records
+    write_run(tmp_path, "a", method="cagrad", seed=0, test=acc, options=options)
+    write_run(tmp_path, "b", method="cagrad", seed=1, test=acc, options={**options, "level": "representation"})
+    write_run(tmp_path, "c", method="upgrad", seed=0, test=acc)  # written before options were recorded
+    write_run(tmp_path, "d", method="mgda-ub", seed=0, test=acc)  # no level option: never a variant
+    frame = tables_for(tmp_path)["multifashion-methods"].frame.set_index("method")
+    assert set(frame.index) == {"cagrad", "cagrad (level=representation)", "upgrad (level=representation)", "mgda-ub"}
+    alone = tmp_path / "alone"
+    write_run(alone, "z", method="cagrad", seed=0, test=acc, options={"level": "representation"})
+    assert list(tables_for(alone)["multifashion-methods"].frame["method"]) == ["cagrad (level=representation)"]
+
+
+def test_a_recipe_records_every_method_option_and_a_variant_names_its_run_directory() -> None:
+    from mtlcli.methods import REGISTRY
+    from mtlcli.recipe import validate
+    from mtlcli.training.callbacks import run_name
+    from tests.conftest import load_shipped_recipe
+
+    raw = load_shipped_recipe("multifashion")
+    raw["method"] = {"name": "upgrad"}
+    recipe = validate(raw)
+    assert recipe.method.options == REGISTRY["upgrad"].options().model_dump(mode="json")
+    assert run_name(recipe) == "upgrad"
+    raw["method"] = {"name": "upgrad", "level": "representation"}
+    assert run_name(validate(raw)) == "upgrad-representation"
+    raw["method"] = {"name": "mgda-ub"}
+    assert run_name(validate(raw)) == "mgda-ub"

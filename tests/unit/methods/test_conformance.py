@@ -1,0 +1,158 @@
+"""Each method's default update equals its reference implementation's (issue 16, part 5).
+
+The model is a small float64 shared MLP with three regression heads whose losses differ in scale (x0.1, x1,
+x10). Both sides start from the same weights and take 5 SGD steps on the same batches: `mtl` with the method
+built with NO options, the reference with its own defaults. The parameters must agree to 1e-6 after every
+step. The reference here is TorchJD 0.18 (`torchjd.autojac.mtl_backward` + `jac_to_grad`: the Jacobian of
+the shared parameters aggregated, each head its own raw gradient), which implements these methods as their
+authors define them:
+
+- UPGrad and DualProj: TorchJD is the authors' own code (Quinton & Rey, github.com/TorchJD/torchjd,
+  src/torchjd/aggregation/_upgrad.py and _dualproj.py), default `reg_eps` 1e-4. TorchJD's absolute
+  `norm_eps` (1e-4, a Gram trace below it counts as zero) never triggers on these gradients; `mtl` keeps 0,
+  the scale-free choice (see README, Methods).
+
+CAGrad's reference is the authors' `cagrad(grads, alpha, rescale=1)` (Cranial-XIX/CAGrad, nyuv2/model_segnet_mt.py
+and mtrl), transcribed below with c = 0.4 (their run script's radius, `mtl`'s default): the weights minimise
+w^T G g0 + c ||g0|| ||J^T w|| on the simplex, the update is g0 + c ||g0|| / ||J^T w|| J^T w, divided by
+1 + c^2; each head keeps its own raw gradient (`zero_grad_shared_modules` after each task's backward). The
+authors solve for w with SciPy's SLSQP (tolerance 1e-6); the transcription solves the same problem exactly
+(cvxpy + Clarabel) instead, as `mtl` does. TorchJD's CAGrad is not the reference: it omits the 1 / (1 + c^2).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mtlcli.methods import build
+from mtlcli.methods.base import Step
+from mtlcli.models import MultiTaskModel
+
+pytest.importorskip("torchjd")
+SCALES = (0.1, 1.0, 10.0)
+TASKS = ("a", "b", "c")
+STEPS = 5
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def small_model(seed: int = 0) -> MultiTaskModel:
+    torch.manual_seed(seed)
+    encoder = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 6), nn.Tanh())
+    return MultiTaskModel(encoder, {name: nn.Linear(6, 1) for name in TASKS})
+
+
+def batches(seed: int = 1) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(16, 5, generator=generator), {t: torch.randn(16, 1, generator=generator) for t in TASKS})
+        for _ in range(STEPS)
+    ]
+
+
+def task_losses(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    z, outputs = model(x)
+    return z, [s * torch.mean((outputs[t] - y[t]) ** 2) for s, t in zip(SCALES, TASKS, strict=True)]
+
+
+def reference_step(aggregator: object) -> Callable[[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]], None]:
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    def step(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]) -> None:
+        z, losses = task_losses(model, x, y)
+        mtl_backward(losses, features=z)
+        jac_to_grad(list(model.encoder.parameters()), aggregator)
+
+    return step
+
+
+def authors_cagrad(grads: np.ndarray, alpha: float = 0.4) -> np.ndarray:
+    """The authors' `cagrad(grads, alpha, rescale=1)` on grads [P, T], the SLSQP solve replaced by an exact one."""
+    cp = pytest.importorskip("cvxpy")
+    tasks = grads.shape[1]
+    gram = grads.T @ grads
+    g0_norm = np.sqrt(gram.mean())
+    c = alpha * g0_norm
+    w = cp.Variable(tasks)
+    cost = (gram @ np.full(tasks, 1 / tasks)) @ w + c * cp.norm(grads @ w, 2)
+    cp.Problem(cp.Minimize(cost), [w >= 0, cp.sum(w) == 1]).solve(cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12)
+    gw = grads @ w.value
+    g = grads.mean(axis=1) + c / np.linalg.norm(gw) * gw
+    return g / (1 + alpha**2)
+
+
+def authors_cagrad_step(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]) -> None:
+    """The authors' training step: each task's backward, its shared gradient kept and then zeroed (the heads keep
+    theirs), CAGrad's update written into the shared parameters."""
+    shared = list(model.encoder.parameters())
+    _, losses = task_losses(model, x, y)
+    columns = []
+    for loss in losses:
+        loss.backward(retain_graph=True)
+        columns.append(torch.cat([p.grad.reshape(-1) for p in shared]).numpy().copy())
+        for p in shared:
+            p.grad = None
+    update = torch.from_numpy(authors_cagrad(np.stack(columns, axis=1)))
+    offset = 0
+    for p in shared:
+        p.grad = update[offset : offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
+
+
+def references() -> dict[str, Callable[[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]], None]]:
+    pytest.importorskip("qpsolvers", reason="TorchJD's projector needs qpsolvers and quadprog")
+    from torchjd.aggregation import DualProj, UPGrad
+
+    return {"upgrad": reference_step(UPGrad()), "dualproj": reference_step(DualProj()), "cagrad": authors_cagrad_step}
+
+
+@pytest.mark.parametrize("method", ["upgrad", "dualproj", "cagrad"])
+def test_the_default_update_is_the_reference_update(method: str) -> None:
+    ours_model = small_model()
+    theirs_model = copy.deepcopy(ours_model)
+    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.05)
+    theirs_opt = torch.optim.SGD(theirs_model.parameters(), lr=0.05)
+    ours = build(method)
+    ours.setup(len(TASKS), torch.device("cpu"))
+    theirs = references()[method]
+    start = [p.detach().clone() for p in ours_model.parameters()]
+    for x, y in batches():
+        ours_opt.zero_grad(set_to_none=True)
+        z, losses = task_losses(ours_model, x, y)
+        ours.backward(Step.of(ours_model, z, losses))
+        ours_opt.step()
+        theirs_opt.zero_grad(set_to_none=True)
+        theirs(theirs_model, x, y)
+        theirs_opt.step()
+        for (name, a), b in zip(ours_model.named_parameters(), theirs_model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=lambda m, name=name: f"{method}, {name}: {m}")
+    moved = max(float((p.detach() - s).abs().max()) for p, s in zip(ours_model.parameters(), start, strict=True))
+    assert moved > 1e-3  # the steps did move the parameters, so agreeing means something
+
+
+@pytest.mark.parametrize("method", ["upgrad", "dualproj", "cagrad"])
+def test_the_representation_variant_is_a_different_update(method: str) -> None:
+    """`level: representation` (one encoder backward, MGDA-UB's trick) is another method: its update differs."""
+    model = small_model()
+    other = copy.deepcopy(model)
+    (x, y), *_ = batches()
+    for m, options in ((model, {}), (other, {"level": "representation"})):
+        method_object = build(method, **options)
+        method_object.setup(len(TASKS), torch.device("cpu"))
+        z, losses = task_losses(m, x, y)
+        method_object.backward(Step.of(m, z, losses))
+    pairs = zip(model.encoder.parameters(), other.encoder.parameters(), strict=True)
+    gap = max(float((a.grad - b.grad).abs().max()) for a, b in pairs)
+    assert gap > 1e-6
