@@ -11,6 +11,11 @@ authors define them:
   src/torchjd/aggregation/_upgrad.py and _dualproj.py), default `reg_eps` 1e-4. TorchJD's absolute
   `norm_eps` (1e-4, a Gram trace below it counts as zero) never triggers on these gradients; `mtl` keeps 0,
   the scale-free choice (see README, Methods).
+- Aligned-MTL: the authors' update (SamsungLabs/MTL, the `AlignedMTL` weight method) sums the aligned task
+  gradients, B.sum(0); TorchJD's `AlignedMTL` with `pref_vector` all ones is that sum (its default, 1/T each,
+  is `reduction: mean`).
+- FairGrad: TorchJD's `FairGrad(alpha=1)` solves the authors' equation G w = w^(-1/alpha) (OptMN-Lab/fairgrad
+  solves it with SciPy's least_squares); alpha = 1 is the authors' default.
 
 CAGrad's reference is the authors' `cagrad(grads, alpha, rescale=1)` (Cranial-XIX/CAGrad, nyuv2/model_segnet_mt.py
 and mtrl), transcribed below with c = 0.4 (their run script's radius, `mtl`'s default): the weights minimise
@@ -113,12 +118,18 @@ def authors_cagrad_step(model: MultiTaskModel, x: torch.Tensor, y: dict[str, tor
 
 def references() -> dict[str, Callable[[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]], None]]:
     pytest.importorskip("qpsolvers", reason="TorchJD's projector needs qpsolvers and quadprog")
-    from torchjd.aggregation import DualProj, UPGrad
+    from torchjd.aggregation import AlignedMTL, DualProj, FairGrad, UPGrad
 
-    return {"upgrad": reference_step(UPGrad()), "dualproj": reference_step(DualProj()), "cagrad": authors_cagrad_step}
+    return {
+        "upgrad": reference_step(UPGrad()),
+        "dualproj": reference_step(DualProj()),
+        "cagrad": authors_cagrad_step,
+        "aligned-mtl": reference_step(AlignedMTL(pref_vector=torch.ones(len(TASKS)))),
+        "fairgrad": reference_step(FairGrad(alpha=1.0)),
+    }
 
 
-@pytest.mark.parametrize("method", ["upgrad", "dualproj", "cagrad"])
+@pytest.mark.parametrize("method", ["upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad"])
 def test_the_default_update_is_the_reference_update(method: str) -> None:
     ours_model = small_model()
     theirs_model = copy.deepcopy(ours_model)
@@ -142,7 +153,7 @@ def test_the_default_update_is_the_reference_update(method: str) -> None:
     assert moved > 1e-3  # the steps did move the parameters, so agreeing means something
 
 
-@pytest.mark.parametrize("method", ["upgrad", "dualproj", "cagrad"])
+@pytest.mark.parametrize("method", ["upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad"])
 def test_the_representation_variant_is_a_different_update(method: str) -> None:
     """`level: representation` (one encoder backward, MGDA-UB's trick) is another method: its update differs."""
     model = small_model()
