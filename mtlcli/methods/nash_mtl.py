@@ -36,29 +36,37 @@ max G_tt) take no part in the bargaining and get alpha_t = 0; G = 0 (or non-fini
 so the step leaves the shared parameters alone (the reference divides G by its norm, 0, there).
 
 Options: `update_weights_every` N recomputes alpha at every N-th step and reuses it in between (state:
-the last alpha and the step counter, checkpointed, so a resumed run reuses the same alpha); `max_norm`
-(authors' default 1.0; 0 disables) clips the combined update: alpha *= max_norm / ||d|| when
-||d|| = sqrt(alpha^T G alpha) > max_norm, as TorchJD's NashMTL. The authors' trainer meant this as
-`clip_grad_norm_` on the shared parameters; here it is a function of the Gram matrix at the chosen level
-(||sum_t alpha_t dL_t/dz|| at level representation) and also scales weighted head gradients.
-As ||d|| = sqrt(T) before clipping, the default max_norm 1.0 makes every update unit-norm for T >= 2.
+the last alpha and the step counter, checkpointed, so a resumed run reuses the same alpha); in between, as the
+authors' code, no per-task gradient is computed: one backward of sum_t alpha_t L_t and the clip on the shared
+parameters' gradient norm (at `level: shared` with weighted heads on one process; at the representation level,
+with `head_grads: raw`, or on several processes, where the clip must see the whole batch's gradients, the
+per-task gradients are still taken).
+`max_norm` (authors' default 1.0; 0 disables) clips the shared parameters' update as the authors'
+`clip_grad_norm_(shared_parameters, max_norm)`: alpha *= max_norm / ||d|| for the shared part when
+||d|| = sqrt(alpha^T G alpha) > max_norm (||sum_t alpha_t dL_t/dz|| at level representation), while the heads
+keep their alpha_t-weighted, unclipped gradients, as the authors' `(sum_t alpha_t L_t).backward()` gives them.
+As ||d|| = sqrt(T) before clipping, the default max_norm 1.0 makes every shared update unit-norm for T >= 2.
 
-Levels: `representation` (default) uses dL_t/dz and one encoder backward; `shared` the shared-parameter
-gradients as in the paper. Heads get alpha_t-scaled gradients by default (the authors' loss
+Levels: `shared` (default) uses the shared-parameter gradients as in the paper and the authors' code
+(AvivNavon/nash-mtl, methods/weight_methods.py, `NashMTL`); `representation` uses dL_t/dz and one encoder
+backward, a cheaper variant. Heads get alpha_t-scaled gradients by default (the authors' loss
 sum_t alpha_t L_t); `head_grads: raw` gives them their own raw gradients.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mtlcli.methods._levels import GramMethod
-from mtlcli.methods.options import NashMtlOptions
+from mtlcli import distributed
+from mtlcli.methods._levels import GramMethod, level_step
+from mtlcli.methods.base import Step, weighted_backward
+from mtlcli.methods.options import GradsMode, HeadGrads, Level, NashMtlOptions
 
 _TOL = 1e-10  # max_t |alpha_t (G alpha)_t - 1| at which Newton stops
 _RIDGE = 1e-10  # relative to max_t G_tt: makes the solution exist for Pareto-stationary tasks
@@ -133,8 +141,17 @@ def clip(alpha: np.ndarray, gram: np.ndarray, max_norm: float) -> np.ndarray:
     return alpha * (max_norm / norm) if norm > max_norm else alpha
 
 
+@dataclass(frozen=True)
+class _Level:
+    """The level step's view of the options, with the heads' gradients raw (Nash-MTL weights them itself)."""
+
+    level: Level
+    grads: GradsMode | None
+    head_grads: HeadGrads = "raw"
+
+
 class NashMtl(GramMethod):
-    """Nash-MTL on the representation gradients dL_t/dz (default) or the shared-parameter gradients."""
+    """Nash-MTL on the shared-parameter gradients (default) or the representation gradients dL_t/dz."""
 
     name: ClassVar[str] = "nash-mtl"
 
@@ -143,6 +160,7 @@ class NashMtl(GramMethod):
         self.step_count = 0
         self.alpha: np.ndarray | None = None  # the last solved alpha (before clipping)
         self._previous_alpha: np.ndarray | None = None  # restored by `step_skipped`
+        self.per_task_steps = 0  # steps that took per-task gradients (the others reused alpha without them)
 
     def __repr__(self) -> str:
         o = self.options
@@ -171,13 +189,52 @@ class NashMtl(GramMethod):
             if self.step_count % self.options.update_weights_every == 0:
                 self.alpha = self._previous_alpha
 
+    def _solves_now(self, num_tasks: int) -> bool:
+        return self.alpha is None or len(self.alpha) != num_tasks or self.step_count % self.options.update_weights_every == 0
+
     def weights(self, losses: Tensor, gram: Tensor) -> Tensor:
         """Alpha solved at every `update_weights_every`-th call (the last one reused in between), clipped
-        to `max_norm` on this call's Gram matrix; `losses` is unused."""
+        to `max_norm` on this call's Gram matrix: the shared parameters' weights; `losses` is unused."""
         g = gram.detach().to("cpu", torch.float64).numpy()
-        if self.alpha is None or len(self.alpha) != g.shape[0] or self.step_count % self.options.update_weights_every == 0:
+        if self._solves_now(g.shape[0]):
             self._previous_alpha = self.alpha
             self.alpha = solve_nash(g)
         self.step_count += 1
         alpha = clip(self.alpha, g, self.options.max_norm)
         return torch.as_tensor(alpha, dtype=gram.dtype, device=gram.device)
+
+    def backward(self, step: Step) -> Tensor:
+        """The shared part gets the clipped sum_t alpha_t g_t, each head alpha_t times its own gradient."""
+        o = self.options
+        reusable = o.level == "shared" and o.head_grads == "weighted" and not distributed.current().active
+        if reusable and not self._solves_now(step.num_tasks):
+            return self._reuse_alpha(step)
+        self.per_task_steps += 1
+        clipped = level_step(step, self.weights, _Level(o.level, o.grads))
+        if o.head_grads == "weighted":
+            assert self.alpha is not None
+            _scale_heads(step, torch.as_tensor(self.alpha, dtype=clipped.dtype))
+        return clipped
+
+    def _reuse_alpha(self, step: Step) -> Tensor:
+        """A step between two solves: one backward of sum_t alpha_t L_t, the shared gradients then clipped to
+        `max_norm` (the authors' step; no per-task gradient)."""
+        assert self.alpha is not None
+        self.step_count += 1
+        alpha = torch.as_tensor(self.alpha, dtype=step.losses.dtype, device=step.losses.device)
+        weighted_backward(step.losses, alpha)
+        shared = [p for p in step.model.shared_parameters() if p.grad is not None]
+        if self.options.max_norm > 0 and shared:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in shared])))
+            scale = (self.options.max_norm / norm).clamp(max=1.0)  # on the device: no host sync
+            torch._foreach_mul_([p.grad for p in shared], scale)
+            return alpha.detach() * scale.detach()
+        return alpha.detach()
+
+
+def _scale_heads(step: Step, scale: Tensor) -> None:
+    """Multiply each head's gradient (its own task's only) by scale[t]."""
+    for t, params in enumerate(step.task_parameters()):
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, scale[t].to(grads[0].device, grads[0].dtype))

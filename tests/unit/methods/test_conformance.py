@@ -17,6 +17,13 @@ authors define them:
 - FairGrad: TorchJD's `FairGrad(alpha=1)` solves the authors' equation G w = w^(-1/alpha) (OptMN-Lab/fairgrad
   solves it with SciPy's least_squares); alpha = 1 is the authors' default.
 
+Nash-MTL's reference is the authors' `NashMTL.get_weighted_loss` + `backward` (AvivNavon/nash-mtl, commit
+cce1840, methods/weight_methods.py), transcribed below: at every `update_weights_every`-th step alpha > 0 with
+alpha_t (G alpha)_t = 1 on the shared parameters' Gram matrix, then `(sum_t alpha_t L_t).backward()` (the
+heads get alpha_t-weighted gradients) and `clip_grad_norm_(shared_parameters, max_norm=1)`. The authors run
+up to 20 rounds of a linearised ECOS problem for alpha; the transcription solves the equation exactly with
+SciPy's root finder instead, as `mtl` does with its own Newton solver.
+
 CAGrad's reference is the authors' `cagrad(grads, alpha, rescale=1)` (Cranial-XIX/CAGrad, nyuv2/model_segnet_mt.py
 and mtrl), transcribed below with c = 0.4 (their run script's radius, `mtl`'s default): the weights minimise
 w^T G g0 + c ||g0|| ||J^T w|| on the simplex, the update is g0 + c ||g0|| / ||J^T w|| J^T w, divided by
@@ -167,3 +174,48 @@ def test_the_representation_variant_is_a_different_update(method: str) -> None:
     pairs = zip(model.encoder.parameters(), other.encoder.parameters(), strict=True)
     gap = max(float((a.grad - b.grad).abs().max()) for a, b in pairs)
     assert gap > 1e-6
+
+
+class AuthorsNashMtl:
+    """The authors' Nash-MTL step (module docstring), alpha solved exactly by SciPy's root finder."""
+
+    def __init__(self, update_weights_every: int = 1, max_norm: float = 1.0) -> None:
+        self.every, self.max_norm, self.step, self.alpha = update_weights_every, max_norm, 0, None
+
+    def __call__(self, model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]) -> None:
+        optimize = pytest.importorskip("scipy.optimize")
+        shared = list(model.encoder.parameters())
+        _, losses = task_losses(model, x, y)
+        if self.step % self.every == 0:
+            rows = [torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, shared, retain_graph=True)]) for loss in losses]
+            gram = torch.stack(rows).mm(torch.stack(rows).T).numpy()
+            start = 1 / np.sqrt(np.diag(gram) * len(losses))
+            solution = optimize.root(lambda a: a * (gram @ a) - 1, start, method="hybr", tol=1e-12)
+            assert (solution.x > 0).all() and np.abs(solution.x * (gram @ solution.x) - 1).max() < 1e-10
+            self.alpha = torch.from_numpy(solution.x)
+        self.step += 1
+        sum(a * loss for a, loss in zip(self.alpha, losses, strict=True)).backward()
+        torch.nn.utils.clip_grad_norm_(shared, self.max_norm)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_nash_mtl_is_the_authors_update_and_reuses_alpha_without_per_task_gradients(every: int) -> None:
+    """The default (every = 1) and `update_weights_every: 3`; between two solves no per-task gradient is taken."""
+    ours_model = small_model()
+    theirs_model = copy.deepcopy(ours_model)
+    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.05)
+    theirs_opt = torch.optim.SGD(theirs_model.parameters(), lr=0.05)
+    ours = build("nash-mtl", **({"update_weights_every": every} if every != 1 else {}))
+    ours.setup(len(TASKS), torch.device("cpu"))
+    theirs = AuthorsNashMtl(update_weights_every=every)
+    for x, y in batches() + batches(seed=2):
+        ours_opt.zero_grad(set_to_none=True)
+        z, losses = task_losses(ours_model, x, y)
+        ours.backward(Step.of(ours_model, z, losses))
+        ours_opt.step()
+        theirs_opt.zero_grad(set_to_none=True)
+        theirs(theirs_model, x, y)
+        theirs_opt.step()
+        for a, b in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert ours.per_task_steps == -(-2 * STEPS // every)  # ceil: only the solving steps took per-task gradients

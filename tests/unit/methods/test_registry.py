@@ -98,7 +98,7 @@ def test_the_gram_shell_applies_a_weighting_at_the_options_level() -> None:
         "aligned-mtl", "cagrad", "dualproj", "fairgrad", "gradvac", "imtl-g", "imtl-g-exact", "mgda",
         "mgda-unconstrained", "nash-mtl", "upgrad",
     ]  # fmt: skip
-    for name in shells:
+    for name in set(shells) - {"nash-mtl"}:  # Nash-MTL wraps the level step: unclipped heads, no solve between solves
         assert type(build(name)).backward is GramMethod.backward
     with pytest.raises(TypeError, match="abstract"):
         GramMethod()  # type: ignore[abstract]
