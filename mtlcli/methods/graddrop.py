@@ -1,24 +1,25 @@
 """GradDrop, gradient sign dropout (Chen et al., NeurIPS 2020, Algorithm 1, lines 10-15).
 
 At the shared representation z (the activation layer the method is inserted at), with g_t = dL_t/dz
-per element (batch kept: z_grads [T, numel(z)]):
+(batch kept, [T, B, features...]), by default (`mask: feature`, the paper's treatment of a batch and LibMTL's
+`GradDrop.py`, median-research-group/LibMTL) the purity is per feature of z, from the batch sums
+s_t = sum_b sign(z_b) g_{t,b}:
 
-    P = (1 + sum_t g_t / sum_t |g_t|) / 2          (positive-sign purity, in [0, 1])
-    U ~ Uniform(0, 1), one draw per element
-    M_t = [P > U] [g_t > 0] + [P < U] [g_t < 0]    (keep one sign, chosen with probability P)
+    P = (1 + sum_t s_t / sum_t |s_t|) / 2          (positive-sign purity, in [0, 1], per feature)
+    U ~ Uniform(0, 1), one draw per feature
+    M_t = [P > U] [s_t > 0] + [P < U] [s_t < 0]    (keep one sign, chosen with probability P)
 
-and the encoder gets ONE backward of sum_t (leak + (1 - leak) M_t) g_t from z. Heads get their own
-raw gradients. Where every task agrees on the sign (P = 1 or P = 0), the gradients pass unchanged
-(almost surely: U is never exactly 0 or 1 in practice). Elements where all g_t are 0 get P = 1/2.
+and every example's g_{t,b} of that feature is kept or dropped with M_t. `mask: element` applies the same rule
+per element of g_t (P, U and the signs of g_t itself, TorchJD 0.18's `GradDrop` on the matrix it is given).
+The encoder gets ONE backward of sum_t (leak + (1 - leak) M_t) g_t from z. Heads get their own raw
+gradients. Where every task agrees on the sign (P = 1 or P = 0), the gradients pass unchanged (almost surely:
+U is never exactly 0 or 1 in practice). Where all s_t (or g_t) are 0, P = 1/2.
 
-Choices, against TorchJD 0.18 (`GradDrop`, per element of the matrix it is given) and LibMTL
-(`GradDrop.py`): the purity is per element of z (batch kept), as TorchJD; LibMTL's batch-marginalised
-variant (sign(z) * dL_t/dz summed over the batch, one mask per feature: the paper's treatment of
-batch-separated gradients) is not offered. No `eps` in the purity denominator (LibMTL adds 1e-7); `f` (a monotone transform of P,
-TorchJD) is the identity. `leak` is one scalar for every task (LibMTL; TorchJD takes one per task).
-Ties P = U keep neither sign, as both references. U comes from a CPU generator seeded with the run's
-seed at `setup` (the same draws on any device) and is checkpointed. The returned weights are 1 for
-every task (each loss keeps its nominal weight; the masking is per element, not per task).
+Choices: no `eps` in the purity denominator (LibMTL adds 1e-7, which only moves P where every s_t is near 0);
+`f` (a monotone transform of P, TorchJD) is the identity; `leak` is one scalar for every task (LibMTL; TorchJD
+takes one per task). Ties P = U keep neither sign, as both references. U comes from a CPU generator seeded
+with the run's seed at `setup` (the same draws on any device) and is checkpointed. The returned weights are 1
+for every task (each loss keeps its nominal weight; the masking is per feature or element, not per task).
 """
 
 from __future__ import annotations
@@ -42,15 +43,27 @@ def sign_purity(z_grads: Tensor) -> Tensor:
 
 
 def graddrop_combine(z_grads: Tensor, u: Tensor, leak: float = 0.0) -> Tensor:
-    """sum_t (leak + (1 - leak) M_t) g_t with M_t = [P > U][g_t > 0] + [P < U][g_t < 0]."""
-    purity = sign_purity(z_grads)
-    keep = ((purity > u) & (z_grads > 0)) | ((purity < u) & (z_grads < 0))
-    factor = leak + (1 - leak) * keep.to(z_grads.dtype)
-    return (factor * z_grads).sum(dim=0)
+    """sum_t (leak + (1 - leak) M_t) g_t with M_t = [P > U][g_t > 0] + [P < U][g_t < 0], per element of [T, N]."""
+    return (_factor(z_grads, u, leak) * z_grads).sum(dim=0)
+
+
+def graddrop_combine_per_feature(z_grads: Tensor, z: Tensor, u: Tensor, leak: float = 0.0) -> Tensor:
+    """The per-feature rule: z_grads [T, B, F] (F = features of z, flattened), z [B, F], u [F]; the masks come
+    from the batch sums s_t = sum_b sign(z_b) g_{t,b} and apply to every example of the feature."""
+    sums = (z_grads * z.sign().unsqueeze(0)).sum(dim=1)  # [T, F]
+    return (_factor(sums, u, leak).unsqueeze(1) * z_grads).sum(dim=0)  # [B, F]
+
+
+def _factor(signed: Tensor, u: Tensor, leak: float) -> Tensor:
+    """leak + (1 - leak) M_t for the signed quantities [T, ...] whose purity decides."""
+    purity = sign_purity(signed)
+    keep = ((purity > u) & (signed > 0)) | ((purity < u) & (signed < 0))
+    return leak + (1 - leak) * keep.to(signed.dtype)
 
 
 class GradDrop(SeededRandom):
-    """Keep, per element of the representation gradient, one sign chosen with probability of its purity."""
+    """Keep, per feature of the representation (or per element of its gradient), one sign chosen with
+    probability of its purity."""
 
     name: ClassVar[str] = "graddrop"
 
@@ -60,7 +73,7 @@ class GradDrop(SeededRandom):
         self._before: Tensor | None = None
 
     def __repr__(self) -> str:
-        return f"GradDrop(leak={self.options.leak})"
+        return f"GradDrop(leak={self.options.leak}, mask={self.options.mask!r})"
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -84,6 +97,12 @@ class GradDrop(SeededRandom):
                 if g is not None:
                     _accumulate(p, g)
         z_grads = grads.z_grads
-        u = self.uniform(z_grads.shape[1], z_grads).to(z_grads.dtype)
-        step.z.backward(graddrop_combine(z_grads, u, self.options.leak).reshape(step.z.shape))
+        if self.options.mask == "element":
+            u = self.uniform(z_grads.shape[1], z_grads).to(z_grads.dtype)
+            step.z.backward(graddrop_combine(z_grads, u, self.options.leak).reshape(step.z.shape))
+        else:
+            z = step.z.detach().reshape(step.z.shape[0], -1)
+            u = self.uniform(z.shape[1], z_grads).to(z_grads.dtype)
+            combined = graddrop_combine_per_feature(z_grads.reshape(step.num_tasks, *z.shape), z, u, self.options.leak)
+            step.z.backward(combined.reshape(step.z.shape))
         return torch.ones(step.num_tasks, dtype=step.losses.dtype, device=step.losses.device)

@@ -209,8 +209,16 @@ class GlsOptions(Options):
 
 
 # ---------------------------------------------------------------- graddrop
+GradDropMask = Literal["feature", "element"]
+
+
 class GradDropOptions(Options):
     leak: float = Field(0.0, ge=0, le=1, description="fraction of each task's dropped gradient let through (0: none)")
+    mask: GradDropMask = Field(
+        "feature",
+        description="one sign choice per feature of z from the batch sums of sign(z) dL_t/dz (the paper, LibMTL) "
+        "or per element of dL_t/dz (TorchJD's form)",
+    )
 
 
 # ---------------------------------------------------------------- gradnorm

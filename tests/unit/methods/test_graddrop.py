@@ -84,7 +84,7 @@ def test_step_draws_are_seeded_checkpointed_and_undone_when_skipped() -> None:
 
 
 def test_step_gives_the_encoder_the_masked_gradient_and_heads_their_own() -> None:
-    method = build("graddrop", leak=0.2)
+    method = build("graddrop", leak=0.2, mask="element")
     torch.manual_seed(9)
     method.setup(2, torch.device("cpu"))
     generator_state = method.state_dict()["generator"]
@@ -108,8 +108,57 @@ def test_step_gives_the_encoder_the_masked_gradient_and_heads_their_own() -> Non
 
 
 def test_options() -> None:
-    assert repr(build("graddrop")) == "GradDrop(leak=0.0)"
+    assert repr(build("graddrop")) == "GradDrop(leak=0.0, mask='feature')"
+    with pytest.raises(MtlError, match="mask"):
+        build("graddrop", mask="pixel")
     with pytest.raises(MtlError, match="leak"):
         build("graddrop", leak=2.0)
     with pytest.raises(MtlError, match="level"):
         build("graddrop", level="shared")
+
+
+def libmtl_graddrop(per_grads: torch.Tensor, rep: torch.Tensor, u: torch.Tensor, leak: float) -> torch.Tensor:
+    """LibMTL's `GradDrop.backward` (median-research-group/LibMTL, commit 4336804, LibMTL/weighting/GradDrop.py)
+    transcribed, its `torch.rand_like(P)` given as `u`: per_grads [T, B, F], rep [B, F] -> the gradient for rep."""
+    task_num = per_grads.shape[0]
+    inputs = rep.unsqueeze(0).repeat_interleave(task_num, dim=0)
+    grads = (per_grads * inputs.sign()).sum(1)
+    big_p = 0.5 * (1 + grads.sum(0) / (grads.abs().sum(0) + 1e-7))
+    m = big_p.gt(u).unsqueeze(0).repeat_interleave(task_num, dim=0) * grads.gt(0) + big_p.lt(u).unsqueeze(
+        0
+    ).repeat_interleave(task_num, dim=0) * grads.lt(0)
+    m = m.unsqueeze(1).repeat_interleave(per_grads.size()[1], dim=1)
+    return (per_grads * (leak + (1 - leak) * m)).sum(0)
+
+
+@pytest.mark.parametrize("leak", [0.0, 0.3])
+def test_the_default_step_is_libmtls_per_feature_graddrop(leak: float) -> None:
+    """Issue 16: the default mask is the paper's and LibMTL's, one sign choice per feature from batch sums."""
+    method = build("graddrop", **({"leak": leak} if leak else {}))
+    torch.manual_seed(5)
+    method.setup(2, torch.device("cpu"))
+    generator_state = method.state_dict()["generator"]
+    model, _ = _step(method)
+    got = {name: p.grad.clone() for name, p in model.named_parameters() if not name.startswith("heads.")}
+    model.zero_grad()
+    _, x, y = _tiny_batch(0)
+    z, losses = _losses(model, x, y)
+    per_grads = torch.stack([torch.autograd.grad(loss, z, retain_graph=True)[0].reshape(z.shape[0], -1) for loss in losses])
+    u = torch.rand(per_grads.shape[2], generator=torch.Generator().set_state(generator_state))
+    combined = libmtl_graddrop(per_grads, z.detach().reshape(z.shape[0], -1), u, leak).reshape(z.shape)
+    encoder = [p for name, p in model.named_parameters() if not name.startswith("heads.")]
+    expected = torch.autograd.grad(z, encoder, combined)
+    for (name, want) in zip(got, expected, strict=True):
+        torch.testing.assert_close(got[name], want, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_per_feature_masks_apply_to_every_example_of_the_feature() -> None:
+    """Hand case: feature 0's batch sums agree (kept whole), feature 1's disagree; U picks the negative sign."""
+    from mtlcli.methods.graddrop import graddrop_combine_per_feature
+
+    z = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])  # B = 2 examples, F = 2 features
+    g = torch.tensor([[[0.5, 2.0], [-0.5, -1.0]], [[1.0, -4.0], [-1.0, 1.0]]])  # [T, B, F]
+    # feature 0: s = (0.5 + 0.5, 1 + 1) = (1, 2) > 0: P = 1, kept for every example
+    # feature 1: s = (2 - 1, -4 + 1) = (1, -3): P = (1 - 2/4) / 2 = 0.25; U = 0.5 > P keeps the negative task (2)
+    out = graddrop_combine_per_feature(g, z, torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(out, torch.tensor([[1.5, -4.0], [-1.5, 1.0]]))
