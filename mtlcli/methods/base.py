@@ -8,7 +8,7 @@ learnable state; they never subclass the model or the trainer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -110,6 +110,11 @@ class Method(Protocol):
         (so state saved in `state_dict` includes it). Methods paced by epochs (DWA, STCH) use it."""
         ...
 
+    def after_update(self, losses_after: Callable[[], Tensor]) -> None:
+        """After the optimiser applied this step. `losses_after()` re-evaluates the same batch's task losses [T]
+        with the updated parameters (one more forward, no graph); only a method that needs them calls it (FAMO)."""
+        ...
+
 
 class MethodHooks:
     """The no-op defaults of the optional hooks of `Method`; every method inherits them."""
@@ -121,6 +126,9 @@ class MethodHooks:
         return {}
 
     def end_epoch(self, mean_losses: Tensor) -> None:
+        return None
+
+    def after_update(self, losses_after: Callable[[], Tensor]) -> None:
         return None
 
 

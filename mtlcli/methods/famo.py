@@ -13,15 +13,15 @@ decay `gamma` (torch.optim.Adam's `weight_decay`), as in the authors' code. A ta
 more slowly than the others gets a larger delta-deficit, hence a larger z_t: FAMO balances the rates
 at which the task losses decrease, in O(1) extra space and time (no per-task gradients).
 
-When delta is measured. The authors (and LibMTL) run a second forward on the same batch right after
-the optimiser step and update w with L(theta_{k+1}, batch k). The trainer has no hook after the
-optimiser step, so here the update of step k is made at the start of step k+1, before its weighted
-loss, from the losses the trainer already has: delta = log D(theta_k, batch k) - log D(theta_{k+1},
-batch k+1). That is the order of the authors' toy experiment (`update(f)` before `backward(f)` for
-it > 0), keeps FAMO at one forward and one backward per step, and since batch k+1 is independent of
-theta_{k+1} it measures the decrease on unseen data rather than on the batch just trained on: less
-biased, noisier (the noise averages out under Adam and the weight decay). The first step (no previous
-losses yet) leaves w at 0.
+When delta is measured. By default (`update: same-batch`) as the authors (Cranial-XIX/FAMO, commit 0a6ad06:
+famo.py's example loop and experiments/nyuv2/trainer.py) and LibMTL: right after the optimiser step the same
+batch is evaluated again (one more forward, under no_grad, in the model's training mode as the authors'
+trainer) and w is updated with delta = log D(theta_k, batch k) - log D(theta_{k+1}, batch k): the trainer's
+`after_update` hook. `update: next-batch` saves that forward: the update of step k is made at the start of
+step k+1, before its weighted loss, from the losses the trainer already has, delta = log D(theta_k, batch k)
+- log D(theta_{k+1}, batch k+1) (the order of the authors' toy experiment); since batch k+1 is independent
+of theta_{k+1} it measures the decrease on unseen data, less biased and noisier. With it the first step (no
+previous losses yet) leaves w at 0.
 
 Non-finite steps. If this step's losses (or the saved previous ones) are not all finite, w and the
 Adam state are left exactly as they were, and the previous losses are kept, so the next finite step
@@ -33,13 +33,15 @@ measurement); the delta across the skipped step is then only batch noise.
 
 `backward` returns the effective weights a_t = z_t / (c D_t) (detached, summing to 1): the weight each
 raw loss L_t gets in the gradient. w, the Adam moments and step count, and the previous losses are in
-`state_dict`, so a resumed run continues bitwise-identically on the CPU. The reference's optional
-gradient clipping of the shared parameters (`max_norm`) is not part of the weighting and is left out
-(LibMTL leaves it out too).
+`state_dict`, so a resumed run continues bitwise-identically on the CPU. The reference's gradient clipping
+of the shared parameters (`max_norm`) is left out: the authors' NYUv2 trainer calls `clip_grad_norm_` before
+`loss.backward()` (methods/weight_methods.py, `WeightMethod.backward`), where it clips nothing, and LibMTL
+leaves it out too. `gamma` is famo.py's 0.01; the authors' NYUv2 runs use 1e-3 (experiments/nyuv2/run.sh).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -61,9 +63,10 @@ class Famo(MethodHooks):
     def __init__(self, options: FamoOptions | None = None) -> None:
         self.options = options or FamoOptions()
         self.state: dict[str, Tensor] | None = None
+        self._pending: Tensor | None = None  # same-batch: this step's losses, until `after_update` measures
 
     def __repr__(self) -> str:
-        return f"Famo(gamma={self.options.gamma}, w_lr={self.options.w_lr})"
+        return f"Famo(gamma={self.options.gamma}, w_lr={self.options.w_lr}, update={self.options.update!r})"
 
     def setup(self, num_tasks: int, device: torch.device) -> None:
         zeros = torch.zeros(num_tasks, device=device)
@@ -129,8 +132,25 @@ class Famo(MethodHooks):
     def backward(self, step: Step) -> Tensor:
         s = self._ready()
         losses = step.losses.detach()
-        self.update(losses)  # the previous step's update, measured on this step's losses
+        if self.options.update == "next-batch":
+            self.update(losses)  # the previous step's update, measured on this step's losses
         weights = self.weights(losses)
         weighted_backward(step.losses, weights)
-        s["prev_losses"].copy_(torch.where(torch.isfinite(losses).all(), losses, s["prev_losses"]))
+        if self.options.update == "next-batch":
+            s["prev_losses"].copy_(torch.where(torch.isfinite(losses).all(), losses, s["prev_losses"]))
+        else:
+            self._pending = losses.clone()
         return weights
+
+    def after_update(self, losses_after: Callable[[], Tensor]) -> None:
+        """same-batch: w moves on the decrease of this batch's log-losses across the step just applied."""
+        if self.options.update != "same-batch" or self._pending is None:
+            return
+        s = self._ready()
+        s["prev_losses"].copy_(self._pending)
+        self._pending = None
+        self.update(losses_after())
+
+    def step_skipped(self) -> None:
+        """The trainer dropped the step: nothing was measured (same-batch), w is as it was."""
+        self._pending = None

@@ -198,9 +198,19 @@ class FairGradOptions(SharedLevelOptions):
 
 
 # ---------------------------------------------------------------- famo
+FamoUpdate = Literal["same-batch", "next-batch"]
+
+
 class FamoOptions(Options):
-    gamma: float = Field(0.01, ge=0, description="weight decay (L2) of the task logits in their Adam optimiser")
+    gamma: float = Field(
+        0.01, ge=0, description="weight decay (L2) of the task logits in their Adam optimiser (famo.py; NYUv2 runs: 1e-3)"
+    )
     w_lr: float = Field(0.025, gt=0, description="learning rate of the task logits' own Adam optimiser")
+    update: FamoUpdate = Field(
+        "same-batch",
+        description="the logits move after each step from the same batch re-evaluated (the authors': one more "
+        "forward) or at the next step from its losses (no extra forward)",
+    )
 
 
 # ---------------------------------------------------------------- gls

@@ -247,10 +247,8 @@ class Trainer:
             x, y = self.augment(x, y, self.global_step * self.job.world + self.job.rank)
             timer.start()
             self.optimizer.zero_grad(set_to_none=True)
-            z, outputs = self.model(x)
-            task_losses = [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in self.tasks]
-            if self.job.active:  # this rank's share of the batch: the ranks' losses add up to the batch's
-                task_losses = [loss * (len(mine) / len(index)) for loss in task_losses]
+            share = len(mine) / len(index)  # this rank's share of the batch: the ranks' losses add up to the batch's
+            z, task_losses = self._forward(x, y, share)
             step = Step.of(self.model, z, task_losses)
             weights = self.method.backward(step)
             losses = step.summed_losses()  # all-reduced once per step, by the method when it needed them
@@ -265,6 +263,7 @@ class Trainer:
                 raise
             if apply:
                 self.optimizer.step()
+                self.method.after_update(lambda x=x, y=y, share=share: self._losses_after(x, y, share))
                 pos.loss_sum += losses.detach()
                 pos.weight_sum += weights.to(pos.weight_sum.dtype)
             else:  # skip: no parameter, optimiser-state or method-state change, not averaged into the epoch's losses
@@ -286,6 +285,17 @@ class Trainer:
         self.scheduler.step()
         self._end_epoch(steps, train_seconds, lr)
         return True
+
+    def _forward(self, x: torch.Tensor, y: dict[str, torch.Tensor], share: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """z and each task's (loss_scale-multiplied) loss of this rank's `share` of the batch."""
+        z, outputs = self.model(x)
+        losses = [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in self.tasks]
+        return z, losses if share == 1 else [loss * share for loss in losses]
+
+    @torch.no_grad()
+    def _losses_after(self, x: torch.Tensor, y: dict[str, torch.Tensor], share: float) -> torch.Tensor:
+        """The same batch's task losses [T] with the updated parameters (a method's `after_update`)."""
+        return torch.stack(self._forward(x, y, share)[1]).detach()
 
     def _agree_on_stop(self, stop: StopRequest) -> None:
         """A signal seen by any rank stops every rank before the same step (one tiny all-reduce per step)."""

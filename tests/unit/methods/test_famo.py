@@ -20,7 +20,8 @@ CPU = torch.device("cpu")
 
 
 def famo(num_tasks: int = 3, **options: Any) -> Famo:
-    method = build("famo", **options)
+    """FAMO driven by `backward` alone: the next-batch update (the same-batch default needs `after_update`)."""
+    method = build("famo", **{"update": "next-batch", **options})
     assert isinstance(method, Famo)
     method.setup(num_tasks, CPU)
     return method
@@ -185,6 +186,7 @@ def test_on_a_shared_model_famo_balances_the_log_loss_decrease_rates() -> None:
             first = losses.detach() if first is None else first
             weights = method.backward(Step(model=None, z=None, losses=losses))  # type: ignore[arg-type]
             opt.step()
+            method.after_update(lambda: torch.stack([(theta[0] - 1) ** 2 + 0.01, 0.05 * (theta[1] - 1) ** 2 + 0.01]).detach())
         return torch.log(first) - torch.log(losses.detach()), weights
 
     uniform_drop, _ = run("uniform")
@@ -269,7 +271,7 @@ def test_famo_in_the_trainer_resumes_exactly_and_survives_skipped_steps(data_dir
         assert torch.equal(a, b)
 
     raw = recipe(data_dir, tmp_path / "skip", epochs=1, on_nonfinite="skip")
-    raw["method"] = {"name": "famo"}
+    raw["method"] = {"name": "famo", "update": "next-batch"}  # one forward per step: the hooks below count them
     t = trainer(raw)
     poison_task(t, "right", {3})
     states: dict[int, dict[str, torch.Tensor]] = {}
@@ -284,3 +286,71 @@ def test_famo_in_the_trainer_resumes_exactly_and_survives_skipped_steps(data_dir
     assert not torch.equal(states[2]["w"], states[3]["w"])  # step 2 measured step 1's update and moved w
     assert all(torch.equal(states[3][k], states[4][k]) for k in states[3])  # step 3 (NaN) changed nothing
     assert torch.isfinite(t.method.w).all()
+
+
+class AuthorsFamo:
+    """The authors' FAMO (Cranial-XIX/FAMO, commit 0a6ad06, famo.py), transcribed; `max_norm` 0 (their NYUv2
+    trainer's clip runs before the backward and clips nothing)."""
+
+    def __init__(self, n_tasks: int, gamma: float = 0.01, w_lr: float = 0.025) -> None:
+        self.min_losses = torch.zeros(n_tasks)
+        self.w = torch.tensor([0.0] * n_tasks, requires_grad=True)
+        self.w_opt = torch.optim.Adam([self.w], lr=w_lr, weight_decay=gamma)
+
+    def backward(self, losses: torch.Tensor) -> None:
+        self.prev_loss = losses
+        z = torch.softmax(self.w, -1)
+        d = losses - self.min_losses + 1e-8
+        c = (z / d).sum().detach()
+        (d.log() * z / c).sum().backward()
+
+    def update(self, curr_loss: torch.Tensor) -> None:
+        delta = (self.prev_loss - self.min_losses + 1e-8).log() - (curr_loss - self.min_losses + 1e-8).log()
+        with torch.enable_grad():
+            d = torch.autograd.grad(torch.softmax(self.w, -1), self.w, grad_outputs=delta.detach())[0]
+        self.w_opt.zero_grad()
+        self.w.grad = d
+        self.w_opt.step()
+
+
+def test_the_default_is_the_authors_loop_the_same_batch_re_evaluated_after_the_step() -> None:
+    """Issue 16: `update: same-batch` (the default) equals the authors' loop: backward, optimiser step, then the
+    same batch re-evaluated under no_grad and the logits updated, step for step (model and logits)."""
+    ours_model, ours_steps = _problem(seed=4)
+    theirs_model, theirs_steps = _problem(seed=4)
+    ours, theirs = build("famo"), AuthorsFamo(3)
+    ours.setup(3, CPU)
+    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.05)
+    theirs_opt = torch.optim.SGD(theirs_model.parameters(), lr=0.05)
+    for _ in range(8):
+        ours.backward(ours_steps())
+        ours_opt.step()
+        ours.after_update(lambda: ours_steps().losses.detach())
+        step = theirs_steps()
+        theirs.backward(step.losses.clone())
+        theirs_opt.step()
+        with torch.no_grad():
+            theirs.update(theirs_steps().losses.detach())
+        for a, b in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(ours.w, theirs.w.detach(), rtol=1e-5, atol=1e-7)
+    assert float(theirs.w.detach().abs().max()) > 1e-3  # the logits did move
+
+
+def test_same_batch_measures_the_step_just_applied_and_a_skipped_step_measures_nothing() -> None:
+    method = build("famo")
+    method.setup(2, CPU)
+    method.backward(leaf_step([1.0, 1.0]))
+    method.after_update(lambda: torch.tensor([0.5, 1.0]))  # task 0 fell, task 1 did not: task 1 gains weight
+    z = torch.softmax(method.w, -1)
+    assert float(z[1]) > float(z[0])
+    before = method.state_dict()
+    method.backward(leaf_step([0.5, 1.0]))
+    method.step_skipped()  # the trainer dropped it: no after_update, and a late one must not measure
+    method.after_update(lambda: torch.tensor([0.1, 0.1]))
+    assert all(torch.equal(before[k], v) for k, v in method.state_dict().items())
+    calls = []
+    next_batch = famo(2)
+    next_batch.backward(leaf_step([1.0, 1.0]))
+    next_batch.after_update(lambda: calls.append(1) or torch.ones(2))  # the next-batch form never re-evaluates
+    assert calls == []
