@@ -219,3 +219,53 @@ def test_nash_mtl_is_the_authors_update_and_reuses_alpha_without_per_task_gradie
         for a, b in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     assert ours.per_task_steps == -(-2 * STEPS // every)  # ceil: only the solving steps took per-task gradients
+
+
+class LibMtlDbMtl:
+    """LibMTL's `DB_MTL.backward` (median-research-group/LibMTL, commit 4336804, LibMTL/weighting/DB_MTL.py) with
+    its defaults DB_beta 0.9 and DB_beta_sigma 0, transcribed: per-task backward passes of log(L_t + 1e-8) (the
+    heads keep what those leave), an EMA of the shared gradients, each rescaled to the largest norm, summed."""
+
+    def __init__(self, beta: float = 0.9, beta_sigma: float = 0.0) -> None:
+        self.beta, self.beta_sigma, self.step, self.buffer = beta, beta_sigma, 0, None
+
+    def __call__(self, model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]) -> None:
+        shared = list(model.encoder.parameters())
+        _, losses = task_losses(model, x, y)
+        self.step += 1
+        rows = []
+        for t, loss in enumerate(losses):
+            torch.log(loss + 1e-8).backward(retain_graph=t + 1 != len(losses))
+            rows.append(torch.cat([p.grad.reshape(-1) for p in shared]))
+            for p in shared:
+                p.grad = None
+        batch_grads = torch.stack(rows)
+        buffer = torch.zeros_like(batch_grads) if self.buffer is None else self.buffer
+        self.buffer = batch_grads + (self.beta / self.step**self.beta_sigma) * (buffer - batch_grads)
+        norms = self.buffer.norm(dim=-1)
+        alpha = norms.max() / (norms + 1e-8)
+        update = sum(alpha[i] * self.buffer[i] for i in range(len(losses)))
+        offset = 0
+        for p in shared:
+            p.grad = update[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
+
+def test_db_mtl_is_libmtls_update() -> None:
+    ours_model = small_model()
+    theirs_model = copy.deepcopy(ours_model)
+    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.05)
+    theirs_opt = torch.optim.SGD(theirs_model.parameters(), lr=0.05)
+    ours = build("db-mtl")
+    ours.setup(len(TASKS), torch.device("cpu"))
+    theirs = LibMtlDbMtl()
+    for x, y in batches():
+        ours_opt.zero_grad(set_to_none=True)
+        z, losses = task_losses(ours_model, x, y)
+        ours.backward(Step.of(ours_model, z, losses))
+        ours_opt.step()
+        theirs_opt.zero_grad(set_to_none=True)
+        theirs(theirs_model, x, y)
+        theirs_opt.step()
+        for a, b in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
