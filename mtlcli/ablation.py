@@ -212,11 +212,16 @@ def run_ablation(
     def losses_of(outputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         return [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in tasks]
 
+    @torch.no_grad()
+    def losses_after(c: _Contender) -> torch.Tensor:
+        return torch.stack(losses_of(c.model(x)[1]))
+
     def step(c: _Contender) -> None:
         c.optimizer.zero_grad(set_to_none=True)
         z, outputs = c.model(x)
         c.method.backward(Step.of(c.model, z, losses_of(outputs)))
         c.optimizer.step()
+        c.method.after_update(lambda: losses_after(c))  # as the trainer: FAMO re-evaluates the batch here
 
     torch.manual_seed(recipe.train.seed)
     for c in contenders:
@@ -364,8 +369,8 @@ def ablation_table(payload: dict[str, Any]) -> Table:
         f"{payload['dataset']} ({data}), batch {payload['batch_size']}, {len(payload['tasks'])} tasks, on {device} "
         f"({payload['device_name']}, {payload['threads']} threads): median of {payload['steps']} steps after "
         f"{payload['warmup']} warm-up steps{_speedups(payload)}; every method starts from the same initial weights on the "
-        "same batch; a step "
-        "is zero_grad + forward + the method's backward + optimiser step; methods take turns in blocks of "
+        "same batch; a step is zero_grad + forward + the method's backward + optimiser step (+ the re-evaluation "
+        "a method asks for after it, FAMO's); methods take turns in blocks of "
         f"{payload.get('block', BLOCK)} steps, so a busy machine slows them alike"
         + (
             "; CUDA synchronised around each step; peak MiB: the most memory a step allocates beyond what was resident."
