@@ -59,6 +59,10 @@ def method_block(name: str, width: int = 80) -> str:
     wrap = textwrap.TextWrapper(width=width, initial_indent="    ", subsequent_indent="    ")
     lines = [f"[bold cyan]{name}[/]", *(escape(line) for line in wrap.wrap(info.summary))]
     lines.append(f"    [dim]paper:[/] {escape(info.paper)}")
+    if info.reference:  # what its defaults reproduce, checked by tests/unit/methods/test_conformance.py and friends
+        first, *rest = textwrap.wrap(f"reference: {info.reference}", width=width - 4, subsequent_indent="    ")
+        lines.append(f"    [dim]reference:[/]{escape(first[len('reference:') :])}")
+        lines.extend(f"    {escape(line)}" for line in rest)
     options = describe_options(name)
     lines.append("    [dim]options:[/] none" if not options else "    [dim]options:[/]")
     detail = textwrap.TextWrapper(width=width, initial_indent=" " * 10, subsequent_indent=" " * 10)

@@ -27,6 +27,7 @@ class MethodInfo:
     summary: str
     paper: str
     independent_networks: bool = False  # one network per task (the single-task baseline)
+    reference: str = ""  # the implementation the defaults reproduce (repository and file), checked by a test
 
     @property
     def options(self) -> type[Options]:
@@ -130,6 +131,7 @@ REGISTRY: dict[str, MethodInfo] = {
             "FamoOptions",
             "softmax logits z moved by the observed log-loss decreases (own Adam): sum_t z_t log L_t / c, balanced rates",
             "Liu et al., NeurIPS 2023 (FAMO)",
+            reference="Cranial-XIX/FAMO, famo.py (and experiments/nyuv2/trainer.py's loop)",
         ),
         MethodInfo(
             "dwa",
@@ -147,22 +149,25 @@ REGISTRY: dict[str, MethodInfo] = {
             "upgrad",
             "UPGradOptions",
             "mean of the task gradients each projected onto the dual cone of all of them (conflicts with none), "
-            "on z or, with level: shared, the shared parameters",
+            "on the shared parameters or, with level: representation, on z",
             "Quinton & Rey, 2024 (Jacobian Descent, UPGrad)",
+            reference="TorchJD/torchjd, src/torchjd/aggregation/_upgrad.py (with autojac.mtl_backward)",
         ),
         MethodInfo(
             "dualproj",
             "DualProjOptions",
             "mean task gradient projected onto the dual cone of the task gradients (GEM's projection), "
-            "on z or, with level: shared, the shared parameters",
+            "on the shared parameters or, with level: representation, on z",
             "Quinton & Rey, 2024 (TorchJD); Lopez-Paz & Ranzato, NIPS 2017 (GEM)",
+            reference="TorchJD/torchjd, src/torchjd/aggregation/_dualproj.py (with autojac.mtl_backward)",
         ),
         MethodInfo(
             "cagrad",
             "CagradOptions",
             "mean gradient moved within a ball of radius c ||g_0|| to maximise the worst task's decrease "
-            "(exact dual on the Gram matrix), on z or, with level: shared, the shared parameters",
+            "(exact dual on the Gram matrix), on the shared parameters or, with level: representation, on z",
             "Liu, Liu, Jin, Stone & Liu, NeurIPS 2021 (CAGrad)",
+            reference="Cranial-XIX/CAGrad, nyuv2/utils.py `cagrad` (c 0.4 of nyuv2/run.sh)",
         ),
         MethodInfo(
             "gradvac",
@@ -175,18 +180,21 @@ REGISTRY: dict[str, MethodInfo] = {
             "GradDropOptions",
             "per element of dL/dz, keep one sign, chosen with probability of its purity",
             "Chen et al., NeurIPS 2020 (GradDrop)",
+            reference="median-research-group/LibMTL, LibMTL/weighting/GradDrop.py",
         ),
         MethodInfo(
             "nash-mtl",
             "NashMtlOptions",
-            "Nash bargaining update sum_t a_t g_t with G a = 1/a (exact Newton), on z or shared params",
+            "Nash bargaining update sum_t a_t g_t with G a = 1/a (exact Newton), on the shared parameters or z",
             "Navon et al., ICML 2022 (Nash-MTL)",
+            reference="AvivNavon/nash-mtl, methods/weight_methods.py `NashMTL`",
         ),
         MethodInfo(
             "db-mtl",
             "DbMtlOptions",
             "log-losses; EMA of their gradients, each scaled to the largest norm, summed",
             "Lin, Ye, Xu, Shi & Zhang, 2023 (DB-MTL)",
+            reference="median-research-group/LibMTL, LibMTL/weighting/DB_MTL.py",
         ),
         MethodInfo(
             "moco",
@@ -199,12 +207,14 @@ REGISTRY: dict[str, MethodInfo] = {
             "AlignedMtlOptions",
             "task gradients aligned to equal singular values (condition number 1), mean",
             "Senushkin et al., CVPR 2023 (Aligned-MTL)",
+            reference="SamsungLabs/MTL's sum, as TorchJD's aggregation/_aligned_mtl.py with pref_vector ones",
         ),
         MethodInfo(
             "fairgrad",
             "FairGradOptions",
             "alpha-fair update sum_t w_t g_t with G w = w^(-1/alpha) (exact Newton)",
             "Ban & Ji, ICML 2024 (FairGrad)",
+            reference="OptMN-Lab/fairgrad's equation, as TorchJD's aggregation/_fairgrad.py",
         ),
         MethodInfo(
             "stch",

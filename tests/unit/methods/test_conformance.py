@@ -24,8 +24,8 @@ heads get alpha_t-weighted gradients) and `clip_grad_norm_(shared_parameters, ma
 up to 20 rounds of a linearised ECOS problem for alpha; the transcription solves the equation exactly with
 SciPy's root finder instead, as `mtl` does with its own Newton solver.
 
-CAGrad's reference is the authors' `cagrad(grads, alpha, rescale=1)` (Cranial-XIX/CAGrad, nyuv2/model_segnet_mt.py
-and mtrl), transcribed below with c = 0.4 (their run script's radius, `mtl`'s default): the weights minimise
+CAGrad's reference is the authors' `cagrad(grads, alpha, rescale=1)` (Cranial-XIX/CAGrad, commit dc3d481,
+nyuv2/utils.py), transcribed below with c = 0.4 (nyuv2/run.sh's `--alpha 0.4`, `mtl`'s default): the weights minimise
 w^T G g0 + c ||g0|| ||J^T w|| on the simplex, the update is g0 + c ||g0|| / ||J^T w|| J^T w, divided by
 1 + c^2; each head keeps its own raw gradient (`zero_grad_shared_modules` after each task's backward). The
 authors solve for w with SciPy's SLSQP (tolerance 1e-6); the transcription solves the same problem exactly
