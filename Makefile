@@ -1,5 +1,6 @@
 # make demo: set up, get Fashion-MNIST, train uniform and mgda-ub for 3 epochs, compare.
 # make test: set up and run the test suite (lint and the import contracts included).
+# make mutate MODULE=mtlcli/dense.py: mutation testing of one module against its tests (mutmut; minutes, not in make test).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEMO_OUT := results/demo
 DEBIAN_FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test lint setup fashion-mnist clean
+.PHONY: demo test lint setup fashion-mnist clean mutate
 
 setup: $(STAMP)
 
@@ -41,5 +42,10 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
+# Prints the surviving mutants and the score; JOBS=N workers (default: every core); the module's tests: tools/mutate.py.
+mutate: $(STAMP)
+	@test -n "$(MODULE)" || { echo "usage: make mutate MODULE=mtlcli/<module>.py [JOBS=N]"; exit 2; }
+	$(PY) tools/mutate.py $(MODULE)
+
 clean:
-	rm -rf $(VENV) results .pytest_cache .ruff_cache
+	rm -rf $(VENV) results .pytest_cache .ruff_cache .mutmut mutants

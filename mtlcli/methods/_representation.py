@@ -114,4 +114,5 @@ def normalize_gram(gram: Tensor, losses: Tensor, normalization: str) -> Tensor:
     else:
         raise ValueError(f"unknown normalization {normalization!r}")
     scale = scale.clamp_min(torch.finfo(gram.dtype).tiny)
-    return gram / (scale[:, None] * scale[None, :])
+    # one division per side: the product of two clamped scales underflows to 0, and a zero gradient's 0 / 0 was NaN
+    return gram / scale[:, None] / scale[None, :]

@@ -326,6 +326,7 @@ def test_grads_at_the_representation_level_is_a_recipe_error(tiny_recipe, write_
     from mtlcli.cli import app
 
     recipe = write_recipe(tiny_recipe)
-    result = CliRunner().invoke(app, ["train", str(recipe), "--method", "upgrad", "--set", "method.level=representation", "--set", "method.grads=batched"])
+    args = ["train", str(recipe), "--method", "upgrad", "--set", "method.level=representation", "--set", "method.grads=batched"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 1
     assert "method.grads: applies only at level shared" in result.output
