@@ -9,15 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from mtlcli.models._input import dilated_resnet_input_problem, resnet_cifar_input_problem, segnet_input_problem
 from mtlcli.schema import Problem, option_problems
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["ENCODERS", "EncoderSpec", "InputShape", "encoder_option_problems"]
 

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from mtlcli.methods import build
-from mtlcli.methods.base import Step
+from mtlcli.methods.base import Method, Step
 from mtlcli.models import MultiTaskModel
 
 pytest.importorskip("torchjd")
@@ -79,7 +79,33 @@ def task_losses(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tenso
     return z, [s * torch.mean((outputs[t] - y[t]) ** 2) for s, t in zip(SCALES, TASKS, strict=True)]
 
 
-def reference_step(aggregator: object) -> Callable[[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]], None]:
+Reference = Callable[[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]], None]
+
+
+def assert_same_updates(ours: Method, theirs: Reference, data: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> float:
+    """Train two copies of the small model side by side, `ours` through `Method.backward`, `theirs` as the
+    reference's step, with SGD on the same batches; the parameters agree to 1e-6 after every step. Returns
+    how far the parameters moved, so that agreeing means something."""
+    ours_model = small_model()
+    theirs_model = copy.deepcopy(ours_model)
+    start = [p.detach().clone() for p in ours_model.parameters()]
+    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.05)
+    theirs_opt = torch.optim.SGD(theirs_model.parameters(), lr=0.05)
+    ours.setup(len(TASKS), torch.device("cpu"))
+    for x, y in data:
+        ours_opt.zero_grad(set_to_none=True)
+        z, losses = task_losses(ours_model, x, y)
+        ours.backward(Step.of(ours_model, z, losses))
+        ours_opt.step()
+        theirs_opt.zero_grad(set_to_none=True)
+        theirs(theirs_model, x, y)
+        theirs_opt.step()
+        for (name, a), b in zip(ours_model.named_parameters(), theirs_model.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    return max(float((p.detach() - s).abs().max()) for p, s in zip(ours_model.parameters(), start, strict=True))
+
+
+def reference_step(aggregator: object) -> Reference:
     from torchjd.autojac import jac_to_grad, mtl_backward
 
     def step(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]) -> None:
@@ -123,7 +149,7 @@ def authors_cagrad_step(model: MultiTaskModel, x: torch.Tensor, y: dict[str, tor
         offset += p.numel()
 
 
-def references() -> dict[str, Callable[[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]], None]]:
+def references() -> dict[str, Reference]:
     pytest.importorskip("qpsolvers", reason="TorchJD's projector needs qpsolvers and quadprog")
     from torchjd.aggregation import AlignedMTL, DualProj, FairGrad, UPGrad
 
@@ -138,27 +164,7 @@ def references() -> dict[str, Callable[[MultiTaskModel, torch.Tensor, dict[str, 
 
 @pytest.mark.parametrize("method", ["upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad"])
 def test_the_default_update_is_the_reference_update(method: str) -> None:
-    ours_model = small_model()
-    theirs_model = copy.deepcopy(ours_model)
-    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.05)
-    theirs_opt = torch.optim.SGD(theirs_model.parameters(), lr=0.05)
-    ours = build(method)
-    ours.setup(len(TASKS), torch.device("cpu"))
-    theirs = references()[method]
-    start = [p.detach().clone() for p in ours_model.parameters()]
-    for x, y in batches():
-        ours_opt.zero_grad(set_to_none=True)
-        z, losses = task_losses(ours_model, x, y)
-        ours.backward(Step.of(ours_model, z, losses))
-        ours_opt.step()
-        theirs_opt.zero_grad(set_to_none=True)
-        theirs(theirs_model, x, y)
-        theirs_opt.step()
-        for (name, a), b in zip(ours_model.named_parameters(), theirs_model.parameters(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=lambda m, name=name: f"{method}, {name}: {m}")
-    moved = max(float((p.detach() - s).abs().max()) for p, s in zip(ours_model.parameters(), start, strict=True))
-    assert moved > 1e-3  # the steps did move the parameters, so agreeing means something
-
+    assert assert_same_updates(build(method), references()[method], batches()) > 1e-3
 
 @pytest.mark.parametrize("method", ["upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad"])
 def test_the_representation_variant_is_a_different_update(method: str) -> None:
@@ -201,23 +207,8 @@ class AuthorsNashMtl:
 @pytest.mark.parametrize("every", [1, 3])
 def test_nash_mtl_is_the_authors_update_and_reuses_alpha_without_per_task_gradients(every: int) -> None:
     """The default (every = 1) and `update_weights_every: 3`; between two solves no per-task gradient is taken."""
-    ours_model = small_model()
-    theirs_model = copy.deepcopy(ours_model)
-    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.05)
-    theirs_opt = torch.optim.SGD(theirs_model.parameters(), lr=0.05)
     ours = build("nash-mtl", **({"update_weights_every": every} if every != 1 else {}))
-    ours.setup(len(TASKS), torch.device("cpu"))
-    theirs = AuthorsNashMtl(update_weights_every=every)
-    for x, y in batches() + batches(seed=2):
-        ours_opt.zero_grad(set_to_none=True)
-        z, losses = task_losses(ours_model, x, y)
-        ours.backward(Step.of(ours_model, z, losses))
-        ours_opt.step()
-        theirs_opt.zero_grad(set_to_none=True)
-        theirs(theirs_model, x, y)
-        theirs_opt.step()
-        for a, b in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert assert_same_updates(ours, AuthorsNashMtl(update_weights_every=every), batches() + batches(seed=2)) > 1e-3
     assert ours.per_task_steps == -(-2 * STEPS // every)  # ceil: only the solving steps took per-task gradients
 
 
@@ -252,20 +243,4 @@ class LibMtlDbMtl:
 
 
 def test_db_mtl_is_libmtls_update() -> None:
-    ours_model = small_model()
-    theirs_model = copy.deepcopy(ours_model)
-    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.05)
-    theirs_opt = torch.optim.SGD(theirs_model.parameters(), lr=0.05)
-    ours = build("db-mtl")
-    ours.setup(len(TASKS), torch.device("cpu"))
-    theirs = LibMtlDbMtl()
-    for x, y in batches():
-        ours_opt.zero_grad(set_to_none=True)
-        z, losses = task_losses(ours_model, x, y)
-        ours.backward(Step.of(ours_model, z, losses))
-        ours_opt.step()
-        theirs_opt.zero_grad(set_to_none=True)
-        theirs(theirs_model, x, y)
-        theirs_opt.step()
-        for a, b in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert assert_same_updates(build("db-mtl"), LibMtlDbMtl(), batches()) > 1e-3
