@@ -52,12 +52,7 @@ TASKS = ("a", "b", "c")
 STEPS = 5
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/unit/methods/conftest.py)
 
 
 def small_model(seed: int = 0) -> MultiTaskModel:

@@ -24,13 +24,7 @@ CPU = torch.device("cpu")
 LEVELS = [("representation", {}), ("shared", {"grads": "loop"}), ("shared", {"grads": "batched"})]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Compare formulas in double precision (float32 rounding differs between equivalent expressions)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/unit/methods/conftest.py)
 
 
 def db_mtl(num_tasks: int = 3, **options: Any) -> DbMtl:

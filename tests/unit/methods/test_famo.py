@@ -94,15 +94,6 @@ def test_model_gradient_is_the_reference_weighted_log_loss_gradient() -> None:
     assert abs(float(weights.sum()) - 1) < 1e-6 and not weights.requires_grad
 
 
-@pytest.fixture
-def float64():
-    """Compare formulas in double precision (float32 rounding differs between equivalent expressions)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.mark.parametrize("gamma", [0.0, 0.01, 0.5])
 def test_logit_update_is_the_softmax_jvp_followed_by_torch_adam(gamma: float, float64: None) -> None:
     gen = torch.Generator().manual_seed(1)

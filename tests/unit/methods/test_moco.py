@@ -26,12 +26,7 @@ CPU = torch.device("cpu")
 LEVELS = [("representation", {}), ("shared", {"grads": "loop"}), ("shared", {"grads": "batched"})]
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/unit/methods/conftest.py)
 
 
 def moco(num_tasks: int = 3, **options: Any) -> Moco:
