@@ -28,6 +28,8 @@ class MethodInfo:
     paper: str
     independent_networks: bool = False  # one network per task (the single-task baseline)
     reference: str = ""  # the implementation the defaults reproduce (repository and file), checked by a test
+    # another method's algorithm fixed at one level: (that method, the level), e.g. mgda-ub is mgda on z
+    fixed_level_of: tuple[str, str] | None = None
 
     @property
     def options(self) -> type[Options]:
@@ -93,6 +95,7 @@ REGISTRY: dict[str, MethodInfo] = {
             "MgdaOptions",
             "min-norm point of the task gradients w.r.t. the shared representation (one encoder backward)",
             SENER,
+            fixed_level_of=("mgda", "representation"),
         ),
         MethodInfo(
             "mgda-unconstrained",
@@ -111,6 +114,7 @@ REGISTRY: dict[str, MethodInfo] = {
             "ImtlGExactOptions",
             "IMTL-G on the shared-parameter gradients",
             IMTL,
+            fixed_level_of=("imtl-g", "shared"),
         ),
         MethodInfo("imtl-l", "ImtlLOptions", "learnable loss scales: sum_t e^{s_t} L_t - s_t", IMTL),
         MethodInfo(
@@ -240,6 +244,8 @@ def option_problems(name: str, options: dict[str, Any]) -> list[Problem]:
     known = sorted(info.options.model_fields)
 
     def unknown_key(key: str) -> str:
+        if info.fixed_level_of and key in REGISTRY[info.fixed_level_of[0]].options.model_fields:
+            return fixed_level_problem(name, *info.fixed_level_of, key)
         users = [m for m, i in REGISTRY.items() if key in i.options.model_fields]
         where = f"applies to {', '.join(users)}" if users else "is not an option of any method"
         close = schema.closest(key, known)
@@ -247,6 +253,15 @@ def option_problems(name: str, options: dict[str, Any]) -> list[Problem]:
         return f"does not apply to {name}: it {where} ({valid})"
 
     return schema.option_problems(info.options, options, unknown_key)
+
+
+def fixed_level_problem(name: str, general: str, level: str, key: str) -> str:
+    """Why `key`, an option of method `general`, does not apply to `name`, which is `general` fixed at `level`."""
+    other = "representation" if level == "shared" else "shared"
+    fixed = f"{name} is {general} at level {level}"
+    if key == "level":
+        return f"does not apply to {name}: {fixed}; for level {other} use --method {general} with level: {other}"
+    return f"does not apply to {name}: {fixed}, where {key} means nothing; it applies to {general} at level {other}"
 
 
 def needs_independent_networks(name: str) -> bool:

@@ -95,6 +95,33 @@ def test_method_options_are_validated_by_the_method() -> None:
         recipes.load(raw=raw)
 
 
+def test_an_option_at_a_level_where_it_means_nothing_is_one_problem_naming_the_level() -> None:
+    """Issue 16: an option of another level or variant is one problem, listed with every other problem."""
+    raw = load_shipped_recipe()
+    raw["method"] = {"name": "mgda-ub", "grads": "batched", "level": "shared", "solver": "simplex"}
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw=raw)
+    problems = info.value.problems
+    assert len(problems) == 3, problems
+    assert (
+        "method.grads: does not apply to mgda-ub: mgda-ub is mgda at level representation, where grads means nothing; "
+        "it applies to mgda at level shared"
+    ) in problems
+    assert (
+        "method.level: does not apply to mgda-ub: mgda-ub is mgda at level representation; "
+        "for level shared use --method mgda with level: shared"
+    ) in problems
+    assert any(p.startswith("method.solver: must be one of") for p in problems)
+    raw["method"] = {"name": "imtl-g-exact", "level": "representation"}
+    with pytest.raises(RecipeError, match="for level representation use --method imtl-g with level: representation"):
+        recipes.load(raw=raw)
+    raw["method"] = {"name": "cagrad", "level": "representation", "grads": "loop", "c": -1}
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw=raw)
+    assert len(info.value.problems) == 2, info.value.problems
+    assert "method.grads: applies only at level shared" in "\n".join(info.value.problems)
+
+
 def test_cli_overrides_and_set() -> None:
     raw = load_shipped_recipe()
     recipe = recipes.load(
