@@ -59,10 +59,13 @@ def method_block(name: str, width: int = 80) -> str:
     wrap = textwrap.TextWrapper(width=width, initial_indent="    ", subsequent_indent="    ")
     lines = [f"[bold cyan]{name}[/]", *(escape(line) for line in wrap.wrap(info.summary))]
     lines.append(f"    [dim]paper:[/] {escape(info.paper)}")
-    if info.reference:  # what its defaults reproduce, checked by tests/unit/methods/test_conformance.py and friends
-        first, *rest = textwrap.wrap(f"reference: {info.reference}", width=width - 4, subsequent_indent="    ")
-        lines.append(f"    [dim]reference:[/]{escape(first[len('reference:') :])}")
-        lines.extend(f"    {escape(line)}" for line in rest)
+    if info.fixed_level_of:
+        general, level = info.fixed_level_of
+        lines.extend(_labelled("same as", f"{general} with level: {level}", width))
+    if info.reference:  # what its defaults reproduce, checked by tests/unit/methods/test_conformance*.py
+        lines.extend(_labelled("reference", info.reference, width))
+    if info.differs:
+        lines.extend(_labelled("differs", info.differs, width))
     options = describe_options(name)
     lines.append("    [dim]options:[/] none" if not options else "    [dim]options:[/]")
     detail = textwrap.TextWrapper(width=width, initial_indent=" " * 10, subsequent_indent=" " * 10)
@@ -72,6 +75,12 @@ def method_block(name: str, width: int = 80) -> str:
         lines.append(f"      [bold]{escape(key)}[/]{escape(first[6 + len(key) :])}")
         lines.extend(escape(line) for line in [*rest, *detail.wrap(description)])
     return "\n".join(lines)
+
+
+def _labelled(label: str, text: str, width: int) -> list[str]:
+    """`    label: text`, wrapped to `width`, the label dimmed (rich markup)."""
+    first, *rest = textwrap.wrap(f"{label}: {text}", width=width - 4, subsequent_indent="    ")
+    return [f"    [dim]{label}:[/]{escape(first[len(label) + 1 :])}", *(f"    {escape(line)}" for line in rest)]
 
 
 @handle_errors

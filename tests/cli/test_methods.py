@@ -35,3 +35,13 @@ def test_optional_choices_are_listed_with_null() -> None:
 
     rows = {key: choices for key, choices, _default, _doc in describe_options("upgrad")}
     assert rows["grads"] == "loop | batched | null" and rows["pref_vector"] == "list of float | null"
+
+
+def test_one_method_names_its_reference_what_differs_and_its_general_form() -> None:
+    result = runner.invoke(app, ["methods", "nash-mtl"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "reference: AvivNavon/nash-mtl, methods/weight_methods.py `NashMTL`" in text
+    assert "differs: G a = 1/a is solved exactly" in text
+    result = runner.invoke(app, ["methods", "mgda-ub"])
+    assert "same as: mgda with level: representation" in result.stdout and "differs:" not in result.stdout
