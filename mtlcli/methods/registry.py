@@ -90,12 +90,18 @@ REGISTRY: dict[str, MethodInfo] = {
             "MgdaExactOptions",
             "exact MGDA: min-norm point of the task gradients w.r.t. the shared parameters",
             SENER,
+            reference="isl-org/MultiObjectiveOptimization, multi_task/train_multi_task.py (mgda, normalization none)",
+            differs="the min-norm point is exact (Wolfe's algorithm); the authors train with an inexact "
+            "projected-gradient iteration (solver: projected-gradient)",
         ),
         MethodInfo(
             "mgda-ub",
             "MgdaOptions",
             "min-norm point of the task gradients w.r.t. the shared representation (one encoder backward)",
             SENER,
+            reference="isl-org/MultiObjectiveOptimization, multi_task/train_multi_task.py (mgda, normalization none)",
+            differs="the min-norm point is exact (Wolfe's algorithm); the authors train with an inexact "
+            "projected-gradient iteration (solver: projected-gradient)",
             fixed_level_of=("mgda", "representation"),
         ),
         MethodInfo(
