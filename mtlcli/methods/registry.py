@@ -99,7 +99,8 @@ REGISTRY: dict[str, MethodInfo] = {
             "MgdaOptions",
             "min-norm point of the task gradients w.r.t. the shared representation (one encoder backward)",
             SENER,
-            reference="isl-org/MultiObjectiveOptimization, multi_task/train_multi_task.py (mgda, normalization none)",
+            reference="isl-org/MultiObjectiveOptimization, multi_task/train_multi_task.py "
+            "(approximate_norm_solution, normalization none)",
             differs="the min-norm point is exact (Wolfe's algorithm); the authors train with an inexact "
             "projected-gradient iteration (solver: projected-gradient)",
             fixed_level_of=("mgda", "representation"),
