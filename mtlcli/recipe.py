@@ -169,6 +169,8 @@ def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
 
 def _format_problem(loc: tuple[str | int, ...], message: str) -> str:
     path = ".".join(str(p) for p in loc) or "(top level)"
+    if len(loc) == 2 and loc[0] == "tasks" and message.startswith("must be a mapping"):
+        message = message.replace("must be a mapping", "must be a task name or a mapping (name, loss, metrics, loss_scale)", 1)
     return f"{path}: {message}"
 
 
@@ -177,7 +179,7 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
     if not isinstance(raw, dict):
         kind = type(raw).__name__ if raw is not None else "nothing"
         raise RecipeError(source, [f"(top level): must be a mapping of sections (data, tasks, method, ...), got {kind}"])
-    raw = _expand_all_tasks(raw)
+    raw = _expand_tasks(raw)
     problems: list[str] = []
     recipe: Recipe | None = None
     try:
@@ -210,8 +212,12 @@ def _dataset_of(raw: dict[str, Any]) -> Any:
     return DATASETS.get(name) if isinstance(name, str) else None
 
 
-def _expand_all_tasks(raw: dict[str, Any]) -> dict[str, Any]:
-    if raw.get("tasks") != ALL_TASKS:
+def _expand_tasks(raw: dict[str, Any]) -> dict[str, Any]:
+    """`tasks: all` and a task given by its name alone (`tasks: [left, right]`) as the mappings they stand for."""
+    tasks = raw.get("tasks")
+    if isinstance(tasks, list):
+        return {**raw, "tasks": [{"name": task} if isinstance(task, str) else task for task in tasks]}
+    if tasks != ALL_TASKS:
         return raw
     spec = _dataset_of(raw)
     if spec is None:

@@ -122,6 +122,23 @@ def test_an_option_at_a_level_where_it_means_nothing_is_one_problem_naming_the_l
     assert "method.grads: applies only at level shared" in "\n".join(info.value.problems)
 
 
+def test_tasks_given_by_name_alone_take_the_datasets_loss_and_metrics() -> None:
+    """`tasks: [left, right]` reads as people write it (issue 19): the same recipe as the mappings' defaults."""
+    raw = load_shipped_recipe()
+    raw["tasks"] = ["right", {"name": "left", "loss_scale": 2.0}]
+    recipe = recipes.load(raw=raw)
+    assert [(t.name, t.loss, t.metrics, t.loss_scale) for t in recipe.tasks] == [
+        ("right", "cross_entropy", ["accuracy"], 1.0),
+        ("left", "cross_entropy", ["accuracy"], 2.0),
+    ]
+    raw["tasks"] = ["left", "top", 3]
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw=raw)
+    text = "\n".join(info.value.problems)
+    assert "tasks.1.name: 'top' is not a task of multifashion" in text
+    assert "tasks.2: must be a task name or a mapping (name, loss, metrics, loss_scale), got 3" in text
+
+
 def test_cli_overrides_and_set() -> None:
     raw = load_shipped_recipe()
     recipe = recipes.load(
