@@ -121,6 +121,8 @@ REGISTRY: dict[str, MethodInfo] = {
             "ImtlOptions",
             "hybrid: IMTL-L scaled losses, IMTL-G weights for the encoder, raw scaled grads for the heads",
             f"{IMTL}, Algorithm 1",
+            reference="the paper's Algorithm 1 = median-research-group/LibMTL, LibMTL/weighting/IMTL.py with rep_grad, "
+            "but for its batch sum of dL_t/dz",
         ),
         MethodInfo(
             "gls",

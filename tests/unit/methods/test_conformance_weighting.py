@@ -20,10 +20,12 @@ seeded with the run's seed (`torch.initial_seed()`) at `setup`. The transcriptio
 `torch.randn(task_num)` from a generator seeded the same way (the seed `small_model` sets), so both sides see
 the same draws.
 
-Not here: GradNorm (its default follows the paper's Algorithm 1, not LibMTL's GradNorm.py; the differences are
-listed in mtlcli/methods/gradnorm.py); IMTL-L (no public reference: LibMTL's IMTL.py is the hybrid); the
-hybrid `imtl` (LibMTL's IMTL.py works on the shared parameters, or with `rep_grad` on the batch-summed
-representation gradients; `mtl`'s follows the paper's Algorithm 1 on dL_t/dz; see mtlcli/methods/imtl.py).
+GradNorm's default is the paper's Algorithm 1, transcribed below (the authors published no code; LibMTL's
+GradNorm.py differs on purpose, as mtlcli/methods/gradnorm.py lists). The hybrid `imtl` is the paper's Algorithm 1
+on dL_t/dz; LibMTL's IMTL.py (commit 4336804) with `rep_grad` is the same step except that it sums dL_t/dz over
+the batch before solving for alpha, so the two are compared on batches of one example, and shown to differ on
+batches of 16; without `rep_grad` (its default) LibMTL solves on the shared parameters. IMTL-L has no public
+reference (LibMTL's IMTL.py is the hybrid).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from torch.nn import functional as F
 
 from mtlcli.methods import build
 from mtlcli.models import MultiTaskModel
-from tests.unit.methods.test_conformance import TASKS, assert_same_updates, batches, task_losses
+from tests.unit.methods.test_conformance import SCALES, TASKS, assert_same_updates, batches, task_losses
 
 pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/unit/methods/conftest.py)
 EPOCH_STEPS = 2  # steps per epoch for DWA and STCH
@@ -178,6 +180,60 @@ def test_gradnorm_is_the_papers_algorithm() -> None:
     assert assert_same_updates(ours, reference, batches(1) + batches(2)) > 1e-3
     torch.testing.assert_close(ours.w.detach(), reference.w.detach(), rtol=1e-6, atol=1e-6)
     assert float((reference.w.detach() - 1).abs().max()) > 1e-2  # the weights moved
+
+
+class LibMtlImtlRepGrad:
+    """LibMTL's `IMTL.backward` with `rep_grad` (its representation form; HPS's `_prepare_rep` gives each head
+    a detached copy of z): losses e^{s_t} L_t - s_t, one backward each (heads and s_t get their gradients),
+    alpha = g_1 U^T (D U^T)^-1 from the z-gradients SUMMED over the batch, then z.backward(sum_t alpha_t dl_t/dz)."""
+
+    def __init__(self) -> None:
+        self.loss_scale = nn.Parameter(torch.zeros(len(TASKS)))
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [self.loss_scale]
+
+    def __call__(self, model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]) -> None:
+        rep = model.encoder(x)
+        rep_tasks = {t: rep.detach().clone().requires_grad_(True) for t in TASKS}
+        raw = [s * torch.mean((model.heads[t](rep_tasks[t]) - y[t]) ** 2) for s, t in zip(SCALES, TASKS, strict=True)]
+        losses = self.loss_scale.exp() * torch.stack(raw) - self.loss_scale
+        per_grads = []
+        for tn, task in enumerate(TASKS):
+            losses[tn].backward(retain_graph=tn + 1 != len(TASKS))
+            per_grads.append(rep_tasks[task].grad.clone())
+        per_grads = torch.stack(per_grads)
+        grads = per_grads.reshape(len(TASKS), rep.size()[0], -1).sum(1)
+        grads_unit = grads / torch.norm(grads, p=2, dim=-1, keepdim=True)
+        D = grads[0:1].repeat(len(TASKS) - 1, 1) - grads[1:]
+        U = grads_unit[0:1].repeat(len(TASKS) - 1, 1) - grads_unit[1:]
+        alpha = torch.matmul(torch.matmul(grads[0], U.t()), torch.inverse(torch.matmul(D, U.t())))
+        alpha = torch.cat((1 - alpha.sum().unsqueeze(0), alpha), dim=0)
+        rep.backward(sum(alpha[i] * per_grads[i] for i in range(len(TASKS))))
+
+
+def single_examples(seed: int = 4) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """Batches of one example (the batch sum of dL/dz is then dL/dz itself)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(1, 5, generator=generator), {t: torch.randn(1, 1, generator=generator) for t in TASKS})
+        for _ in range(5)
+    ]
+
+
+def test_imtl_is_libmtls_representation_form_on_single_examples() -> None:
+    """`imtl` (the paper's Algorithm 1 on dL_t/dz) equals LibMTL's IMTL with `rep_grad` where the batch sum LibMTL
+    takes before solving for alpha changes nothing: one example per batch. Scales, heads and encoder all agree."""
+    ours = build("imtl")
+    reference = LibMtlImtlRepGrad()
+    assert assert_same_updates(ours, reference, single_examples()) > 1e-3
+    torch.testing.assert_close(ours.s.detach(), reference.loss_scale.detach(), rtol=1e-9, atol=1e-9)
+
+
+def test_imtl_is_not_libmtls_batch_summed_form_on_batches() -> None:
+    """On batches of 16 LibMTL's batch-summed Gram matrix gives other weights: the difference the README states."""
+    with pytest.raises(AssertionError, match="not close"):
+        assert_same_updates(build("imtl"), LibMtlImtlRepGrad(), batches())
 
 
 def test_gls_is_libmtls_update() -> None:
