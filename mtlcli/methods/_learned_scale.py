@@ -12,12 +12,14 @@ from mtlcli.methods.base import MethodHooks
 
 
 class LearnedScale(MethodHooks):
-    """Holds `s` [T] (zeros at the start) for the methods that learn a loss scale per task."""
+    """Holds `s` [T] (`initial` at the start, 0 unless a method says otherwise) for the methods that learn a
+    loss scale per task."""
 
     s: nn.Parameter | None = None
+    initial: float = 0.0
 
     def setup(self, num_tasks: int, device: torch.device) -> None:
-        self.s = nn.Parameter(torch.zeros(num_tasks, device=device))
+        self.s = nn.Parameter(torch.full((num_tasks,), self.initial, device=device))
 
     def _scale(self) -> nn.Parameter:
         if self.s is None:

@@ -6,6 +6,16 @@ relative inverse training rate r_t = (L_t / L_t(0)) / mean_tau(L_tau / L_tau(0))
 sum_t |G_t - G_bar r_t^alpha| (the target held constant) with their own Adam optimiser (`lr`), while
 the network minimises sum_t w_t L_t. `alpha: 0` asks for equal weighted gradient norms (the variant
 the IMTL paper found best). Weights, initial losses and the optimiser state are saved in checkpoints.
+
+This is the paper's Algorithm 1 (the authors published no code; tests/unit/methods/test_conformance_weighting.py
+transcribes the algorithm and checks the default step by step). LibMTL's GradNorm (median-research-group/LibMTL,
+commit 4336804, LibMTL/weighting/GradNorm.py, "implemented by us") is a different method, on purpose not the
+default here: (1) it measures G_t on the gradient of ALL shared parameters (T full backward passes a step; with
+`rep_grad`, on the batch-summed representation gradient), the paper on the last shared layer (one small backward
+per task); (2) w = T softmax(v), no renormalisation; (3) v is trained by the model's own optimiser (its
+learning rate and weight decay), not by a separate Adam; (4) epoch 0 trains with w = 1 and no weight update, and
+L_t(0) is epoch 0's mean training loss, not the first step's; (5) the heads keep their raw gradients (its
+per-task backward passes), here they get w_t-scaled ones, as the paper's sum_t w_t L_t gives them.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@
    s_t the gradient of e^{s_t} L_t - s_t, i.e. e^{s_t} L_t - 1.
 
 The reported weights are the effective factors on the raw losses for the encoder, alpha_t e^{s_t}.
+
+The authors published no code. LibMTL's IMTL (median-research-group/LibMTL, commit 4336804,
+LibMTL/weighting/IMTL.py) is this step with `rep_grad` except that it sums dl_t/dz over the batch before solving
+for alpha (equal on one-example batches: tests/unit/methods/test_conformance_weighting.py); without `rep_grad`,
+its default, it solves on the shared parameters' gradients instead of z's.
 """
 
 from __future__ import annotations

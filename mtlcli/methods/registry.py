@@ -78,12 +78,15 @@ REGISTRY: dict[str, MethodInfo] = {
             "UncertaintyOptions",
             "learnable log-variances s_t: sum_t exp(-s_t) L_t + s_t/2 (classification form)",
             "Kendall, Gal & Cipolla, CVPR 2018",
+            reference="lorenmt/mtan, im2im_pred/utils.py (`--weight uncert`) = median-research-group/LibMTL, "
+            "LibMTL/weighting/UW.py, with s_t = their log-variance + log 2",
         ),
         MethodInfo(
             "gradnorm",
             "GradNormOptions",
             "learnt weights (sum T) equalising gradient norms on the last shared layer, paced by training rates",
             "Chen et al., ICML 2018",
+            reference="the paper's Algorithm 1 (the authors published no code; LibMTL's GradNorm.py differs: README, Methods)",
         ),
         MethodInfo(
             "mgda",
@@ -130,8 +133,16 @@ REGISTRY: dict[str, MethodInfo] = {
             "ImtlOptions",
             "hybrid: IMTL-L scaled losses, IMTL-G weights for the encoder, raw scaled grads for the heads",
             f"{IMTL}, Algorithm 1",
+            reference="the paper's Algorithm 1 = median-research-group/LibMTL, LibMTL/weighting/IMTL.py with rep_grad, "
+            "but for its batch sum of dL_t/dz",
         ),
-        MethodInfo("gls", "GlsOptions", "geometric mean of the task losses", "Chennupati et al., CVPR-W 2019"),
+        MethodInfo(
+            "gls",
+            "GlsOptions",
+            "geometric mean of the task losses",
+            "Chennupati et al., CVPR-W 2019",
+            reference="median-research-group/LibMTL, LibMTL/weighting/GLS.py",
+        ),
         MethodInfo(
             "pcgrad",
             "PcGradOptions",
@@ -151,12 +162,15 @@ REGISTRY: dict[str, MethodInfo] = {
             "DwaOptions",
             "weights K softmax(L_t(e-1) / L_t(e-2) / T) from the last two epochs' mean losses (1 at first): sum_t w_t L_t",
             "Liu, Johns & Davison, CVPR 2019",
+            reference="lorenmt/mtan, im2im_pred/utils.py (`--weight dwa`) = median-research-group/LibMTL, "
+            "LibMTL/weighting/DWA.py",
         ),
         MethodInfo(
             "rlw",
             "RlwOptions",
             "random weights drawn every step (softmax of a standard normal draw by default): sum_t w_t L_t",
             "Lin et al., TMLR 2022",
+            reference="median-research-group/LibMTL, LibMTL/weighting/RLW.py",
         ),
         MethodInfo(
             "upgrad",
@@ -239,6 +253,8 @@ REGISTRY: dict[str, MethodInfo] = {
             "StchOptions",
             "smooth Tchebycheff: T mu logsumexp(log(L_t/n_t)/mu), n set by a log warm-up",
             "Lin et al., ICML 2024 (STCH)",
+            reference="Xi-L/STCH, STCH_MTL/LibMTL/weighting/STCH.py = median-research-group/LibMTL, "
+            "LibMTL/weighting/STCH.py",
         ),
     )
 }

@@ -10,10 +10,18 @@ cross-entropy classification, so this is the form the paper prescribes for them 
 form exp(-s) L + s, stationary at exp(-s) L = 1, is IMTL-L reparametrised by s -> -s, so using it
 would make the two methods identical; the factor 1/2 is exactly the classification bias the IMTL
 paper analyses in §4). s_t is optimised with the model and saved in checkpoints.
+
+Kendall et al. published no code; the common implementations are MTAN's (lorenmt/mtan, commit c36c30b,
+im2im_pred/utils.py, `--weight uncert`) and LibMTL's copy of it (median-research-group/LibMTL, commit
+4336804, LibMTL/weighting/UW.py): sum_t L_t / (2 exp(s'_t)) + s'_t / 2 with s'_t = -0.5 at the start. That is
+this objective with s_t = s'_t + log 2 (same gradients in the network and in s, up to a constant), so `mtl`
+starts at s_t = log 2 - 1/2 (weights exp(-s_t) = e^{1/2} / 2, about 0.82) and then takes their updates step
+for step (tests/unit/methods/test_conformance_weighting.py).
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
@@ -28,6 +36,7 @@ class Uncertainty(LearnedScale):
     """sum_t exp(-s_t) L_t + s_t/2 with learnable log-variances s_t."""
 
     name: ClassVar[str] = "uncertainty"
+    initial: float = math.log(2.0) - 0.5  # MTAN's and LibMTL's log-variance -0.5 in their 1/(2 sigma^2) form
 
     def __init__(self, options: UncertaintyOptions | None = None) -> None:
         self.options = options or UncertaintyOptions()

@@ -55,9 +55,17 @@ STEPS = 5
 pytestmark = pytest.mark.usefixtures("float64")  # double precision (tests/unit/methods/conftest.py)
 
 
+class Encoder(nn.Sequential):
+    """The shared MLP; its last Linear is the `last_layer` on which GradNorm measures gradient norms."""
+
+    @property
+    def last_layer(self) -> nn.Module:
+        return self[2]
+
+
 def small_model(seed: int = 0) -> MultiTaskModel:
     torch.manual_seed(seed)
-    encoder = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 6), nn.Tanh())
+    encoder = Encoder(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 6), nn.Tanh())
     return MultiTaskModel(encoder, {name: nn.Linear(6, 1) for name in TASKS})
 
 
@@ -77,21 +85,40 @@ def task_losses(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tenso
 Reference = Callable[[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]], None]
 
 
-def assert_same_updates(ours: Method, theirs: Reference, data: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> float:
+def assert_same_updates(
+    ours: Method,
+    theirs: Reference,
+    data: list[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    epoch_steps: int | None = None,
+) -> float:
     """Train two copies of the small model side by side, `ours` through `Method.backward`, `theirs` as the
     reference's step, with SGD on the same batches; the parameters agree to 1e-6 after every step. Returns
-    how far the parameters moved, so that agreeing means something."""
+    how far the parameters moved, so that agreeing means something.
+
+    As in the trainer, the method's own parameters (learned loss scales) join its optimiser; a reference with
+    learnable state of its own (LibMTL's `loss_scale`) exposes it as `theirs.parameters()`, which joins the
+    reference's optimiser (LibMTL's `model.parameters()` include it). With `epoch_steps`, every `epoch_steps`
+    steps end an epoch: `ours` gets the trainer's `epoch_stats()` and then `end_epoch(mean losses)`, the mean of
+    that epoch's step losses; the reference counts its own steps."""
     ours_model = small_model()
     theirs_model = copy.deepcopy(ours_model)
     start = [p.detach().clone() for p in ours_model.parameters()]
-    ours_opt = torch.optim.SGD(ours_model.parameters(), lr=0.05)
-    theirs_opt = torch.optim.SGD(theirs_model.parameters(), lr=0.05)
     ours.setup(len(TASKS), torch.device("cpu"))
-    for x, y in data:
+    ours_opt = torch.optim.SGD([*ours_model.parameters(), *ours.parameters()], lr=0.05)
+    extra = theirs.parameters() if hasattr(theirs, "parameters") else []
+    theirs_opt = torch.optim.SGD([*theirs_model.parameters(), *extra], lr=0.05)
+    loss_sum = torch.zeros(len(TASKS))
+    for i, (x, y) in enumerate(data, start=1):
         ours_opt.zero_grad(set_to_none=True)
         z, losses = task_losses(ours_model, x, y)
-        ours.backward(Step.of(ours_model, z, losses))
+        step = Step.of(ours_model, z, losses)
+        ours.backward(step)
         ours_opt.step()
+        loss_sum += step.losses.detach()
+        if epoch_steps is not None and i % epoch_steps == 0:
+            ours.epoch_stats()
+            ours.end_epoch(loss_sum / epoch_steps)
+            loss_sum = torch.zeros(len(TASKS))
         theirs_opt.zero_grad(set_to_none=True)
         theirs(theirs_model, x, y)
         theirs_opt.step()
