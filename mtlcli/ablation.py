@@ -52,6 +52,8 @@ DEFAULT_METHODS = (
     "cagrad:level=representation",
     "aligned-mtl:level=representation",
     "fairgrad:level=representation",
+    "config:level=representation",
+    "excess-mtl:level=representation",
     "nash-mtl:level=representation",
     "gradvac:level=representation",
     "graddrop",
