@@ -129,11 +129,11 @@ def _run(method, model, data) -> list[torch.Tensor]:
     return weights
 
 
-@pytest.mark.parametrize("level", ["shared", "representation"])
-def test_excess_mtl_follows_its_equations(level: str) -> None:
+@pytest.mark.parametrize(("level", "grads"), [("shared", None), ("shared", "batched"), ("representation", None)])
+def test_excess_mtl_follows_its_equations(level: str, grads: str | None) -> None:
     """Three steps on a fixed model, recomputed by hand from the per-task gradients (summed over the batch for z)."""
     model = small_model()
-    method = build("excess-mtl", level=level, robust_step_size=0.5)
+    method = build("excess-mtl", level=level, robust_step_size=0.5, **({"grads": grads} if grads else {}))
     method.setup(len(TASKS), torch.device("cpu"))
     squares, initial, weights = None, None, torch.ones(len(TASKS))
     for x, y in batches()[:3]:
