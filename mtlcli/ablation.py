@@ -39,6 +39,8 @@ BLOCK = 5  # timed steps per method before the next method takes its turn
 # The timing-relevant methods, in the order the table shows them; names not registered are skipped. Each
 # Gram-based method at its published level (its default: the shared parameters, T backwards) and, next to it,
 # at the representation (MGDA-UB's one-backward variant); FAMO and Nash-MTL with their cheaper options too.
+BOTH_LEVELS = ("upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad", "config", "excess-mtl", "nash-mtl", "gradvac")
+BOTH_LEVELS += ("db-mtl", "moco")
 DEFAULT_METHODS = (
     "uniform",
     "mgda-ub",
@@ -48,11 +50,7 @@ DEFAULT_METHODS = (
     "imtl-g-exact",
     "pcgrad",
     "gradnorm",
-    *(
-        f"{name}{variant}"
-        for name in ("upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad", "nash-mtl", "gradvac", "db-mtl", "moco")
-        for variant in ("", ":level=representation")
-    ),
+    *(f"{name}{variant}" for name in BOTH_LEVELS for variant in ("", ":level=representation")),
     "nash-mtl:update_weights_every=4",
     "graddrop",
     "famo",

@@ -42,6 +42,7 @@ __all__ = ["SUPPORTED", "Distributed", "DistributedError", "current", "setup_fro
 SUPPORTED = (
     "uniform", "static", "mgda-ub", "mgda", "imtl-g", "imtl-g-exact", "mgda-unconstrained",
     "upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad", "nash-mtl", "gradvac",
+    "config",
 )  # fmt: skip
 TIMEOUT_ENV = "MTL_DIST_TIMEOUT"  # seconds a collective waits for a lost rank before the job fails
 DEFAULT_TIMEOUT = 300

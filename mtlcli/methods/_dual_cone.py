@@ -57,6 +57,8 @@ With reg_eps = 0 the solver handles singular G too (then w may not be unique, J^
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -65,7 +67,14 @@ from mtlcli.errors import MtlError
 from mtlcli.methods.options import DualConeOptions
 
 
-def check_pref_vector(options: DualConeOptions, num_tasks: int, method: str) -> None:
+class HasPrefVector(Protocol):
+    """Options with a preference vector (the dual-cone methods', ConFIG's)."""
+
+    @property
+    def pref_vector(self) -> list[float] | None: ...
+
+
+def check_pref_vector(options: HasPrefVector, num_tasks: int, method: str) -> None:
     if options.pref_vector is not None and len(options.pref_vector) != num_tasks:
         raise MtlError(
             f"method {method}: pref_vector has {len(options.pref_vector)} weights for {num_tasks} tasks",

@@ -13,9 +13,11 @@ from mtlcli.errors import MtlError
 from mtlcli.methods.aligned_mtl import AlignedMtl
 from mtlcli.methods.base import Method
 from mtlcli.methods.cagrad import Cagrad
+from mtlcli.methods.config import Config
 from mtlcli.methods.db_mtl import DbMtl
 from mtlcli.methods.dualproj import DualProj
 from mtlcli.methods.dwa import Dwa
+from mtlcli.methods.excess_mtl import ExcessMtl
 from mtlcli.methods.fairgrad import FairGrad
 from mtlcli.methods.famo import Famo
 from mtlcli.methods.gls import Gls
@@ -70,6 +72,8 @@ IMPLEMENTATIONS: dict[str, Callable[[Any], Method]] = {
     "moco": Moco,
     "aligned-mtl": AlignedMtl,
     "fairgrad": FairGrad,
+    "config": Config,
+    "excess-mtl": ExcessMtl,
     "stch": Stch,
 }
 

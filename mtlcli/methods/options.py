@@ -104,6 +104,13 @@ class MgdaOptions(Options):
 
 
 # ---------------------------------------------------------------- _dual_cone
+def non_negative_pref_vector(value: list[float] | None) -> list[float] | None:
+    """A preference vector: finite weights >= 0, not all zero (or null)."""
+    if value is not None and (any(not math.isfinite(p) or p < 0 for p in value) or sum(value) <= 0):
+        raise ValueError(f"pref_vector must be finite, >= 0 and not all zero, got {value}")
+    return value
+
+
 class DualConeOptions(SharedLevelOptions):
     """Options shared by upgrad and dualproj (TorchJD's defaults: the shared parameters, heads' raw gradients as
     `mtl_backward` gives them)."""
@@ -121,9 +128,7 @@ class DualConeOptions(SharedLevelOptions):
     @field_validator("pref_vector")
     @classmethod
     def _non_negative(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and (any(not math.isfinite(p) or p < 0 for p in value) or sum(value) <= 0):
-            raise ValueError(f"pref_vector must be finite, >= 0 and not all zero, got {value}")
-        return value
+        return non_negative_pref_vector(value)
 
     def describe(self) -> str:
         o = self
@@ -173,6 +178,21 @@ class CagradOptions(SharedLevelOptions):
     head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or alpha_t-scaled ones")
 
 
+# ---------------------------------------------------------------- config
+class ConfigOptions(SharedLevelOptions):
+    pref_vector: list[float] | None = Field(
+        None,
+        min_length=1,
+        description="one weight >= 0 per task: cos(g_t, update) is proportional to it (null: equal, the authors')",
+    )
+    head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors, TorchJD) or w_t-scaled ones")
+
+    @field_validator("pref_vector")
+    @classmethod
+    def _non_negative(cls, value: list[float] | None) -> list[float] | None:
+        return non_negative_pref_vector(value)
+
+
 # ---------------------------------------------------------------- db_mtl
 class DbMtlOptions(TrackedOptions):
     beta: float = Field(0.9, ge=0, le=1, description="EMA coefficient of the log-loss gradients: beta / k^beta_sigma")
@@ -195,6 +215,18 @@ class FairGradOptions(SharedLevelOptions):
         1.0, ge=0, description="alpha-fairness: 0 mean, 1 proportional (authors' default), 2 delay, large max-min"
     )
     head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or w_t-scaled ones")
+
+
+# ---------------------------------------------------------------- excess_mtl
+class ExcessMtlOptions(TrackedOptions):
+    level: Level = Field(
+        "shared",
+        description="the shared parameters (the authors' level; default) or the representation z, its per-task "
+        "gradients summed over the batch (LibMTL's rep_grad; one encoder backward)",
+    )
+    robust_step_size: float = Field(
+        1e-2, gt=0, description="step eta of the exponentiated weight update w_t <- w_t exp(eta E_t / E_t(0)) (authors: 1e-2)"
+    )
 
 
 # ---------------------------------------------------------------- famo

@@ -249,6 +249,21 @@ REGISTRY: dict[str, MethodInfo] = {
             differs="G w = w^(-1/alpha) is solved exactly by a damped Newton method (the authors: SciPy's least_squares)",
         ),
         MethodInfo(
+            "config",
+            "ConfigOptions",
+            "conflict-free update: equal cosine with every task gradient (pseudo-inverse of the unit gradients), "
+            "length the sum of their projections",
+            "Liu, Chu & Thuerey, ICLR 2025 (ConFIG)",
+            reference="tum-pbs/ConFIG, conflictfree/grad_operator.py `ConFIG_update` (as TorchJD's aggregation/_config.py)",
+        ),
+        MethodInfo(
+            "excess-mtl",
+            "ExcessMtlOptions",
+            "weights by exponentiated steps on the tasks' excess risks (AdaGrad-scaled squared gradients): sum_t w_t L_t",
+            "He et al., ICML 2024 (ExcessMTL)",
+            reference="uiuctml/ExcessMTL, LibMTL/LibMTL/weighting/ExcessMTL.py (= LibMTL's weighting/ExcessMTL.py)",
+        ),
+        MethodInfo(
             "stch",
             "StchOptions",
             "smooth Tchebycheff: T mu logsumexp(log(L_t/n_t)/mu), n set by a log warm-up",

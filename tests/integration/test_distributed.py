@@ -80,10 +80,12 @@ CASES = [
     ("uniform", []),
     *(("mgda-ub", ["--set", f"method.normalization={n}"]) for n in ("none", "l2", "loss", "loss+")),
     ("mgda", ["--set", "method.grads=loop"]),
+    ("config", []),
 ]
+IDS = ["uniform", "ub-none", "ub-l2", "ub-loss", "ub-loss+", "exact", "config"]
 
 
-@pytest.mark.parametrize(("method", "extra"), CASES, ids=["uniform", "ub-none", "ub-l2", "ub-loss", "ub-loss+", "exact"])
+@pytest.mark.parametrize(("method", "extra"), CASES, ids=IDS)
 def test_two_processes_equal_one(recipe_path: Path, tmp_path: Path, monkeypatch, method: str, extra: list[str]) -> None:
     args = [str(recipe_path), "--method", method, *extra]
     single = one_process(args, monkeypatch, MTL_STEP_TRACE=str(tmp_path / "one.jsonl"))

@@ -17,7 +17,7 @@ from mtlcli.training import load_checkpoint
 runner = CliRunner()
 PER_STEP = [name for name in REGISTRY if name != "grid"]
 EXTRA = {"static": ["--set", "method.weights=[0.3, 0.7]"], "mgda": ["--set", "method.grads=batched"]}
-LEARNED = {"uncertainty": "s", "imtl-l": "s", "imtl": "s", "gradnorm": "w", "famo": "w"}
+LEARNED = {"uncertainty": "s", "imtl-l": "s", "imtl": "s", "gradnorm": "w", "famo": "w", "excess-mtl": "weights"}
 
 
 def _equal(a, b) -> bool:

@@ -18,6 +18,7 @@ ISSUE_METHODS = {
     "gradvac", "graddrop",
     "db-mtl", "moco",
     "aligned-mtl", "fairgrad",
+    "config", "excess-mtl",
     "nash-mtl",
     "stch",
 }  # fmt: skip
@@ -95,7 +96,7 @@ def test_the_gram_shell_applies_a_weighting_at_the_options_level() -> None:
 
     shells = sorted(name for name in ISSUE_METHODS - {"grid", "static"} if isinstance(build(name), GramMethod))
     assert shells == [
-        "aligned-mtl", "cagrad", "dualproj", "fairgrad", "gradvac", "imtl-g", "imtl-g-exact", "mgda",
+        "aligned-mtl", "cagrad", "config", "dualproj", "fairgrad", "gradvac", "imtl-g", "imtl-g-exact", "mgda",
         "mgda-unconstrained", "nash-mtl", "upgrad",
     ]  # fmt: skip
     for name in set(shells) - {"nash-mtl"}:  # Nash-MTL wraps the level step: unclipped heads, no solve between solves
