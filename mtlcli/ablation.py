@@ -39,8 +39,9 @@ BLOCK = 5  # timed steps per method before the next method takes its turn
 # The timing-relevant methods, in the order the table shows them; names not registered are skipped. Each
 # Gram-based method at its published level (its default: the shared parameters, T backwards) and, next to it,
 # at the representation (MGDA-UB's one-backward variant); FAMO and Nash-MTL with their cheaper options too.
-BOTH_LEVELS = ("upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad", "config", "excess-mtl", "nash-mtl", "gradvac")
-BOTH_LEVELS += ("db-mtl", "moco")
+BOTH_LEVELS = (
+    "upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad", "config", "excess-mtl", "nash-mtl", "gradvac", "db-mtl", "moco",
+)  # fmt: skip
 DEFAULT_METHODS = (
     "uniform",
     "mgda-ub",
