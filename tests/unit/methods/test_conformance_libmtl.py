@@ -279,6 +279,25 @@ def test_pcgrad_is_torchjds_update_in_the_same_orders(monkeypatch: pytest.Monkey
     assert assert_same_updates(ours, reference_step(PCGrad()), batches()) > 1e-3
 
 
+def test_pcgrad_skips_the_self_projection_libmtl_makes_in_a_corner_case() -> None:
+    """LibMTL (and the authors' code) shuffle all tasks, i included: after g_1 is projected off g_2 and g_3 here,
+    g_1^PC . g_1 < 0, and LibMTL then projects g_1^PC off g_1 too. `mtl` skips j = i, as the paper's Algorithm 1
+    and TorchJD; on the conformance model no such step occurs (the tests above)."""
+    from mtlcli.methods.pcgrad import pcgrad_coefficients
+
+    grads = torch.tensor([[1.0, 0.0], [-1.0, 1.0], [-1.0, -0.414]])
+    orders = [[1, 2, 0], [0, 1, 2], [2, 0, 1]]
+    ours = pcgrad_coefficients(grads @ grads.T, orders)[0] @ grads
+    theirs = grads[0].clone()
+    for j in orders[0]:  # LibMTL's inner loop for task 0, its 1e-8 left out
+        g_ij = torch.dot(theirs, grads[j])
+        if g_ij < 0:
+            theirs -= g_ij * grads[j] / grads[j].norm().pow(2)
+    assert float(torch.dot(ours, grads[0])) < 0  # the corner: g_1^PC . g_1 < 0 when task 0 itself comes up
+    assert float(torch.dot(theirs, grads[0])) == pytest.approx(0, abs=1e-12)  # LibMTL projected it off g_1
+    assert float((ours - theirs).abs().max()) > 0.05
+
+
 # ---------------------------------------------------------------- GradVac
 @pytest.mark.parametrize(("groups", "group_type"), [("whole", 0), ("layer", 1), ("matrix", 2)])
 def test_gradvac_is_libmtls_update_for_each_group_type(groups: str, group_type: int, monkeypatch: pytest.MonkeyPatch) -> None:
