@@ -210,6 +210,8 @@ DEFAULTS_BEFORE_PUBLISHED: dict[str, dict[str, Any]] = {
     "fairgrad": {"level": "representation"},
     "gradvac": {"level": "representation"},
     "db-mtl": {"beta_sigma": 0.5},
+    "imtl-g": {"head_grads": "weighted"},
+    "imtl-g-exact": {"head_grads": "weighted"},
 }
 
 

@@ -13,7 +13,9 @@ T x T Gram matrix are kept; the update is written straight into `.grad`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +24,10 @@ from mtlcli import distributed
 from mtlcli.methods._representation import HeadGrads, WeightsFn, _accumulate, _take
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import finite, flag_non_finite
-from mtlcli.methods.options import GradsMode
+from mtlcli.methods.options import GradsMode, ParameterGroups
+
+if TYPE_CHECKING:
+    from mtlcli.models import MultiTaskModel
 
 
 @dataclass
@@ -91,10 +96,24 @@ def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
     raise ValueError(f"unknown grads mode {mode!r}; choose loop or batched")
 
 
-def apply_shared_update(step: Step, grads: SharedGrads, shared_weights: Tensor, *, head_weights: Tensor | None) -> None:
-    """theta_sh gets sum_t shared_weights_t g_t; head t gets head_weights_t dL_t/dtheta_t (raw if None)."""
+def apply_shared_update(
+    step: Step,
+    grads: SharedGrads,
+    shared_weights: Tensor,
+    *,
+    head_weights: Tensor | None,
+    group_sizes: Sequence[int] | None = None,
+) -> None:
+    """theta_sh gets sum_t shared_weights_t g_t; head t gets head_weights_t dL_t/dtheta_t (raw if None).
+    With `group_sizes` (consecutive blocks of J's columns, see `parameter_groups`), `shared_weights` is [K, T]
+    and block k of the shared update is sum_t shared_weights[k, t] g_t[block k]."""
     shared = step.model.shared_parameters()
-    combined = shared_weights.detach().to(grads.jacobian.dtype) @ grads.jacobian
+    weights = shared_weights.detach().to(grads.jacobian.dtype)
+    if group_sizes is None:
+        combined = weights @ grads.jacobian
+    else:
+        blocks = grads.jacobian.split(list(group_sizes), dim=1)
+        combined = torch.cat([w @ block for w, block in zip(weights, blocks, strict=True)])
     offset = 0
     for p in shared:
         n = p.numel()
@@ -128,3 +147,55 @@ def gram_step_on_shared_parameters(step: Step, weights: WeightsFn, *, grads: Gra
     shared_alpha = alpha / job.world if job.active else alpha
     apply_shared_update(step, task_grads, shared_alpha, head_weights=head_weights_for(alpha, head_grads))
     return alpha.detach()
+
+
+GroupWeightsFn = Callable[[Tensor, Tensor], Tensor]  # (losses [T], Gram matrices [K, T, T]) -> weights [K, T]
+
+
+def parameter_groups(model: MultiTaskModel, kind: ParameterGroups) -> list[int]:
+    """The sizes of consecutive blocks of J's columns (the shared parameters flattened in order): one block
+    (`whole`), one per module's own parameters (`layer`: LibMTL's "all_layer" for leaf modules; parameters a
+    container module holds itself make a block of their own) or one per parameter tensor (`matrix`)."""
+    shared = model.shared_parameters()
+    if kind == "whole":
+        return [sum(p.numel() for p in shared)]
+    if kind == "matrix":
+        return [p.numel() for p in shared]
+    if kind != "layer":
+        raise ValueError(f"unknown parameter groups {kind!r}; choose whole, layer or matrix")
+    owner: dict[int, int] = {}
+    for index, module in enumerate(model.encoder.modules()):
+        for p in module.parameters(recurse=False):
+            owner.setdefault(id(p), index)
+    sizes: list[int] = []
+    last = None
+    for p in shared:  # parameters() visits module by module: each module's parameters are consecutive
+        if owner[id(p)] == last:
+            sizes[-1] += p.numel()
+        else:
+            sizes.append(p.numel())
+            last = owner[id(p)]
+    return sizes
+
+
+def group_grams(jacobian: Tensor, group_sizes: Sequence[int]) -> Tensor:
+    """[K, T, T]: the Gram matrix of each block of J's columns (they add up to J J^T)."""
+    return torch.stack([block @ block.T for block in jacobian.split(list(group_sizes), dim=1)])
+
+
+def grouped_gram_step_on_shared_parameters(
+    step: Step, weights: GroupWeightsFn, group_sizes: Sequence[int], *, grads: GradsMode
+) -> Tensor:
+    """`gram_step_on_shared_parameters` with J's columns cut into blocks (parameter groups, `parameter_groups`):
+    each block's Gram matrix gets its own weights w [K, T] and block k of the shared update is
+    sum_t w[k, t] g_t[block k]; heads get their raw gradients. Returns the weights averaged over the blocks in
+    proportion to their sizes (for logging), NaN-flagged as `flag_non_finite` does."""
+    task_grads = shared_grads(step, grads)
+    job = distributed.current()
+    job.sum_(task_grads.jacobian)  # as in gram_step_on_shared_parameters: J summed across ranks, 1/N written each
+    grams = group_grams(task_grads.jacobian, group_sizes)
+    alpha = weights(step.summed_losses(), finite(grams))
+    shared_alpha = alpha / job.world if job.active else alpha
+    apply_shared_update(step, task_grads, shared_alpha, head_weights=None, group_sizes=group_sizes)
+    sizes = torch.tensor(list(group_sizes), dtype=alpha.dtype, device=alpha.device)
+    return flag_non_finite(grams.sum(dim=0), sizes @ alpha / sizes.sum()).detach()

@@ -5,8 +5,18 @@ equal projections onto every unit gradient u_t = g_t/||g_t||: alpha_{2:T} = g_1 
 alpha_1 = 1 - sum(alpha_{2:T}), computed from the Gram matrix (see `_closed_form`; a singular D U^T
 is handled by the pseudo-inverse). `imtl-g` uses the gradients of the shared feature z as the paper
 does (one encoder backward); `imtl-g-exact` the gradients of the shared parameters (the paper's
-"IMTL-G (exact)" row). Scale-invariant: no normalisation option. Heads get alpha_t-scaled gradients
-(minimising L = sum_t alpha_t L_t, §3.1) or their raw ones.
+"IMTL-G (exact)" row). Scale-invariant: no normalisation option.
+
+Heads get their raw gradients dL_t/dtheta_t by default, as the paper's Algorithm 1 updates theta_t,
+as LibMTL (median-research-group/LibMTL, commit 4336804, LibMTL/weighting/IMTL.py) and TorchJD's
+`IMTLG` with `mtl_backward` do (alpha may be negative: a head scaled by it would climb its own loss);
+`head_grads: weighted` gives them alpha_t dL_t/dtheta_t (minimising L = sum_t alpha_t L_t, §3.1).
+
+References (tests/unit/methods/test_conformance_libmtl.py): `imtl-g-exact` is LibMTL's `IMTL` gradient
+part with `rep_grad=False` and TorchJD's `IMTLG`; `imtl-g` is TorchJD's `IMTLG` applied to the whole
+dL_t/dz [T, batch x features]. LibMTL's `rep_grad=True` solves for alpha on dL_t/dz summed over the
+batch ([T, features]), which is that only for one-example batches: `imtl-g` keeps the paper's whole
+gradient of z.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """MoCo, stochastic multi-objective optimisation with gradient tracking (Fernando, Shen, Liu, Chaudhury,
-Murugesan & Chen, ICLR 2023; LibMTL's `MoCo`).
+Murugesan & Chen, ICLR 2023; LibMTL's `MoCo`, median-research-group/LibMTL, commit 4336804,
+LibMTL/weighting/MoCo.py, whose update the defaults reproduce: tests/unit/methods/test_conformance_libmtl.py).
 
 At the k-th (1-based) update, as in LibMTL:
 

@@ -26,6 +26,7 @@ HeadGrads = Literal["weighted", "raw"]
 
 # ---------------------------------------------------------------- _shared_params
 GradsMode = Literal["loop", "batched"]
+ParameterGroups = Literal["whole", "layer", "matrix"]  # blocks of the shared parameters (GradVac's goals)
 
 
 # ---------------------------------------------------------------- min_norm
@@ -273,6 +274,28 @@ class GradNormOptions(Options):
 class GradVacOptions(SharedLevelOptions):
     beta: float = Field(0.5, ge=0, le=1, description="EMA rate of the similarity goals: phi_hat += beta (phi - phi_hat)")
     head_grads: HeadGrads = Field("raw", description="heads get their raw grads (LibMTL) or w_t-scaled ones")
+    groups: ParameterGroups = Field(
+        "whole",
+        description="one cosine goal per task pair over the whole shared gradient, or per layer (each module's own "
+        "parameters) or per parameter tensor, with their own goals and weights (LibMTL's group types 0, 1, 2); "
+        "layer and matrix at level shared only",
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_need_the_shared_level(cls, value: ParameterGroups, info: ValidationInfo) -> ParameterGroups:
+        if value == "whole":
+            return value
+        if info.data.get("level", "shared") != "shared":
+            raise ValueError(
+                f"{value} applies only at level shared (per-parameter gradients); set level: shared, or groups: whole"
+            )
+        if info.data.get("head_grads", "raw") != "raw":
+            raise ValueError(
+                f"{value} gives each group its own task weights, so no single weight scales a head; "
+                "set head_grads: raw, or groups: whole"
+            )
+        return value
 
 
 # ---------------------------------------------------------------- grid
@@ -289,9 +312,15 @@ class ImtlOptions(Options):
 class ImtlGOptions(LevelOptions):
     """`level: shared` makes it IMTL-G (exact), the same step as `imtl-g-exact` (which stays as its own name)."""
 
+    head_grads: HeadGrads = Field(
+        "raw", description="heads get their raw grads (the paper's Algorithm 1, LibMTL, TorchJD) or alpha_t-scaled ones"
+    )
+
 
 class ImtlGExactOptions(Options):
-    head_grads: HeadGrads = Field("weighted", description="heads get alpha_t-scaled or raw grads")
+    head_grads: HeadGrads = Field(
+        "raw", description="heads get their raw grads (the paper's Algorithm 1, LibMTL, TorchJD) or alpha_t-scaled ones"
+    )
     grads: GradsMode = Field("loop", description="per-task grads by T backwards or one batched backward")
 
 

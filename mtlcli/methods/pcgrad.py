@@ -5,6 +5,12 @@ the normal plane of g_j (g_i^PC -= (g_i^PC . g_j)/||g_j||^2 g_j). The shared par
 sum_i g_i^PC; heads get their own raw gradients. Each g_i^PC is kept as coefficients on the g_k, so
 the surgery is T x T arithmetic on the Gram matrix, on the device (no host sync). The random orders
 come from a CPU generator seeded with the run's seed at `setup`; its state is checkpointed.
+
+The default update is LibMTL's (median-research-group/LibMTL, commit 4336804, LibMTL/weighting/PCGrad.py)
+and TorchJD's (`PCGrad`) given the same orders (tests/unit/methods/test_conformance_libmtl.py). LibMTL and
+the authors' code shuffle all T tasks, i itself included, and so would also project g_i^PC off g_i if
+g_i^PC . g_i < 0 (possible only after several projections); as the paper's Algorithm 1 and TorchJD,
+`mtl` skips j = i. LibMTL also adds 1e-8 to ||g_j||^2, which `mtl` leaves out (scale-free).
 """
 
 from __future__ import annotations

@@ -119,6 +119,8 @@ REGISTRY: dict[str, MethodInfo] = {
             "ImtlGOptions",
             "closed-form weights giving equal projections on every unit task gradient, on the representation",
             IMTL,
+            reference="TorchJD/torchjd, src/torchjd/aggregation/_imtl_g.py on the whole dL/dz; LibMTL's "
+            "LibMTL/weighting/IMTL.py (gradient part, rep_grad) where its batch-summed dL/dz is that (one example)",
         ),
         MethodInfo(
             "imtl-g-exact",
@@ -126,6 +128,8 @@ REGISTRY: dict[str, MethodInfo] = {
             "IMTL-G on the shared-parameter gradients",
             IMTL,
             fixed_level_of=("imtl-g", "shared"),
+            reference="median-research-group/LibMTL, LibMTL/weighting/IMTL.py (gradient part, shared parameters); "
+            "TorchJD's aggregation/_imtl_g.py",
         ),
         MethodInfo("imtl-l", "ImtlLOptions", "learnable loss scales: sum_t e^{s_t} L_t - s_t", IMTL),
         MethodInfo(
@@ -148,6 +152,7 @@ REGISTRY: dict[str, MethodInfo] = {
             "PcGradOptions",
             "project conflicting shared-parameter gradients on each other's normal planes, random order",
             "Yu et al., NeurIPS 2020",
+            reference="median-research-group/LibMTL, LibMTL/weighting/PCGrad.py (and TorchJD's aggregation/_pcgrad.py)",
         ),
         MethodInfo(
             "famo",
@@ -202,8 +207,11 @@ REGISTRY: dict[str, MethodInfo] = {
         MethodInfo(
             "gradvac",
             "GradVacOptions",
-            "move each task gradient up to EMA cosine goals with the others, random order",
+            "move each task gradient up to EMA cosine goals with the others, random order; goals over the whole "
+            "gradient or per layer or parameter tensor (groups)",
             "Wang, Tsvetkov, Firat & Cao, ICLR 2021 (Gradient Vaccine)",
+            reference="median-research-group/LibMTL, LibMTL/weighting/GradVac.py (group types 0, 1, 2: groups whole, "
+            "layer, matrix)",
         ),
         MethodInfo(
             "graddrop",
@@ -232,6 +240,7 @@ REGISTRY: dict[str, MethodInfo] = {
             "MocoOptions",
             "tracked loss-scaled task gradients; weights by one projected MGDA step",
             "Fernando et al., ICLR 2023 (MoCo)",
+            reference="median-research-group/LibMTL, LibMTL/weighting/MoCo.py",
         ),
         MethodInfo(
             "aligned-mtl",

@@ -82,7 +82,9 @@ def test_static_weights_must_match_the_tasks(tiny_recipe, write_recipe) -> None:
     assert "method.weights: 3 weights for 2 tasks" in result.output  # a recipe problem, found before training
 
 
-@pytest.mark.parametrize("method", ["uncertainty", "gradnorm", "imtl", "pcgrad", "famo", "rlw", "imtl-g"])
+@pytest.mark.parametrize(
+    "method", ["uncertainty", "gradnorm", "imtl", "pcgrad", "famo", "rlw", "imtl-g", "gradvac:groups=layer"]
+)
 def test_interrupted_run_resumes_exactly_with_the_method_state(method: str, tiny_recipe) -> None:
     """Stop in the middle of epoch 2 (as SIGTERM does), resume from last.pt: same final model and method state as
     an uninterrupted run, so the method's state really went through the checkpoint."""
@@ -92,7 +94,8 @@ def test_interrupted_run_resumes_exactly_with_the_method_state(method: str, tiny
     from mtlcli.training import Trainer, TrainingInterrupted
 
     tiny_recipe["train"]["epochs"] = 2
-    tiny_recipe["method"] = {"name": method}
+    name, _, option = method.partition(":")  # NAME or NAME:OPTION=VALUE
+    tiny_recipe["method"] = {"name": name, **dict([option.split("=")] if option else [])}
     recipe = validate(tiny_recipe)
     straight = Trainer(recipe, show_progress=False)
     straight.run()

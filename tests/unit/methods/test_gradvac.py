@@ -230,3 +230,164 @@ def test_shared_level_trains_through_the_cli(tiny_recipe, write_recipe) -> None:
     assert summary["method_options"]["level"] == "shared"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(list(m["alphas"].values())).all() for m in metrics)
+
+
+# ---------------------------------------------------------------- goals per parameter group (`groups`)
+def _blocks(jac: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    return np.split(jac, np.cumsum(sizes)[:-1], axis=1)
+
+
+def _group_grams(jac: np.ndarray, sizes: list[int]) -> torch.Tensor:
+    return torch.tensor(np.stack([b @ b.T for b in _blocks(jac, sizes)]))
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("seed", range(4))
+def test_each_group_below_its_goal_is_moved_exactly_onto_it(seed: int, scale: float) -> None:
+    """Per group k, cos(g_i'[k], g_j[k]) reaches the group's own goal when it was below it; other groups' goals and
+    gradients play no part (two tasks: each visits one partner, so nothing moves the pair again)."""
+    rng = np.random.default_rng(seed)
+    sizes = [3, 7, 2, 5]  # (a block of 1 has cosines +-1 only: no goal in between is reachable)
+    jac = rng.normal(size=(2, sum(sizes))) * scale * np.array([[1.0], [7.0]])
+    goals = rng.uniform(-0.9, 0.9, size=(len(sizes), 2, 2))
+    c, new = gradvac_coefficients(_group_grams(jac, sizes), torch.tensor(goals), [[1], [0]], 0.5)
+    c, new = c.numpy(), new.numpy()
+    below = 0
+    for k, block in enumerate(_blocks(jac, sizes)):
+        for i, j in [(0, 1), (1, 0)]:
+            before = _cos(block[i], block[j])
+            assert new[k, i, j] == pytest.approx(0.5 * goals[k, i, j] + 0.5 * before, abs=1e-12)
+            if before < goals[k, i, j]:
+                below += 1
+                assert _cos(c[k, i] @ block, block[j]) == pytest.approx(goals[k, i, j], abs=1e-10)
+            else:
+                np.testing.assert_array_equal(c[k, i], np.eye(2)[i])
+    assert below > 0
+
+
+@pytest.mark.parametrize("t", [2, 3, 5])
+def test_groups_are_vaccinated_independently_in_the_same_orders(t: int) -> None:
+    """The batched form is each group's own [T, T] computation, with the orders shared; one group is `whole`."""
+    rng = np.random.default_rng(t)
+    sizes = [4, 2, 6]
+    jac = rng.normal(size=(t, sum(sizes)))
+    goals = rng.uniform(-0.5, 0.9, size=(len(sizes), t, t))
+    orders = [[j for j in rng.permutation(t).tolist() if j != i] for i in range(t)]
+    c, new = gradvac_coefficients(_group_grams(jac, sizes), torch.tensor(goals), orders, 0.3)
+    for k, block in enumerate(_blocks(jac, sizes)):
+        ck, nk = gradvac_coefficients(torch.tensor(block @ block.T), torch.tensor(goals[k]), orders, 0.3)
+        torch.testing.assert_close(c[k], ck, rtol=1e-13, atol=1e-14)
+        torch.testing.assert_close(new[k], nk, rtol=1e-13, atol=1e-14)
+
+
+def test_parameter_groups_follow_libmtls_group_types() -> None:
+    from mtlcli.methods._shared_params import parameter_groups
+    from tests.unit.methods.test_conformance import small_model
+
+    model = small_model()  # encoder Linear(5, 12), Tanh, Linear(12, 6), Tanh
+    assert parameter_groups(model, "whole") == [150]
+    assert parameter_groups(model, "layer") == [72, 78]
+    assert parameter_groups(model, "matrix") == [60, 12, 72, 6]
+
+    class Scaled(torch.nn.Module):  # a container holding a parameter of its own, besides its child's
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(3))
+            self.inner = torch.nn.Linear(2, 3)
+
+    model.encoder = torch.nn.Sequential(Scaled(), torch.nn.Linear(3, 4, bias=False))
+    model.encoder[1].weight.requires_grad_(False)
+    assert parameter_groups(model, "layer") == [3, 9]  # scale, then inner's weight and bias; frozen weights left out
+    assert parameter_groups(model, "matrix") == [3, 6, 3]
+
+
+def _train(options: dict, model: torch.nn.Module, steps: int = 4) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    from tests.unit.methods.test_conformance import batches, task_losses
+
+    method = build("gradvac", **options)
+    torch.manual_seed(3)
+    method.setup(3, torch.device("cpu"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    weights = []
+    for x, y in batches()[:steps]:
+        opt.zero_grad(set_to_none=True)
+        z, losses = task_losses(model, x, y)
+        weights.append(method.backward(Step.of(model, z, losses)))
+        opt.step()
+    return weights, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("groups", ["layer", "matrix"])
+def test_one_group_is_the_whole_gradient(groups: str) -> None:
+    """An encoder with one parameter tensor: every group type is one group, and the steps are `whole`'s."""
+    from mtlcli.models import MultiTaskModel
+    from tests.unit.methods.test_conformance import TASKS
+
+    def model() -> MultiTaskModel:
+        torch.manual_seed(0)
+        return MultiTaskModel(torch.nn.Linear(5, 6, bias=False), {t: torch.nn.Linear(6, 1) for t in TASKS})
+
+    whole_weights, whole_params = _train({}, model())
+    group_weights, group_params = _train({"groups": groups}, model())
+    for a, b in zip(whole_weights + whole_params, group_weights + group_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert any((w - 1).abs().max() > 1e-6 for w in whole_weights)  # the goals did move the gradients
+
+
+@pytest.mark.usefixtures("float64")
+def test_group_goals_are_checkpointed_and_a_skipped_step_leaves_no_trace() -> None:
+    from tests.unit.methods.test_conformance import batches, small_model, task_losses
+
+    def step(method, model, x, y) -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        z, losses = task_losses(model, x, y)
+        return method.backward(Step.of(model, z, losses))
+
+    data = batches()
+    model = small_model()
+    a, b, c = (build("gradvac", groups="layer") for _ in range(3))
+    torch.manual_seed(11)
+    for m in (a, b, c):
+        m.setup(3, torch.device("cpu"))
+    for x, y in data[:2]:
+        step(a, model, x, y)
+        step(c, model, x, y)
+    assert a.phi_hat.shape == (2, 3, 3) and a.phi_hat.abs().sum() > 0
+    step(a, model, *data[2])
+    a.step_skipped()  # as if step 3 never ran: a is c again
+    assert torch.equal(a.phi_hat, c.phi_hat)
+    b.load_state_dict(a.state_dict())  # and b, resumed from a's checkpoint, continues as both
+    rest = [[step(m, model, x, y) for x, y in data[2:]] for m in (a, b, c)]
+    assert all(torch.equal(u, v) and torch.equal(u, w) for u, v, w in zip(*rest, strict=True))
+    assert torch.equal(a.phi_hat, b.phi_hat)
+
+
+@pytest.mark.usefixtures("float64")
+def test_grouped_step_returns_the_size_weighted_mean_of_the_group_weights() -> None:
+    from tests.unit.methods.test_conformance import batches, small_model, task_losses
+
+    model = small_model()
+    method = build("gradvac", groups="matrix")
+    method.setup(3, torch.device("cpu"))
+    recorded = []
+    group_weights = method.group_weights
+    method.group_weights = lambda losses, grams: recorded.append(group_weights(losses, grams)) or recorded[-1]
+    x, y = batches()[0]
+    z, losses = task_losses(model, x, y)
+    alpha = method.backward(Step.of(model, z, losses))
+    sizes = torch.tensor([60.0, 12.0, 72.0, 6.0])
+    torch.testing.assert_close(alpha, sizes @ recorded[0] / sizes.sum(), rtol=1e-14, atol=1e-15)
+
+
+def test_groups_options_and_their_recipe_problems() -> None:
+    assert build("gradvac").options.groups == "whole"
+    shown = "GradVac(beta=0.5, groups='layer', level='shared', grads='loop', head_grads='raw')"
+    assert repr(build("gradvac", groups="layer")) == shown
+    with pytest.raises(MtlError, match="groups: layer applies only at level shared"):
+        build("gradvac", level="representation", groups="layer")
+    with pytest.raises(MtlError, match="groups: matrix gives each group its own task weights"):
+        build("gradvac", groups="matrix", head_grads="weighted")
+    with pytest.raises(MtlError, match="groups"):
+        build("gradvac", groups="block")
+    build("gradvac", level="representation", groups="whole")

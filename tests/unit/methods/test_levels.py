@@ -17,6 +17,7 @@ from mtlcli.methods._shared_params import (
     _write_row,
     apply_shared_update,
     gram_step_on_shared_parameters,
+    grouped_gram_step_on_shared_parameters,
     head_weights_for,
     shared_grads,
 )
@@ -255,3 +256,42 @@ def test_flat_concatenates_per_parameter_gradients_with_zeros_for_the_missing() 
     assert got.tolist() == [1.0, 2.0, 0.0, 0.0, 0.0] and got.dtype == torch.float64
     batched = _flat((None, torch.arange(6.0).reshape(2, 1, 3)), params, (2,))
     assert batched.tolist() == [[0.0, 0.0, 0.0, 1.0, 2.0], [0.0, 0.0, 3.0, 4.0, 5.0]]
+
+
+GROUPED = torch.tensor([[0.2, 0.3, 0.5], [1.0, -1.0, 2.0]], dtype=torch.float64)  # [K, T]: one row per block
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_the_grouped_step_gives_each_block_of_columns_its_own_weights(monkeypatch: pytest.MonkeyPatch, world: int) -> None:
+    """J's 12 columns cut into blocks of 5 and 7: each block's Gram matrix, block k of the update sum_t w[k, t] g_t
+    [block k], heads raw, the size-weighted mean returned; across two ranks J is summed and each writes half."""
+    tasks = LinearTasks(14)
+    step = tasks.step()
+    if world == 2:
+        job = TwoRanks()
+        monkeypatch.setattr(_shared_params.distributed, "current", lambda: job)
+        step.summed = step.losses.detach() * 2
+    seen: list[torch.Tensor] = []
+
+    def weights(losses: torch.Tensor, grams: torch.Tensor) -> torch.Tensor:
+        seen.append(grams.clone())
+        return GROUPED.clone()
+
+    alpha = grouped_gram_step_on_shared_parameters(step, weights, [5, 7], grads="loop")
+    want = tasks.closed_form()
+    jac = want.encoder.reshape(3, -1)
+    blocks = (world * jac[:, :5], world * jac[:, 5:])
+    torch.testing.assert_close(seen[0], torch.stack([b @ b.T for b in blocks]), rtol=1e-12, atol=1e-12)
+    update = torch.cat([GROUPED[0] @ jac[:, :5], GROUPED[1] @ jac[:, 5:]]).view(4, 3)
+    torch.testing.assert_close(tasks.model.encoder.weight.grad, update, rtol=1e-12, atol=1e-12)
+    for t in range(3):
+        torch.testing.assert_close(tasks.head(t).weight.grad, want.weight[t], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(tasks.head(t).bias.grad, want.bias[t], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(alpha, (5 * GROUPED[0] + 7 * GROUPED[1]) / 12, rtol=1e-14, atol=1e-15)
+
+
+def test_the_grouped_step_flags_non_finite_gradients() -> None:
+    tasks = LinearTasks(15)
+    tasks.x[0, 0] = float("nan")  # every task's gradient is NaN
+    alpha = grouped_gram_step_on_shared_parameters(tasks.step(), lambda losses, grams: GROUPED.clone(), [5, 7], grads="loop")
+    assert torch.isnan(alpha).all()

@@ -193,3 +193,17 @@ def test_a_recipe_records_every_method_option_and_a_variant_names_its_run_direct
     assert run_name(validate(raw)) == "upgrad-representation"
     raw["method"] = {"name": "mgda-ub"}
     assert run_name(validate(raw)) == "mgda-ub"
+
+
+def test_imtl_g_runs_from_before_the_raw_head_default_are_read_as_weighted(tmp_path: Path) -> None:
+    """IMTL-G's heads get their raw gradients by default now (Algorithm 1, LibMTL, TorchJD); a run whose recipe.yaml
+    predates resolved method options ran with weighted heads, and is labelled so beside a new run."""
+    from mtlcli.methods import REGISTRY
+
+    acc = {"left": 90, "right": 80}
+    options = REGISTRY["imtl-g"].options().model_dump(mode="json")
+    assert options["head_grads"] == "raw"
+    write_run(tmp_path, "a", method="imtl-g", seed=0, test=acc, options=options)
+    write_run(tmp_path, "b", method="imtl-g", seed=0, test=acc)  # written before options were recorded
+    frame = tables_for(tmp_path)["multifashion-methods"].frame
+    assert set(frame["method"]) == {"imtl-g (head_grads=raw)", "imtl-g (head_grads=weighted)"}
