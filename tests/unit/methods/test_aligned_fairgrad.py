@@ -101,7 +101,10 @@ def test_aligned_agrees_with_torchjd(t: int, scale_mode: str) -> None:
     for gram in grams:
         theirs = AlignedMTLWeighting(scale_mode=scale_mode)(gram)
         ours = aligned_mtl_weights(gram, scale_mode)
-        torch.testing.assert_close(ours, theirs, rtol=1e-5 if gram.dtype == torch.float32 else 1e-9, atol=1e-7)
+        # TorchJD's float32 eigendecomposition carries ~T eps32 of rounding that ours (float64 inside) does not
+        single = gram.dtype == torch.float32
+        grow = max(1.0, t / 4)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5 * grow if single else 1e-9, atol=1e-7 * grow)
 
 
 # ------------------------------------------------------------------------------------------------- FairGrad
