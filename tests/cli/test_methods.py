@@ -44,4 +44,6 @@ def test_one_method_names_its_reference_what_differs_and_its_general_form() -> N
     assert "reference: AvivNavon/nash-mtl, methods/weight_methods.py `NashMTL`" in text
     assert "differs: G a = 1/a is solved exactly" in text
     result = runner.invoke(app, ["methods", "mgda-ub"])
-    assert "same as: mgda with level: representation" in result.stdout and "differs:" not in result.stdout
+    assert "same as: mgda with level: representation" in result.stdout
+    result = runner.invoke(app, ["methods", "uniform"])
+    assert "differs:" not in result.stdout and "reference:" not in result.stdout

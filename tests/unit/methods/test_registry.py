@@ -46,9 +46,12 @@ def test_gram_based_methods_expose_weights(name: str) -> None:
 
 
 def test_an_option_of_another_method_names_the_methods_it_applies_to() -> None:
-    problems = option_problems("mgda-ub", {"grads": "batched"})
+    problems = option_problems("uniform", {"grads": "batched"})
     assert len(problems) == 1
     assert "applies to mgda, mgda-unconstrained, imtl-g, imtl-g-exact, pcgrad" in problems[0][1]
+    problems = option_problems("mgda-ub", {"grads": "batched"})  # mgda-ub is mgda on z: the level is named
+    assert problems == [(("grads",), "does not apply to mgda-ub: mgda-ub is mgda at level representation, "
+                         "where grads means nothing; it applies to mgda at level shared")]
     with pytest.raises(MtlError, match="applies to gradnorm"):
         build("imtl-g", alpha=0.0)
     with pytest.raises(MtlError, match="grads"):
