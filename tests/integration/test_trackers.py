@@ -162,7 +162,7 @@ def test_resume_appends_to_the_same_tensorboard_dir_and_mlflow_run(data_dir, tmp
 
 
 def test_a_crash_after_an_unsaved_epoch_logs_that_epoch_again_on_resume(data_dir, tmp_path, mlflow_store) -> None:
-    """Killed in epoch 4 with last.pt at epoch 2: epoch 3 is trained and logged again. TensorBoard shows each epoch
+    """A crash in epoch 4 with last.pt at epoch 2: epoch 3 is trained and logged again. TensorBoard shows each epoch
     once (the resumed session purges what came after its checkpoint); MLflow keeps both values of epoch 3."""
     raw = with_trackers(tiny_recipe(data_dir, tmp_path / "out", checkpoint_every=2), ["tensorboard", "mlflow"], epochs=4)
     first = trainer(raw)
