@@ -22,6 +22,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "within_30",
 )
 AUGMENT_CHOICES: tuple[str, ...] = ("default", "none", "scale-crop", "scale-crop-flip")
+TRACKER_NAMES: tuple[str, ...] = ("tensorboard", "mlflow")  # `output.trackers`; each is also the name of its extra
 
 
 def check_implemented(kind: str, declared: tuple[str, ...], implemented: object) -> None:

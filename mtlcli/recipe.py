@@ -16,7 +16,7 @@ from mtlcli.data.registry import DATASETS
 from mtlcli.errors import MtlError, RecipeError
 from mtlcli.methods.registry import REGISTRY, option_problems
 from mtlcli.models.registry import ENCODERS, encoder_option_problems
-from mtlcli.names import AUGMENT_CHOICES, LOSS_NAMES, METRIC_NAMES
+from mtlcli.names import AUGMENT_CHOICES, LOSS_NAMES, METRIC_NAMES, TRACKER_NAMES
 from mtlcli.schema import closest, describe_error, did_you_mean, non_string_keys, show, unknown_name
 
 DATASET_NAMES = tuple(DATASETS)
@@ -112,6 +112,26 @@ class TrainConfig(Section):
 
 class OutputConfig(Section):
     dir: str = "results"
+    trackers: list[str] = Field(
+        default_factory=list, description="experiment trackers that log each epoch too: tensorboard, mlflow (optional extras)"
+    )
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> Any:
+        """A name alone stands for a list of one; each name is a known tracker, listed once."""
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list of trackers ({', '.join(TRACKER_NAMES)}), got {show(value)}")
+        for name in value:
+            if not isinstance(name, str) or name not in TRACKER_NAMES:
+                raise ValueError(unknown_name("tracker", name, TRACKER_NAMES))
+        if len(set(value)) != len(value):
+            raise ValueError(f"a tracker is listed twice, got {show(value)}")
+        return value
 
 
 class Recipe(Section):

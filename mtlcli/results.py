@@ -22,8 +22,8 @@ from mtlcli.tasks import METRICS
 
 MetricKey = tuple[str, str]  # (task, metric)
 
-# Recipe keys that never distinguish methods: where the run went, which seed, which hardware.
-IGNORED_KEYS = ("train.seed", "output.dir", "data.dir", "train.device", "train.eval_batch_size")
+# Recipe keys that never distinguish methods: where the run (and its trackers' logs) went, which seed, which hardware.
+IGNORED_KEYS = ("train.seed", "output.dir", "output.trackers", "data.dir", "train.device", "train.eval_batch_size")
 SINGLE_TASK = "single-task"
 UNIFORM = "uniform"
 GRID = "grid"
@@ -196,7 +196,9 @@ def format_value(value: Any) -> str:
 
 
 def _is_ignored(key: str) -> bool:
-    return key in IGNORED_KEYS or key.startswith("method.") or (key.startswith("tasks.") and key.endswith(".loss_scale"))
+    if key in IGNORED_KEYS or key.startswith(("method.", "output.trackers.")):
+        return True
+    return key.startswith("tasks.") and key.endswith(".loss_scale")
 
 
 # Runs written before recipe.yaml recorded every method option (mtl 0.1) ran with these defaults where the new

@@ -15,6 +15,7 @@ from mtlcli.methods.grid import MAX_GRID_RUNS, GridOptions, default_points, grid
 from mtlcli.recipe import Recipe
 from mtlcli.runs import SUMMARY, create_run_dir
 from mtlcli.training.loop import Trainer
+from mtlcli.training.trackers import require
 
 GRID = "grid.json"
 
@@ -33,6 +34,7 @@ def train_grid(recipe: Recipe, *, console: Console, show_progress: bool = True) 
             hint="pick fewer tasks, or --set method.points=2 (one run per task), or train chosen weights with static",
         )
     grid = simplex_grid(num_tasks, points)
+    require(list(recipe.output.trackers))  # a tracker's missing package: one error, before the sweep directory
     sweep = create_run_dir(Path(recipe.output.dir), "grid", recipe.train.seed)
     console.print(f"grid: {len(grid)} static runs ({points} points per axis) in {sweep}")
     runs: list[dict[str, Any]] = []

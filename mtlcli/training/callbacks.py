@@ -6,9 +6,9 @@ the epoch's line before last.pt and best.pt are written (resume keeps the lines 
 the console line comes last. The hot path stays sync-free: the per-step hooks get device tensors, and
 reading them (`.tolist()`) is a host sync, so only opt-in callbacks do (the step trace).
 
-An experiment tracker is one more callback (`Trainer(extra_callbacks=[...])`): `on_train_start` (the recipe
-and the run directory), `on_progress` (running means), `on_epoch_end` (the epoch's record, the line
-metrics.jsonl gets) and `on_train_end` (summary.json's content).
+An experiment tracker is one more callback (`mtlcli.training.trackers`: the recipe's `output.trackers`, which
+the trainer adds before its `extra_callbacks`): `on_train_start` (the recipe and the run directory),
+`on_resume`, `on_epoch_end` (the epoch's record, the line metrics.jsonl gets) and `on_train_end`.
 
 Distributed runs: rank 0 writes the run directory and speaks for every rank. That rule lives here alone, in
 `default_callbacks`: the other ranks get no callback, as every one of them writes or prints.

@@ -55,6 +55,7 @@ from mtlcli.training.guard import NonFiniteError, NonFiniteGuard
 from mtlcli.training.signals import StopRequest, TrainingInterrupted
 from mtlcli.training.summary import build_summary
 from mtlcli.training.timing import StepTimer
+from mtlcli.training.trackers import build_trackers
 
 REFRESH_EVERY = 50
 
@@ -63,7 +64,8 @@ REFRESH_EVERY = 50
 class Trainer:
     """Train `recipe` into a run directory; `resume` continues one from its last checkpoint.
 
-    `extra_callbacks` (e.g. experiment trackers) run after the default ones, on rank 0 (`default_callbacks`).
+    The recipe's experiment trackers (`output.trackers`), then `extra_callbacks`, run after the default
+    callbacks, on rank 0 (`default_callbacks`).
     """
 
     recipe: Recipe
@@ -74,11 +76,13 @@ class Trainer:
 
     def __post_init__(self) -> None:
         r = self.recipe
+        trackers = build_trackers(r)  # a tracker's missing package: one error, before anything is set up
         self.job, device_spec = distributed.setup_from_environment(r.train.device)
         self.device = resolve_device(device_spec)
         if self.job.active:
             check_distributable(r, self.job)
-        self.callbacks = CallbackList(default_callbacks(self.job, self.console, self.show_progress, self.extra_callbacks))
+        extra = [*trackers, *self.extra_callbacks]
+        self.callbacks = CallbackList(default_callbacks(self.job, self.console, self.show_progress, extra))
         if r.train.deterministic:
             enable_determinism(self.device)
         self.dataset = load_dataset(r)

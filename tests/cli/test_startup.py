@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("torch", "pandas", "matplotlib")
+HEAVY = ("torch", "pandas", "matplotlib", "tensorboard", "mlflow")
 PROBE = """
 import json, sys
 from mtlcli.cli import app
@@ -35,7 +35,10 @@ def probe(args: list[str], cwd: Path, **env: str) -> tuple[int, list[str], str]:
     return payload["code"], payload["heavy"], result.stdout + result.stderr
 
 
-BAD_RECIPE = "data: {name: multifashion}\ntasks: [{name: left}]\nmethod: {name: mgda-ub, normalisation: l2}\noptim: {lr: -1}\n"
+BAD_RECIPE = (
+    "data: {name: multifashion}\ntasks: [{name: left}]\nmethod: {name: mgda-ub, normalisation: l2}\noptim: {lr: -1}\n"
+    "output: {trackers: [tensorboard, mlfow]}\n"
+)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +69,7 @@ def test_a_recipe_error_is_reported_without_heavy_modules(command: str, tmp_path
     assert code == 1
     assert "optim.lr: must be > 0, got -1" in output
     assert "did you mean 'normalization'?" in output
+    assert "output.trackers: unknown tracker 'mlfow' (did you mean 'mlflow'?)" in output
     assert heavy == []
 
 
@@ -122,7 +126,7 @@ def test_set_keys_cover_every_recipe_section_and_option() -> None:
 
     keys = recipe_keys()
     for key in ("data.name=", "data.augment=", "tasks.0.loss_scale=", "optim.scheduler.gamma=", "train.on_nonfinite=",
-                "output.dir=", "method.name=", "model.encoder="):  # fmt: skip
+                "output.dir=", "output.trackers=", "method.name=", "model.encoder="):  # fmt: skip
         assert key in keys
     for info in REGISTRY.values():
         assert all(f"method.{option}=" in keys for option in info.options.model_fields)

@@ -185,3 +185,35 @@ def test_resolved_recipe_round_trips() -> None:
     recipe = recipes.load(raw=load_shipped_recipe())
     again = recipes.validate(recipe.dump())
     assert again == recipe
+
+
+@pytest.mark.parametrize(
+    ("value", "trackers"),
+    [(None, []), ([], []), ("mlflow", ["mlflow"]), (["tensorboard", "mlflow"], ["tensorboard", "mlflow"])],
+)
+def test_output_trackers_take_a_list_or_one_name(value, trackers) -> None:
+    raw = load_shipped_recipe()
+    raw["output"]["trackers"] = value
+    assert recipes.load(raw=raw).output.trackers == trackers
+    assert recipes.load(raw=load_shipped_recipe()).output.trackers == []  # the default: none
+    assert recipes.load(raw=load_shipped_recipe(), sets=["output.trackers=[tensorboard]"]).output.trackers == ["tensorboard"]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (["tensorbord"], "output.trackers: unknown tracker 'tensorbord' (did you mean 'tensorboard'?); choose one of: "
+         "tensorboard, mlflow"),
+        (["mlfow", "x"], "output.trackers: unknown tracker 'mlfow' (did you mean 'mlflow'?)"),
+        ([1], "output.trackers: unknown tracker 1; choose one of"),
+        (["mlflow", "mlflow"], "output.trackers: a tracker is listed twice, got [mlflow, mlflow]"),
+        ({"tensorboard": True}, "output.trackers: must be a list of trackers (tensorboard, mlflow), got {tensorboard: true}"),
+    ],
+)
+def test_output_trackers_problems_are_one_line_each(value, problem) -> None:
+    raw = load_shipped_recipe()
+    raw["output"]["trackers"] = value
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw=raw)
+    [reported] = info.value.problems
+    assert reported.startswith(problem)

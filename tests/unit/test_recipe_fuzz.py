@@ -44,6 +44,7 @@ KEYS = [
     "step_size",
     "hidden",
     "dropout",
+    "trackers",
 ]
 scalars = (
     st.none()
@@ -52,6 +53,7 @@ scalars = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12)
     | st.sampled_from(["multifashion", "left", "right", "mgda-ub", "uniform", "sgd", "cpu", "cuda:9", "skip", "1e-3"])
+    | st.sampled_from(["mlflow", "tensorboard"])
 )
 keys = st.sampled_from(KEYS) | st.text(max_size=6) | st.integers(-3, 3) | st.booleans()
 values = st.recursive(
