@@ -28,6 +28,7 @@ class MethodInfo:
     paper: str
     independent_networks: bool = False  # one network per task (the single-task baseline)
     reference: str = ""  # the implementation the defaults reproduce (repository and file), checked by a test
+    samples: int = 1  # independent samples (parts) of each batch a step takes (`Step.samples`): needs batch_size >= it
 
     @property
     def options(self) -> type[Options]:
@@ -221,6 +222,24 @@ REGISTRY: dict[str, MethodInfo] = {
             "StchOptions",
             "smooth Tchebycheff: T mu logsumexp(log(L_t/n_t)/mu), n set by a log warm-up",
             "Lin et al., ICML 2024 (STCH)",
+        ),
+        MethodInfo(
+            "modo",
+            "MoDoOptions",
+            "double sampling: lambda <- P(lambda - gamma (J_1 J_2^T + rho I) lambda) on two halves of the batch, "
+            "update J^T lambda",
+            "Chen, Fernando, Ying & Chen, NeurIPS 2023 (MoDo)",
+            reference="heshandevaka/Trade-Off-MOL, LibMTL/LibMTL/weighting/MoDo.py (its sum of the two samples halved)",
+            samples=2,
+        ),
+        MethodInfo(
+            "sdmgrad",
+            "SDMGradOptions",
+            "update J^T (w + lambda w~) / (1 + lambda), w by projected SGD on the cross Gram of two halves of the batch, "
+            "kept across steps",
+            "Xiao, Ban & Ji, NeurIPS 2023 (SDMGrad)",
+            reference="OptMN-Lab/sdmgrad, methods/weight_methods.py `SDMGrad` (lamda 0.3 of experiments/nyuv2/run.sh)",
+            samples=2,
         ),
     )
 }

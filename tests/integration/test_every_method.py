@@ -17,7 +17,7 @@ from mtlcli.training import load_checkpoint
 runner = CliRunner()
 PER_STEP = [name for name in REGISTRY if name != "grid"]
 EXTRA = {"static": ["--set", "method.weights=[0.3, 0.7]"], "mgda": ["--set", "method.grads=batched"]}
-LEARNED = {"uncertainty": "s", "imtl-l": "s", "imtl": "s", "gradnorm": "w", "famo": "w"}
+LEARNED = {"uncertainty": "s", "imtl-l": "s", "imtl": "s", "gradnorm": "w", "famo": "w", "modo": "lambda", "sdmgrad": "w"}
 
 
 def _equal(a, b) -> bool:
@@ -82,7 +82,7 @@ def test_static_weights_must_match_the_tasks(tiny_recipe, write_recipe) -> None:
     assert "method.weights: 3 weights for 2 tasks" in result.output  # a recipe problem, found before training
 
 
-@pytest.mark.parametrize("method", ["uncertainty", "gradnorm", "imtl", "pcgrad", "famo", "rlw", "imtl-g"])
+@pytest.mark.parametrize("method", ["uncertainty", "gradnorm", "imtl", "pcgrad", "famo", "rlw", "imtl-g", "modo", "sdmgrad"])
 def test_interrupted_run_resumes_exactly_with_the_method_state(method: str, tiny_recipe) -> None:
     """Stop in the middle of epoch 2 (as SIGTERM does), resume from last.pt: same final model and method state as
     an uninterrupted run, so the method's state really went through the checkpoint."""

@@ -74,6 +74,16 @@ def task_losses(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tenso
     return z, [s * torch.mean((outputs[t] - y[t]) ** 2) for s, t in zip(SCALES, TASKS, strict=True)]
 
 
+def small_step(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]) -> Step:
+    """The `Step` of `task_losses`, which can also give the losses of some rows of the batch (`Step.samples`)."""
+    z, outputs = model(x)
+
+    def losses_on(rows: slice) -> list[torch.Tensor]:
+        return [s * torch.mean((outputs[t][rows] - y[t][rows]) ** 2) for s, t in zip(SCALES, TASKS, strict=True)]
+
+    return Step.of(model, z, losses_on(slice(None)), losses_on)
+
+
 Reference = Callable[[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]], None]
 
 
@@ -89,8 +99,7 @@ def assert_same_updates(ours: Method, theirs: Reference, data: list[tuple[torch.
     ours.setup(len(TASKS), torch.device("cpu"))
     for x, y in data:
         ours_opt.zero_grad(set_to_none=True)
-        z, losses = task_losses(ours_model, x, y)
-        ours.backward(Step.of(ours_model, z, losses))
+        ours.backward(small_step(ours_model, x, y))
         ours_opt.step()
         theirs_opt.zero_grad(set_to_none=True)
         theirs(theirs_model, x, y)

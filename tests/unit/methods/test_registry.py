@@ -20,6 +20,7 @@ ISSUE_METHODS = {
     "aligned-mtl", "fairgrad",
     "nash-mtl",
     "stch",
+    "modo", "sdmgrad",
 }  # fmt: skip
 GRAM_BASED = ["mgda", "mgda-ub", "mgda-unconstrained", "imtl-g", "imtl-g-exact"]
 
@@ -96,10 +97,16 @@ def test_the_gram_shell_applies_a_weighting_at_the_options_level() -> None:
     shells = sorted(name for name in ISSUE_METHODS - {"grid", "static"} if isinstance(build(name), GramMethod))
     assert shells == [
         "aligned-mtl", "cagrad", "dualproj", "fairgrad", "gradvac", "imtl-g", "imtl-g-exact", "mgda",
-        "mgda-unconstrained", "nash-mtl", "upgrad",
+        "mgda-unconstrained", "modo", "nash-mtl", "sdmgrad", "upgrad",
     ]  # fmt: skip
-    for name in set(shells) - {"nash-mtl"}:  # Nash-MTL wraps the level step: unclipped heads, no solve between solves
+    # Nash-MTL wraps the level step (unclipped heads, no solve between solves); MoDo and SDMGrad take their Gram
+    # matrix from two halves of the batch (`two_sample_step`)
+    from mtlcli.methods._two_samples import TwoSampleGramMethod
+
+    for name in set(shells) - {"nash-mtl", "modo", "sdmgrad"}:
         assert type(build(name)).backward is GramMethod.backward
+    for name in ("modo", "sdmgrad"):
+        assert type(build(name)).backward is TwoSampleGramMethod.backward
     with pytest.raises(TypeError, match="abstract"):
         GramMethod()  # type: ignore[abstract]
     assert GramMethod.backward.__code__.co_names.count(level_step.__name__) == 1
