@@ -340,7 +340,10 @@ class SDMGradOptions(SharedLevelOptions):
     w_lr: float = Field(10.0, gt=0, description="their learning rate (the authors' 10; LibMTL's 5)")
     w_momentum: float = Field(0.5, ge=0, lt=1, description="their momentum")
     scale_eps: float = Field(
-        1e-4, gt=0, description="G_12 divided by (mean_t sqrt(max(G_tt, 0) + scale_eps))^2 (the authors' 1e-4)"
+        1e-4,
+        ge=1e-12,
+        description="G_12 divided by (mean_t sqrt(max(G_tt, 0) + scale_eps))^2 (the authors' 1e-4; >= 1e-12 keeps it "
+        "finite when no G_tt is positive)",
     )
     reduction: Reduction = Field(
         "sum", description="weights summing to T (the authors' x T, 'to match the sum loss') or to 1 (LibMTL, TorchJD)"

@@ -25,7 +25,8 @@ experiments/utils.py. What differs, and why:
   xi' are all the last batch's gradients (G_12 is then the single-sample Gram matrix); `mtl` follows the paper
   (and LibMTL) with distinct samples;
 - the diagonal of G_12 can be negative with distinct samples: clamped at 0 before the square root (the authors'
-  sqrt(G_tt + 1e-4) would be NaN; LibMTL clamps too);
+  sqrt(G_tt + 1e-4) would be NaN; LibMTL clamps too); `scale_eps` (1e-4) is at least 1e-12, so that A stays finite
+  and the projection accurate when no diagonal entry is positive;
 - heads get the batch's raw gradient; the authors' per-sample backward passes leave the sum of the three
   samples' head gradients there.
 

@@ -271,3 +271,19 @@ def test_a_batch_of_one_is_a_recipe_problem(name: str, tiny_recipe: dict[str, An
         validate(tiny_recipe)
     tiny_recipe["train"]["batch_size"] = 2
     assert validate(tiny_recipe).method.name == name
+
+
+def test_the_weights_agree_with_torchjds_weightings() -> None:
+    """TorchJD 0.18's `MoDoWeighting` and `SDMGradWeighting` (stateful, on the cross Gram matrix) over 20 steps:
+    MoDo's defaults; SDMGrad with `reduction: mean` and the smallest scale_eps (TorchJD normalises by
+    mean_t sqrt(max(G_tt, 0))^2 + 1e-8), on cross Gram matrices of two noisy samples of one Jacobian, of norm ~ 1."""
+    torchjd = pytest.importorskip("torchjd.aggregation")
+    modo, theirs_modo = _built("modo"), torchjd.MoDoWeighting(gamma=0.1, rho=0.1)
+    sdm = _built("sdmgrad", reduction="mean", scale_eps=1e-12)
+    theirs_sdm = torchjd.SDMGradWeighting(lr=10.0, momentum=0.5, n_iter=20, lambda_=0.3)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(20):
+        jac = torch.randn(3, 7, generator=gen) * torch.tensor([[0.3], [1.0], [3.0]]) / 3
+        gram = (jac + 0.3 * torch.randn(3, 7, generator=gen)) @ (jac + 0.3 * torch.randn(3, 7, generator=gen)).T
+        torch.testing.assert_close(modo.weights(LOSSES, gram), theirs_modo(gram), rtol=0, atol=1e-12)
+        torch.testing.assert_close(sdm.weights(LOSSES, gram), theirs_sdm(gram), rtol=0, atol=1e-6)
