@@ -41,6 +41,7 @@ BLOCK = 5  # timed steps per method before the next method takes its turn
 # at the representation (MGDA-UB's one-backward variant); FAMO and Nash-MTL with their cheaper options too.
 BOTH_LEVELS = (
     "upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad", "config", "excess-mtl", "nash-mtl", "gradvac", "db-mtl", "moco",
+    "modo", "sdmgrad",
 )  # fmt: skip
 DEFAULT_METHODS = (
     "uniform",
@@ -207,8 +208,11 @@ def run_ablation(
         optimizer = make_optimizer(recipe, list(model.parameters()), method.parameters())
         contenders.append(_Contender(spec, method, model, optimizer))
 
-    def losses_of(outputs: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        return [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in tasks]
+    def losses_of(outputs: dict[str, torch.Tensor], rows: slice | None = None) -> list[torch.Tensor]:
+        """The task losses of the batch, or of some of its rows (`Step.samples`)."""
+        if rows is None:
+            return [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in tasks]
+        return [t.loss_scale * t.compute_loss(outputs[t.name][rows], t.target_of(y)[rows]) for t in tasks]
 
     @torch.no_grad()
     def losses_after(c: _Contender) -> torch.Tensor:
@@ -217,7 +221,7 @@ def run_ablation(
     def step(c: _Contender) -> None:
         c.optimizer.zero_grad(set_to_none=True)
         z, outputs = c.model(x)
-        c.method.backward(Step.of(c.model, z, losses_of(outputs)))
+        c.method.backward(Step.of(c.model, z, losses_of(outputs), lambda rows: losses_of(outputs, rows)))
         c.optimizer.step()
         c.method.after_update(lambda: losses_after(c))  # as the trainer: FAMO re-evaluates the batch here
 

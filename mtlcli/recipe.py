@@ -219,6 +219,7 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
     problems.extend(_model_problems(raw))
     problems.extend(_input_problems(raw))
     problems.extend(_weights_problems(raw))
+    problems.extend(_samples_problems(raw))
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
@@ -341,6 +342,18 @@ def _weights_problems(raw: dict[str, Any]) -> list[str]:
     if isinstance(weights, list) and len(weights) != len(tasks):
         return [f"method.weights: {len(weights)} weights for {len(tasks)} tasks (one per task, in the order of tasks)"]
     return []
+
+
+def _samples_problems(raw: dict[str, Any]) -> list[str]:
+    """A method that splits each batch into k samples (modo, sdmgrad) needs batches of k examples or more."""
+    method, train = raw.get("method"), raw.get("train")
+    name = method.get("name") if isinstance(method, dict) else None
+    info = REGISTRY.get(name) if isinstance(name, str) else None
+    size = train.get("batch_size", TrainConfig.model_fields["batch_size"].default) if isinstance(train, dict) else None
+    if info is None or info.samples < 2 or not isinstance(size, int) or size >= info.samples:
+        return []
+    k = info.samples
+    return [f"train.batch_size: {name} splits each batch into {k} samples, so it needs {k} or more, got {size}"]
 
 
 def parse_yaml(text: str, *, source: str) -> Any:

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from mtlcli import distributed
+from mtlcli.errors import MtlError
 
 if TYPE_CHECKING:
     from mtlcli.models import MultiTaskModel
+
+
+LossesOn = Callable[[slice], Sequence[Tensor]]  # rows of the batch -> their per-task losses, from the step's forward
 
 
 @dataclass
@@ -28,6 +33,8 @@ class Step:
     `losses[t]` is task t's (loss_scale-multiplied) loss, `z` the shared representation with its
     graph attached, `model` the network whose parameters the method must give gradients to.
     `parts`, when known, are the same per-task losses as separate graph nodes (see `task_loss`).
+    `losses_on`, when known, computes the per-task losses of some rows of the batch from the same forward
+    pass (for the methods that draw several samples per step, see `samples`).
     """
 
     model: MultiTaskModel
@@ -35,6 +42,7 @@ class Step:
     losses: Tensor
     parts: tuple[Tensor, ...] | None = None
     summed: Tensor | None = field(default=None, repr=False)  # the losses summed across ranks, once known
+    losses_on: LossesOn | None = field(default=None, repr=False)
 
     def summed_losses(self) -> Tensor:
         """The detached losses summed across the ranks of a torchrun job (the batch's losses), all-reduced once
@@ -45,10 +53,29 @@ class Step:
         return self.summed
 
     @classmethod
-    def of(cls, model: MultiTaskModel, z: Tensor, task_losses: Sequence[Tensor]) -> Step:
+    def of(cls, model: MultiTaskModel, z: Tensor, task_losses: Sequence[Tensor], losses_on: LossesOn | None = None) -> Step:
         """A step from the per-task losses (kept as `parts`, stacked into `losses`)."""
         parts = tuple(task_losses)
-        return cls(model, z, torch.stack(parts), parts)
+        return cls(model, z, torch.stack(parts), parts, losses_on=losses_on)
+
+    def samples(self, k: int) -> tuple[list[Step], list[float]]:
+        """k samples of this step's losses: the batch's rows cut into k consecutive parts (sizes differing by at
+        most one), each part's per-task losses from this step's forward pass (no other forward), as k steps;
+        and each part's share of the rows (summing to 1), so that sum_i share_i * (part i's gradient) is the
+        batch's gradient when the losses are means over the rows. The trainer shuffles the rows every epoch, so
+        the parts are disjoint random subsets of the data (independent but for layers that mix the examples of
+        a batch, such as BatchNorm in training)."""
+        rows = int(self.z.shape[0])
+        if self.losses_on is None:
+            raise MtlError("this step cannot be split into samples: it was made without `losses_on`")
+        if rows < k:
+            raise MtlError(
+                f"a batch of {rows} example(s) cannot be split into {k} samples",
+                hint=f"set train.batch_size to {k} or more",
+            )
+        parts = list(pairwise(rows * i // k for i in range(k + 1)))
+        steps = [Step.of(self.model, self.z, self.losses_on(slice(start, stop))) for start, stop in parts]
+        return steps, [(stop - start) / rows for start, stop in parts]
 
     def task_loss(self, t: int) -> Tensor:
         """Task t's loss for a per-task backward. A backward from `losses[t]` would run through the

@@ -32,10 +32,12 @@ from mtlcli.methods.mgda import Mgda
 from mtlcli.methods.mgda_ub import MgdaUb
 from mtlcli.methods.mgda_unconstrained import MgdaUnconstrained
 from mtlcli.methods.moco import Moco
+from mtlcli.methods.modo import MoDo
 from mtlcli.methods.nash_mtl import NashMtl
 from mtlcli.methods.pcgrad import PcGrad
 from mtlcli.methods.registry import REGISTRY, option_problems
 from mtlcli.methods.rlw import Rlw
+from mtlcli.methods.sdmgrad import SDMGrad
 from mtlcli.methods.single_task import SingleTask
 from mtlcli.methods.static import Static
 from mtlcli.methods.stch import Stch
@@ -75,6 +77,8 @@ IMPLEMENTATIONS: dict[str, Callable[[Any], Method]] = {
     "config": Config,
     "excess-mtl": ExcessMtl,
     "stch": Stch,
+    "modo": MoDo,
+    "sdmgrad": SDMGrad,
 }
 
 

@@ -362,6 +362,15 @@ class MocoOptions(TrackedOptions):
     )
 
 
+# ---------------------------------------------------------------- modo
+class MoDoOptions(SharedLevelOptions):
+    gamma: float = Field(
+        0.1, ge=0, description="lambda <- P(lambda - gamma (G_12 + rho I) lambda): its step (authors' 0.1; LibMTL 1e-3)"
+    )
+    rho: float = Field(0.1, ge=0, description="l2 regularisation of lambda in its step")
+    head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or lambda_t-scaled ones")
+
+
 # ---------------------------------------------------------------- nash_mtl
 class NashMtlOptions(SharedLevelOptions):
     update_weights_every: int = Field(1, ge=1, description="recompute alpha every N steps, reuse it in between")
@@ -381,6 +390,27 @@ class RlwOptions(Options):
     distribution: Distribution = Field(
         "normal", description="what the weights are drawn from (softmax of normal, uniform or Dirichlet draws; raw Bernoulli)"
     )
+
+
+# ---------------------------------------------------------------- sdmgrad
+class SDMGradOptions(SharedLevelOptions):
+    lambda_reg: float = Field(
+        0.3, ge=0, description="pull towards the mean gradient g_0: update (J^T w + lambda_reg g_0) / (1 + lambda_reg)"
+    )
+    niter: int = Field(20, ge=1, description="projected momentum-SGD iterations on w per step (restarted every step)")
+    w_lr: float = Field(10.0, gt=0, description="their learning rate (the authors' 10; LibMTL's 5)")
+    w_momentum: float = Field(0.5, ge=0, lt=1, description="their momentum")
+    scale_eps: float = Field(
+        1e-4,
+        ge=1e-12,
+        description="G_12 divided by (mean_t sqrt(max(G_tt, 0) + scale_eps))^2 (the authors' 1e-4; >= 1e-12 keeps it "
+        "finite when no G_tt is positive)",
+    )
+    reduction: Reduction = Field(
+        "sum", description="weights summing to T (the authors' x T, 'to match the sum loss') or to 1 (LibMTL, TorchJD)"
+    )
+    max_norm: float = Field(1.0, ge=0, description="clip the shared update's norm to this (the authors' 1.0; 0: none)")
+    head_grads: HeadGrads = Field("raw", description="heads get their raw grads (authors) or w_t-scaled ones")
 
 
 # ---------------------------------------------------------------- single_task

@@ -31,6 +31,7 @@ class MethodInfo:
     differs: str = ""  # what, if anything, the defaults still do differently from the reference, and why
     # another method's algorithm fixed at one level: (that method, the level), e.g. mgda-ub is mgda on z
     fixed_level_of: tuple[str, str] | None = None
+    samples: int = 1  # independent samples (parts) of each batch a step takes (`Step.samples`): needs batch_size >= it
 
     @property
     def options(self) -> type[Options]:
@@ -279,6 +280,24 @@ REGISTRY: dict[str, MethodInfo] = {
             "Lin et al., ICML 2024 (STCH)",
             reference="Xi-L/STCH, STCH_MTL/LibMTL/weighting/STCH.py = median-research-group/LibMTL, "
             "LibMTL/weighting/STCH.py",
+        ),
+        MethodInfo(
+            "modo",
+            "MoDoOptions",
+            "double sampling: lambda <- P(lambda - gamma (J_1 J_2^T + rho I) lambda) on two halves of the batch, "
+            "update J^T lambda",
+            "Chen, Fernando, Ying & Chen, NeurIPS 2023 (MoDo)",
+            reference="heshandevaka/Trade-Off-MOL, LibMTL/LibMTL/weighting/MoDo.py (its sum of the two samples halved)",
+            samples=2,
+        ),
+        MethodInfo(
+            "sdmgrad",
+            "SDMGradOptions",
+            "update J^T (w + lambda w~) / (1 + lambda), w by projected SGD on the cross Gram of two halves of the batch, "
+            "kept across steps",
+            "Xiao, Ban & Ji, NeurIPS 2023 (SDMGrad)",
+            reference="OptMN-Lab/sdmgrad, methods/weight_methods.py `SDMGrad` (lamda 0.3 of experiments/nyuv2/run.sh)",
+            samples=2,
         ),
     )
 }

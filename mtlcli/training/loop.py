@@ -30,7 +30,7 @@ from rich.console import Console
 from mtlcli import distributed, methods
 from mtlcli.augment import build_augment
 from mtlcli.errors import RunError
-from mtlcli.methods.base import Method, Step
+from mtlcli.methods.base import LossesOn, Method, Step
 from mtlcli.recipe import Recipe, validate
 from mtlcli.runs import LAST, read_run
 from mtlcli.training.build import (
@@ -252,8 +252,8 @@ class Trainer:
             timer.start()
             self.optimizer.zero_grad(set_to_none=True)
             share = len(mine) / len(index)  # this rank's share of the batch: the ranks' losses add up to the batch's
-            z, task_losses = self._forward(x, y, share)
-            step = Step.of(self.model, z, task_losses)
+            z, task_losses, losses_on = self._forward(x, y, share)
+            step = Step.of(self.model, z, task_losses, losses_on)
             weights = self.method.backward(step)
             losses = step.summed_losses()  # all-reduced once per step, by the method when it needed them
             if self.job.active:
@@ -290,11 +290,24 @@ class Trainer:
         self._end_epoch(steps, train_seconds, lr)
         return True
 
-    def _forward(self, x: torch.Tensor, y: dict[str, torch.Tensor], share: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """z and each task's (loss_scale-multiplied) loss of this rank's `share` of the batch."""
+    def _forward(
+        self, x: torch.Tensor, y: dict[str, torch.Tensor], share: float
+    ) -> tuple[torch.Tensor, list[torch.Tensor], LossesOn]:
+        """z and each task's (loss_scale-multiplied) loss of this rank's `share` of the batch; and the same losses
+        of some rows of it, from this forward (`Step.samples`: the methods that draw several samples per step)."""
         z, outputs = self.model(x)
-        losses = [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in self.tasks]
-        return z, losses if share == 1 else [loss * share for loss in losses]
+
+        def losses_on(rows: slice) -> list[torch.Tensor]:
+            whole = rows == slice(None)  # the batch itself: no slicing in the graph
+            losses = []
+            for t in self.tasks:
+                output, target = outputs[t.name], t.target_of(y)
+                if not whole:
+                    output, target = output[rows], target[rows]
+                losses.append(t.loss_scale * t.compute_loss(output, target))
+            return losses if share == 1 else [loss * share for loss in losses]
+
+        return z, losses_on(slice(None)), losses_on
 
     @torch.no_grad()
     def _losses_after(self, x: torch.Tensor, y: dict[str, torch.Tensor], share: float) -> torch.Tensor:

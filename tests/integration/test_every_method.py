@@ -17,7 +17,10 @@ from mtlcli.training import load_checkpoint
 runner = CliRunner()
 PER_STEP = [name for name in REGISTRY if name != "grid"]
 EXTRA = {"static": ["--set", "method.weights=[0.3, 0.7]"], "mgda": ["--set", "method.grads=batched"]}
-LEARNED = {"uncertainty": "s", "imtl-l": "s", "imtl": "s", "gradnorm": "w", "famo": "w", "excess-mtl": "weights"}
+LEARNED = {
+    "uncertainty": "s", "imtl-l": "s", "imtl": "s", "gradnorm": "w", "famo": "w", "excess-mtl": "weights",
+    "modo": "lambda", "sdmgrad": "w",
+}  # fmt: skip
 
 
 def _equal(a, b) -> bool:
@@ -83,7 +86,8 @@ def test_static_weights_must_match_the_tasks(tiny_recipe, write_recipe) -> None:
 
 
 @pytest.mark.parametrize(
-    "method", ["uncertainty", "gradnorm", "imtl", "pcgrad", "famo", "rlw", "imtl-g", "gradvac:groups=layer"]
+    "method",
+    ["uncertainty", "gradnorm", "imtl", "pcgrad", "famo", "rlw", "imtl-g", "gradvac:groups=layer", "modo", "sdmgrad"],
 )
 def test_interrupted_run_resumes_exactly_with_the_method_state(method: str, tiny_recipe) -> None:
     """Stop in the middle of epoch 2 (as SIGTERM does), resume from last.pt: same final model and method state as

@@ -82,6 +82,16 @@ def task_losses(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tenso
     return z, [s * torch.mean((outputs[t] - y[t]) ** 2) for s, t in zip(SCALES, TASKS, strict=True)]
 
 
+def small_step(model: MultiTaskModel, x: torch.Tensor, y: dict[str, torch.Tensor]) -> Step:
+    """The `Step` of `task_losses`, which can also give the losses of some rows of the batch (`Step.samples`)."""
+    z, outputs = model(x)
+
+    def losses_on(rows: slice) -> list[torch.Tensor]:
+        return [s * torch.mean((outputs[t][rows] - y[t][rows]) ** 2) for s, t in zip(SCALES, TASKS, strict=True)]
+
+    return Step.of(model, z, losses_on(slice(None)), losses_on)
+
+
 Reference = Callable[[MultiTaskModel, torch.Tensor, dict[str, torch.Tensor]], None]
 
 
@@ -110,8 +120,7 @@ def assert_same_updates(
     loss_sum = torch.zeros(len(TASKS))
     for i, (x, y) in enumerate(data, start=1):
         ours_opt.zero_grad(set_to_none=True)
-        z, losses = task_losses(ours_model, x, y)
-        step = Step.of(ours_model, z, losses)
+        step = small_step(ours_model, x, y)
         ours.backward(step)
         ours_opt.step()
         loss_sum += step.losses.detach()

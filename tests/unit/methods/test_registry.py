@@ -21,6 +21,7 @@ ISSUE_METHODS = {
     "config", "excess-mtl",
     "nash-mtl",
     "stch",
+    "modo", "sdmgrad",
 }  # fmt: skip
 GRAM_BASED = ["mgda", "mgda-ub", "mgda-unconstrained", "imtl-g", "imtl-g-exact"]
 
@@ -100,12 +101,17 @@ def test_the_gram_shell_applies_a_weighting_at_the_options_level() -> None:
     shells = sorted(name for name in ISSUE_METHODS - {"grid", "static"} if isinstance(build(name), GramMethod))
     assert shells == [
         "aligned-mtl", "cagrad", "config", "dualproj", "fairgrad", "gradvac", "imtl-g", "imtl-g-exact", "mgda",
-        "mgda-unconstrained", "nash-mtl", "upgrad",
+        "mgda-unconstrained", "modo", "nash-mtl", "sdmgrad", "upgrad",
     ]  # fmt: skip
     # Nash-MTL wraps the level step (unclipped heads, no solve between solves); GradVac's `groups: layer | matrix`
-    # takes one Gram matrix per parameter group (`groups: whole`, its default, is the shell's step)
-    for name in set(shells) - {"nash-mtl", "gradvac"}:
+    # takes one Gram matrix per parameter group (`groups: whole`, its default, is the shell's step); MoDo and
+    # SDMGrad take their Gram matrix from two halves of the batch (`two_sample_step`)
+    from mtlcli.methods._two_samples import TwoSampleGramMethod
+
+    for name in set(shells) - {"nash-mtl", "gradvac", "modo", "sdmgrad"}:
         assert type(build(name)).backward is GramMethod.backward
+    for name in ("modo", "sdmgrad"):
+        assert type(build(name)).backward is TwoSampleGramMethod.backward
     with pytest.raises(TypeError, match="abstract"):
         GramMethod()  # type: ignore[abstract]
     assert GramMethod.backward.__code__.co_names.count(level_step.__name__) == 1
