@@ -261,3 +261,20 @@ def test_completion_offers_a_plugins_name_and_options_and_skips_a_broken_one(
     write_plugin(tmp_path, "plugin_broken_for_completion", "name = 'broken'\n", entry="broken")
     on_path(monkeypatch, tmp_path)
     assert methods("")[-2:] == ["broken", METHOD] and "method.beta=" in recipe_keys()  # no error on TAB
+
+
+def test_an_interrupted_plugin_run_resumes_bitwise_with_the_methods_state(plugin: Path, data_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM in epoch 2, then --resume: the same metrics, model and method state (the EMA) as one run of 2 epochs."""
+    import signal
+
+    from mtlcli.training.checkpoint import load_checkpoint
+    from tests.integration._reliability import assert_same_run, recipe, trainer
+    from tests.integration.test_resume import STEPS, interrupted_then_resumed
+
+    raw = plugin_recipe(recipe(data_dir, tmp_path / "out", epochs=2))
+    reference = trainer(raw).run()
+    resumed, _ = interrupted_then_resumed(raw, STEPS + 2, signal.SIGTERM)
+    assert resumed.run_dir is not None
+    assert_same_run(reference, resumed.run_dir)
+    ema = [load_checkpoint(run / "last.pt")["method"]["ema"] for run in (reference, resumed.run_dir)]
+    assert torch.equal(ema[0], ema[1]) and not torch.equal(ema[0], torch.ones(2))
