@@ -17,6 +17,7 @@ from mtlcli.errors import MtlError, RecipeError
 from mtlcli.methods.registry import REGISTRY, option_problems
 from mtlcli.models.registry import ENCODERS, encoder_option_problems
 from mtlcli.names import AUGMENT_CHOICES, LOSS_NAMES, METRIC_NAMES, TRACKER_NAMES
+from mtlcli.plugins import import_path_problem, is_import_path
 from mtlcli.schema import closest, describe_error, did_you_mean, non_string_keys, show, unknown_name
 
 DATASET_NAMES = tuple(DATASETS)
@@ -48,7 +49,9 @@ class DataConfig(Section):
 
 
 class ModelConfig(BaseModel):
-    """`encoder` (null: the dataset's default) plus that encoder's options (validated by its schema)."""
+    """`encoder` (null: the dataset's default) plus that encoder's options (validated by its schema). A plug-in
+    encoder is named by its import path, `package.module:factory`: its options are the factory's keyword
+    arguments, checked against its signature when the model is built (the recipe imports no plug-in)."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     encoder: str | None = None
@@ -158,7 +161,10 @@ class Recipe(Section):
         self.method = MethodConfig(name=self.method.name, **method_options)
         spec = DATASETS[self.data.name]
         encoder = self.model.encoder or spec.default_encoder
-        options = ENCODERS[encoder].options.model_validate(self.model.options).model_dump()
+        if is_import_path(encoder):
+            options = self.model.options  # a plug-in's keyword arguments, as given
+        else:
+            options = ENCODERS[encoder].options.model_validate(self.model.options).model_dump()
         self.model = ModelConfig(encoder=encoder, **options)
         for task in self.tasks:
             known = spec.task(task.name)
@@ -307,8 +313,12 @@ def _model_problems(raw: dict[str, Any]) -> list[str]:
     encoder = model.get("encoder") if model.get("encoder") is not None else spec.default_encoder if spec else None
     if encoder is None:
         return []
+    if is_import_path(encoder):
+        problem = import_path_problem(encoder)
+        return [] if problem is None else [f"model.encoder: {problem}"]
     if not isinstance(encoder, str) or encoder not in ENCODERS:
-        return [f"model.encoder: {unknown_name('encoder', encoder, ENCODERS)}"]
+        plug_in = "; or a plug-in's import path, package.module:factory"
+        return [f"model.encoder: {unknown_name('encoder', encoder, ENCODERS)}{plug_in}"]
     options = {k: v for k, v in model.items() if k != "encoder"}
     not_names = non_string_keys("model", options)
     if not_names:

@@ -14,9 +14,33 @@ RUN_MARKERS = ("recipe.yaml", "summary.json")  # what makes a directory a run di
 
 
 def methods(incomplete: str) -> list[str]:
+    return [name for name in _method_names() if name.startswith(incomplete)]
+
+
+def _method_names() -> list[str]:
+    """The registry's names; the built-in ones only when the plug-ins cannot be listed (`mtl methods` says why)."""
+    from mtlcli.errors import MtlError
+    from mtlcli.methods.registry import BUILT_IN, REGISTRY
+
+    try:
+        return list(REGISTRY)
+    except MtlError:
+        return list(BUILT_IN)
+
+
+def _method_options() -> Iterator[str]:
+    """Every option of every method that loads (a broken plug-in offers nothing: TAB never prints an error)."""
+    from mtlcli.errors import MtlError
     from mtlcli.methods.registry import REGISTRY
 
-    return [name for name in REGISTRY if name.startswith(incomplete)]
+    def options(name: str) -> list[str]:
+        try:
+            return list(REGISTRY[name].options.model_fields)
+        except MtlError:
+            return []
+
+    for name in _method_names():
+        yield from options(name)
 
 
 def datasets(incomplete: str) -> list[str]:
@@ -51,12 +75,11 @@ def set_keys(incomplete: str) -> list[str]:
 
 
 def recipe_keys() -> list[str]:
-    from mtlcli.methods.registry import REGISTRY
     from mtlcli.models.registry import ENCODERS
     from mtlcli.recipe import Recipe
 
     keys = [f"{key}=" for key in _model_keys(Recipe, "")]
-    keys += sorted({f"method.{option}=" for info in REGISTRY.values() for option in info.options.model_fields})
+    keys += sorted({f"method.{option}=" for option in _method_options()})
     keys += sorted({f"model.{option}=" for spec in ENCODERS.values() for option in spec.options.model_fields})
     return list(dict.fromkeys(keys))
 

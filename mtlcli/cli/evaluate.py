@@ -11,7 +11,6 @@ import typer
 
 from mtlcli.cli import complete
 from mtlcli.cli._common import err_console, handle_errors, out_console
-from mtlcli.errors import MtlError
 
 
 class Split(str, Enum):
@@ -38,35 +37,18 @@ def evaluate(
     """Evaluate a checkpoint; prints a table and writes eval-<split>-<checkpoint>.json in the run."""
     from tabulate import tabulate
 
-    from mtlcli.io import write_json_atomic
-    from mtlcli.recipe import validate
-    from mtlcli.runs import BEST, LAST, read_run
-    from mtlcli.training.build import device_splits, load_dataset, make_model, resolve_device, tasks_of
-    from mtlcli.training.checkpoint import load_checkpoint
-    from mtlcli.training.evaluation import evaluate as evaluate_model
+    from mtlcli.training.evaluation import evaluate_run
 
-    run = read_run(run_dir)
-    recipe = validate(run.recipe, source=str(run.path / "recipe.yaml"))
-    dev = resolve_device(device)
-    state = load_checkpoint(run.path / (BEST if checkpoint is Checkpoint.best else LAST), dev)
-    dataset = load_dataset(recipe, Path(data_dir) if data_dir else None)
-    model = make_model(recipe, dataset).to(dev)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise MtlError(f"{run.path}: checkpoint does not fit the run's model ({str(exc).splitlines()[0]})") from None
-    tasks = tasks_of(recipe, dataset)
-    split_data = device_splits(recipe, dataset, dev)[split.value]
-    metrics = evaluate_model(model, tasks, split_data, batch_size=recipe.train.eval_batch_size)
-    epoch = int(state["position"]["epoch"]) - 1
-    result = {"run": str(run.path), "split": split.value, "checkpoint": checkpoint.value, "epoch": epoch, "metrics": metrics}
-    target = run.path / f"eval-{split.value}-{checkpoint.value}.json"
-    write_json_atomic(target, result)
+    result = evaluate_run(
+        run_dir, split=split.value, checkpoint=checkpoint.value, data_dir=Path(data_dir) if data_dir else None, device=device
+    )
+    metrics, epoch, path = result["metrics"], result["epoch"], Path(result["run"])
+    target = path / f"eval-{split.value}-{checkpoint.value}.json"
     if as_json:
         out_console.print_json(json.dumps(result))
     else:
         rows = [[task, *(f"{v:.4f}" if k == "loss" else f"{v:.2f}" for k, v in m.items())] for task, m in metrics.items()]
         headers = ["task", *next(iter(metrics.values())).keys()]
-        out_console.print(f"{run.path.name}: {split.value} split, {checkpoint.value} checkpoint (epoch {epoch})")
+        out_console.print(f"{path.name}: {split.value} split, {checkpoint.value} checkpoint (epoch {epoch})")
         out_console.print(tabulate(rows, headers=headers, tablefmt="simple"))
     err_console.print(f"wrote {target}")

@@ -59,6 +59,8 @@ def method_block(name: str, width: int = 80) -> str:
     wrap = textwrap.TextWrapper(width=width, initial_indent="    ", subsequent_indent="    ")
     lines = [f"[bold cyan]{name}[/]", *(escape(line) for line in wrap.wrap(info.summary))]
     lines.append(f"    [dim]paper:[/] {escape(info.paper)}")
+    if info.plugin:  # an installed package's method (entry point of group mtlcli.methods)
+        lines.extend(_labelled("plug-in", info.plugin, width))
     if info.fixed_level_of:
         general, level = info.fixed_level_of
         lines.extend(_labelled("same as", f"{general} with level: {level}", width))

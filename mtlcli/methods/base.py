@@ -8,10 +8,10 @@ learnable state; they never subclass the model or the trainer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -19,8 +19,52 @@ from torch import Tensor, nn
 from mtlcli import distributed
 from mtlcli.errors import MtlError
 
-if TYPE_CHECKING:
-    from mtlcli.models import MultiTaskModel
+
+class Network(Protocol):
+    """What a method reads of the network: `MultiTaskModel`, or `Parameters` for a model mtl does not know."""
+
+    @property
+    def task_names(self) -> list[str]: ...
+
+    def shared_parameters(self) -> list[nn.Parameter]: ...
+
+    def task_parameters(self, name: str) -> list[nn.Parameter]: ...
+
+    def last_shared_layer(self) -> nn.Module: ...
+
+
+ParameterSource = nn.Module | Iterable[nn.Parameter]
+
+
+def trainable(source: ParameterSource) -> list[nn.Parameter]:
+    """The parameters of a module (or the given ones) that require gradients."""
+    params = source.parameters() if isinstance(source, nn.Module) else source
+    return [p for p in params if p.requires_grad]
+
+
+@dataclass
+class Parameters:
+    """The network as parameter lists (a model mtl does not know): the shared ones, and each task's head's in
+    the order of the losses; `last_layer` is the encoder's last layer, which only GradNorm reads."""
+
+    shared: list[nn.Parameter]
+    heads: list[list[nn.Parameter]]
+    last_layer: nn.Module | None = None
+
+    @property
+    def task_names(self) -> list[str]:
+        return [str(t) for t in range(len(self.heads))]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return self.shared
+
+    def task_parameters(self, name: str) -> list[nn.Parameter]:
+        return self.heads[int(name)]
+
+    def last_shared_layer(self) -> nn.Module:
+        if self.last_layer is None:
+            raise MtlError("this method reads the encoder's last layer", hint="pass last_layer= (the encoder's last nn.Module)")
+        return self.last_layer
 
 
 LossesOn = Callable[[slice], Sequence[Tensor]]  # rows of the batch -> their per-task losses, from the step's forward
@@ -37,7 +81,7 @@ class Step:
     pass (for the methods that draw several samples per step, see `samples`).
     """
 
-    model: MultiTaskModel
+    model: Network
     z: Tensor
     losses: Tensor
     parts: tuple[Tensor, ...] | None = None
@@ -53,7 +97,7 @@ class Step:
         return self.summed
 
     @classmethod
-    def of(cls, model: MultiTaskModel, z: Tensor, task_losses: Sequence[Tensor], losses_on: LossesOn | None = None) -> Step:
+    def of(cls, model: Network, z: Tensor, task_losses: Sequence[Tensor], losses_on: LossesOn | None = None) -> Step:
         """A step from the per-task losses (kept as `parts`, stacked into `losses`)."""
         parts = tuple(task_losses)
         return cls(model, z, torch.stack(parts), parts, losses_on=losses_on)
@@ -76,6 +120,27 @@ class Step:
         parts = list(pairwise(rows * i // k for i in range(k + 1)))
         steps = [Step.of(self.model, self.z, self.losses_on(slice(start, stop))) for start, stop in parts]
         return steps, [(stop - start) / rows for start, stop in parts]
+
+    @classmethod
+    def from_parameters(
+        cls,
+        task_losses: Sequence[Tensor],
+        *,
+        shared: ParameterSource,
+        heads: Sequence[ParameterSource],
+        features: Tensor,
+        last_layer: nn.Module | None = None,
+    ) -> Step:
+        """A step of a model mtl does not know: the task losses, the shared parameters (or the encoder), each
+        task's head (or its parameters) in the order of the losses, and z (`features`, with its graph)."""
+        parts = tuple(task_losses)
+        if len(parts) != len(heads):
+            raise MtlError(
+                f"{len(parts)} task losses but {len(heads)} heads", hint="give one head per task, in the order of the losses"
+            )
+        if any(part.dim() != 0 for part in parts):
+            raise MtlError("every task loss must be a scalar (reduce it over the batch first)")
+        return cls.of(Parameters(trainable(shared), [trainable(h) for h in heads], last_layer), features, parts)
 
     def task_loss(self, t: int) -> Tensor:
         """Task t's loss for a per-task backward. A backward from `losses[t]` would run through the

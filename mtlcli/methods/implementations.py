@@ -1,7 +1,8 @@
 """Every method's implementation by registry name, and `build`: the torch side of the method registry.
 
 `mtlcli.methods.registry` holds what listing and validation need (names, options, papers) without torch;
-this module imports every method. A test checks that both list the same names.
+this module imports every method. A test checks that both list the same built-in names; a plug-in method
+(entry point of group mtlcli.methods) is built by its own `build` (`build_plugin`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from mtlcli.methods.moco import Moco
 from mtlcli.methods.modo import MoDo
 from mtlcli.methods.nash_mtl import NashMtl
 from mtlcli.methods.pcgrad import PcGrad
-from mtlcli.methods.registry import REGISTRY, option_problems
+from mtlcli.methods.registry import REGISTRY, MethodInfo, option_problems
 from mtlcli.methods.rlw import Rlw
 from mtlcli.methods.sdmgrad import SDMGrad
 from mtlcli.methods.single_task import SingleTask
@@ -88,4 +89,25 @@ def build(name: str, **options: Any) -> Method:
     if problems:
         text = "; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems)
         raise MtlError(f"invalid options for method {name}: {text}")
-    return IMPLEMENTATIONS[name](REGISTRY[name].options(**options))
+    info = REGISTRY[name]
+    if name in IMPLEMENTATIONS:
+        return IMPLEMENTATIONS[name](info.options(**options))
+    return build_plugin(info, info.options(**options))
+
+
+HOOKS = ("backward", "setup", "parameters", "state_dict", "load_state_dict", "step_skipped", "epoch_stats", "end_epoch",
+         "after_update")  # fmt: skip
+
+
+def build_plugin(info: MethodInfo, options: Any) -> Method:
+    """A plug-in's method from its validated options; one MtlError when its `build` does not return a `Method`."""
+    assert info.plugin_build is not None
+    method = info.plugin_build(options)
+    missing = [hook for hook in HOOKS if not callable(getattr(method, hook, None))]
+    if missing:
+        raise MtlError(
+            f"method plug-in {info.name!r} ({info.plugin}): build returned {type(method).__name__}, which lacks "
+            f"{', '.join(missing)}",
+            hint="subclass mtlcli.methods.base.Stateless (no state) or MethodHooks (with state hooks): see README, Plug-ins",
+        )
+    return method

@@ -4,13 +4,18 @@ Completing and checking method names read this module, which imports neither tor
 method. Each entry names its options schema in `mtlcli.methods.options` (pydantic, imported when options
 are listed or validated); the implementations are in `mtlcli.methods.implementations` (torch), imported
 when a run builds a method.
+
+Methods of other packages join through the entry-point group `mtlcli.methods` (see `mtlcli.plugins`): `REGISTRY`
+lists them after the built-in ones, and they are validated, listed and built the same way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mtlcli import plugins
 from mtlcli.errors import MtlError
 
 if TYPE_CHECKING:
@@ -32,10 +37,16 @@ class MethodInfo:
     # another method's algorithm fixed at one level: (that method, the level), e.g. mgda-ub is mgda on z
     fixed_level_of: tuple[str, str] | None = None
     samples: int = 1  # independent samples (parts) of each batch a step takes (`Step.samples`): needs batch_size >= it
+    # a plug-in (entry point of group mtlcli.methods): where it comes from, its options class and its factory
+    plugin: str = ""
+    plugin_options: type | None = field(default=None, repr=False)
+    plugin_build: Callable[[Any], Any] | None = field(default=None, repr=False)
 
     @property
     def options(self) -> type[Options]:
         """The options schema (imports pydantic and `mtlcli.methods.options` on first use)."""
+        if self.plugin_options is not None:
+            return self.plugin_options  # type: ignore[return-value]
         from mtlcli.methods import options
 
         return getattr(options, self.options_schema)
@@ -56,7 +67,7 @@ class MethodInfo:
 SENER = "Sener & Koltun, NeurIPS 2018"
 IMTL = "Liu et al., ICLR 2021 (IMTL)"
 
-REGISTRY: dict[str, MethodInfo] = {
+BUILT_IN: dict[str, MethodInfo] = {
     info.name: info
     for info in (
         MethodInfo(
@@ -301,6 +312,71 @@ REGISTRY: dict[str, MethodInfo] = {
         ),
     )
 }
+
+
+class Registry(Mapping[str, MethodInfo]):
+    """The built-in methods, then the installed plug-ins (entry points of group `mtlcli.methods`).
+
+    A built-in name is answered without reading any entry point; the plug-ins' names are read (not imported)
+    when an unknown name is asked for or the registry is listed, and a plug-in is loaded when its entry is
+    first read. A plug-in that fails to load is one MtlError naming its entry point; one named like a built-in
+    method is refused the same way.
+    """
+
+    def __init__(self, built_in: dict[str, MethodInfo]) -> None:
+        self._built_in = built_in
+        self._entry_points: dict[str, Any] | None = None
+        self._loaded: dict[str, MethodInfo] = {}
+
+    def reload(self) -> None:
+        """Forget the plug-ins read so far (after installing one in this process)."""
+        self._entry_points = None
+        self._loaded.clear()
+
+    def _plugins(self) -> dict[str, Any]:
+        if self._entry_points is None:
+            found = plugins.method_entry_points()
+            clash = sorted(set(found) & set(self._built_in))
+            if clash:
+                entry = found[clash[0]]
+                raise MtlError(
+                    f"method plug-in {entry.name!r} ({plugins.describe(entry)}) is named like a built-in method",
+                    hint="rename its entry point in the plug-in's package (group mtlcli.methods)",
+                )
+            self._entry_points = found
+        return self._entry_points
+
+    def __getitem__(self, name: str) -> MethodInfo:
+        if name in self._built_in:
+            return self._built_in[name]
+        if name not in self._loaded:
+            entry = self._plugins().get(name) if isinstance(name, str) else None
+            if entry is None:
+                raise KeyError(name)
+            spec = plugins.load_method_plugin(entry)
+            self._loaded[name] = MethodInfo(
+                name,
+                "",
+                spec.summary,
+                spec.paper,
+                reference=spec.reference,
+                plugin=spec.source,
+                plugin_options=spec.options,
+                plugin_build=spec.build,
+            )
+        return self._loaded[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._built_in or (isinstance(name, str) and name in self._plugins())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._built_in, *sorted(self._plugins())])
+
+    def __len__(self) -> int:
+        return len(self._built_in) + len(self._plugins())
+
+
+REGISTRY = Registry(BUILT_IN)
 
 
 def unknown_method(name: str) -> MtlError:

@@ -8,8 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from mtlcli.errors import MtlError
+from mtlcli.models import plugin
 from mtlcli.models.builders import BUILDERS
 from mtlcli.models.registry import ENCODERS, InputShape
+from mtlcli.plugins import is_import_path
 
 __all__ = ["IndependentEncoders", "MultiTaskModel", "SliceHead", "build_model", "count_parameters"]
 
@@ -42,7 +45,13 @@ class MultiTaskModel(nn.Module):
 
     def last_shared_layer(self) -> nn.Module:
         """The encoder's last layer (GradNorm measures gradient norms on its weights)."""
-        return self.encoder.last_layer
+        layer = getattr(self.encoder, "last_layer", None)
+        if not isinstance(layer, nn.Module):
+            raise MtlError(
+                f"this method reads the encoder's last layer, and {type(self.encoder).__name__} has no `last_layer`",
+                hint="give the encoder a `last_layer` attribute (its last nn.Module with a weight), or choose another method",
+            )
+        return layer
 
     def named_task_parameters(self) -> Iterator[tuple[str, list[nn.Parameter]]]:
         for name in self.heads:
@@ -83,8 +92,11 @@ def build_model(
     """Build the recipe's model; `num_classes` maps each task (in order) to its number of classes.
 
     `independent`: one encoder per task and each head on its own encoder's slice of z (single-task
-    baseline: T separate networks in one module, so L_t reaches only network t).
+    baseline: T separate networks in one module, so L_t reaches only network t). An `encoder` written
+    `package.module:factory` is a plug-in (`mtlcli.models.plugin`): `options` are its keyword arguments.
     """
+    if is_import_path(encoder):
+        return _plugin_model(encoder, num_classes, input_shape, options or {}, independent=independent)
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose one of: {', '.join(ENCODERS)}")
     spec = ENCODERS[encoder]
@@ -106,6 +118,24 @@ def build_model(
     shared = new_encoder()
     heads = {name: build_head(shared.out_features, n, input_shape, opts) for name, n in num_classes.items()}
     return MultiTaskModel(shared, heads)
+
+
+def _plugin_model(
+    path: str, num_classes: dict[str, int], input_shape: InputShape, options: dict[str, Any], *, independent: bool
+) -> MultiTaskModel:
+    """`build_model` for a plug-in encoder: its heads follow z's shape (`plugin.build_head`)."""
+    shared = plugin.build_encoder(path, options, input_shape)
+    shape = plugin.z_shape(shared, path, input_shape)
+    if not independent:
+        heads = {name: plugin.build_head(shape, n, input_shape) for name, n in num_classes.items()}
+        return MultiTaskModel(shared, heads)
+    encoders = [shared, *(plugin.build_encoder(path, options, input_shape) for _ in list(num_classes)[1:])]
+    width = shape[0]  # z's features, or its channels: the independent encoders' outputs are concatenated on dim 1
+    heads = {
+        name: SliceHead(plugin.build_head(shape, n, input_shape), i * width, (i + 1) * width)
+        for i, (name, n) in enumerate(num_classes.items())
+    }
+    return MultiTaskModel(IndependentEncoders(encoders), heads)
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -168,7 +168,7 @@ def input_shape(dataset: PreparedDataset) -> tuple[int, int, int]:
 def make_model(recipe: Recipe, dataset: PreparedDataset) -> MultiTaskModel:
     classes = dataset.num_classes
     encoder = recipe.model.encoder or registry.get(recipe.data.name).default_encoder
-    problem = ENCODERS[encoder].input_problem(input_shape(dataset))
+    problem = ENCODERS[encoder].input_problem(input_shape(dataset)) if encoder in ENCODERS else None  # else a plug-in
     if problem is not None:  # e.g. data prepared with a --size the encoder cannot take
         raise MtlError(
             f"model.encoder {encoder}: {problem}",

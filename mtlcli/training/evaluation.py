@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from mtlcli import distributed
 from mtlcli.data.device import DeviceSplit
+from mtlcli.errors import MtlError
 from mtlcli.models import MultiTaskModel
 from mtlcli.tasks import METRICS, Task
 
@@ -53,3 +57,36 @@ def selection_score(metrics: dict[str, dict[str, float]], tasks: list[Task]) -> 
         value = metrics[task.name][metric]
         values.append(value if METRICS[metric].higher_is_better else -value)
     return sum(values) / len(values)
+
+
+def evaluate_run(
+    run_dir: Path, *, split: str = "test", checkpoint: str = "best", data_dir: Path | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Recompute the per-task metrics of a run's checkpoint (`best` or `last`) on `split` (`test` or `val`), and
+    write them to eval-<split>-<checkpoint>.json in the run: {run, split, checkpoint, epoch, metrics}, what
+    `mtl eval` prints."""
+    from mtlcli.io import write_json_atomic
+    from mtlcli.recipe import validate
+    from mtlcli.runs import BEST, LAST, read_run
+    from mtlcli.training.build import device_splits, load_dataset, make_model, resolve_device, tasks_of
+    from mtlcli.training.checkpoint import load_checkpoint
+
+    if split not in ("test", "val") or checkpoint not in ("best", "last"):
+        raise MtlError(f"split {split!r}, checkpoint {checkpoint!r}", hint="split: test or val; checkpoint: best or last")
+    run = read_run(run_dir)
+    recipe = validate(run.recipe, source=str(run.path / "recipe.yaml"))
+    dev = resolve_device(device)
+    state = load_checkpoint(run.path / (BEST if checkpoint == "best" else LAST), dev)
+    dataset = load_dataset(recipe, data_dir)
+    model = make_model(recipe, dataset).to(dev)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise MtlError(f"{run.path}: checkpoint does not fit the run's model ({str(exc).splitlines()[0]})") from None
+    tasks = tasks_of(recipe, dataset)
+    split_data = device_splits(recipe, dataset, dev)[split]
+    metrics = evaluate(model, tasks, split_data, batch_size=recipe.train.eval_batch_size)
+    epoch = int(state["position"]["epoch"]) - 1
+    result = {"run": str(run.path), "split": split, "checkpoint": checkpoint, "epoch": epoch, "metrics": metrics}
+    write_json_atomic(run.path / f"eval-{split}-{checkpoint}.json", result)
+    return result
