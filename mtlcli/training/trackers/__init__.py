@@ -12,7 +12,6 @@ Neither tracker package is imported here: each module imports its own when the r
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import re
@@ -26,10 +25,21 @@ if TYPE_CHECKING:
     from mtlcli.recipe import Recipe
     from mtlcli.training.callbacks import Callback
 
-# tracker -> the modules it needs (their import is the check); each tracker's extra is named after it
-PACKAGES: dict[str, tuple[str, ...]] = {
-    "tensorboard": ("tensorboard", "torch.utils.tensorboard"),
-    "mlflow": ("mlflow",),
+
+
+def _import_tensorboard() -> None:
+    import tensorboard  # noqa: F401
+    import torch.utils.tensorboard  # noqa: F401
+
+
+def _import_mlflow() -> None:
+    import mlflow  # noqa: F401
+
+
+# tracker -> importing the packages it needs (static imports: the check); each tracker's extra is named after it
+PACKAGES: dict[str, tuple[str, Callable[[], None]]] = {
+    "tensorboard": ("tensorboard", _import_tensorboard),
+    "mlflow": ("mlflow", _import_mlflow),
 }
 check_implemented("trackers", TRACKER_NAMES, PACKAGES)
 _UNSAFE = re.compile(r"[^\w\-. /]")  # what MLflow allows in a metric or parameter name
@@ -39,7 +49,7 @@ def require(names: list[str]) -> None:
     """Raise one MtlError naming the extras to install when a tracker's package does not import."""
     missing, broken = [], []
     for name in names:
-        problem = next((p for p in map(_import_problem, PACKAGES[name]) if p is not None), None)
+        problem = _import_problem(*PACKAGES[name])
         if problem == "missing":
             missing.append(name)
         elif problem is not None:
@@ -55,10 +65,10 @@ def require(names: list[str]) -> None:
         raise MtlError(f"output.trackers: {'; '.join(broken)}", hint="reinstall it, or remove it from output.trackers")
 
 
-def _import_problem(module: str) -> str | None:
+def _import_problem(module: str, import_it: Callable[[], None]) -> str | None:
     """None when `module` imports; `missing` when it is not installed; else what goes wrong."""
     try:
-        importlib.import_module(module)
+        import_it()
     except ImportError:
         return "missing"
     except Exception as exc:  # installed but unusable (e.g. with a protobuf it does not work with)
