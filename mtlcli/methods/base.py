@@ -28,6 +28,8 @@ class Step:
     `losses[t]` is task t's (loss_scale-multiplied) loss, `z` the shared representation with its
     graph attached, `model` the network whose parameters the method must give gradients to.
     `parts`, when known, are the same per-task losses as separate graph nodes (see `task_loss`).
+    `batch_rows`, when known, is the number of rows of the whole batch, which on N processes (torchrun) is
+    split across the ranks (z holds this rank's rows r, r + N, ...); None: z holds them all.
     """
 
     model: MultiTaskModel
@@ -35,6 +37,7 @@ class Step:
     losses: Tensor
     parts: tuple[Tensor, ...] | None = None
     summed: Tensor | None = field(default=None, repr=False)  # the losses summed across ranks, once known
+    batch_rows: int | None = None
 
     def summed_losses(self) -> Tensor:
         """The detached losses summed across the ranks of a torchrun job (the batch's losses), all-reduced once
@@ -45,10 +48,10 @@ class Step:
         return self.summed
 
     @classmethod
-    def of(cls, model: MultiTaskModel, z: Tensor, task_losses: Sequence[Tensor]) -> Step:
+    def of(cls, model: MultiTaskModel, z: Tensor, task_losses: Sequence[Tensor], batch_rows: int | None = None) -> Step:
         """A step from the per-task losses (kept as `parts`, stacked into `losses`)."""
         parts = tuple(task_losses)
-        return cls(model, z, torch.stack(parts), parts)
+        return cls(model, z, torch.stack(parts), parts, batch_rows=batch_rows)
 
     def task_loss(self, t: int) -> Tensor:
         """Task t's loss for a per-task backward. A backward from `losses[t]` would run through the
@@ -112,7 +115,8 @@ class Method(Protocol):
 
     def after_update(self, losses_after: Callable[[], Tensor]) -> None:
         """After the optimiser applied this step. `losses_after()` re-evaluates the same batch's task losses [T]
-        with the updated parameters (one more forward, no graph); only a method that needs them calls it (FAMO)."""
+        with the updated parameters (one more forward, no graph; on N processes summed across the ranks, as
+        `Step.summed_losses`); only a method that needs them calls it (FAMO)."""
         ...
 
 

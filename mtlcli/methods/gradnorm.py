@@ -6,6 +6,10 @@ relative inverse training rate r_t = (L_t / L_t(0)) / mean_tau(L_tau / L_tau(0))
 sum_t |G_t - G_bar r_t^alpha| (the target held constant) with their own Adam optimiser (`lr`), while
 the network minimises sum_t w_t L_t. `alpha: 0` asks for equal weighted gradient norms (the variant
 the IMTL paper found best). Weights, initial losses and the optimiser state are saved in checkpoints.
+
+On N processes (torchrun) it is the same algorithm as on one: each rank's dL_t/dW is a part of the batch's,
+and the norm of a sum is not the sum of norms, so the T x numel(W) per-task gradients of the last shared layer
+are summed across the ranks with the losses (one all-reduce); every rank then moves the weights identically.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from mtlcli.methods._representation import summed_gram_and_losses
 from mtlcli.methods.base import MethodHooks, Step, weighted_backward
 from mtlcli.methods.options import GradNormOptions
 
@@ -66,13 +71,14 @@ class GradNorm(MethodHooks):
             self.load_state_dict(self._before_step)
 
     def grad_norms(self, step: Step) -> Tensor:
-        """||dL_t/dW|| for the last shared layer's weight W, one (small) backward per task."""
+        """||dL_t/dW|| for the last shared layer's weight W, one (small) backward per task; across the ranks of a
+        torchrun job the batch's dL_t/dW, summed with the step's losses in one all-reduce (`Step.summed_losses`)."""
         weight = step.model.last_shared_layer().weight
-        norms = [
-            torch.linalg.vector_norm(torch.autograd.grad(step.task_loss(t), weight, retain_graph=True)[0])
-            for t in range(step.num_tasks)
-        ]
-        return torch.stack(norms).detach()
+        grads = torch.stack(
+            [torch.autograd.grad(step.task_loss(t), weight, retain_graph=True)[0].reshape(-1) for t in range(step.num_tasks)]
+        )
+        grads, _ = summed_gram_and_losses(step, grads)
+        return torch.linalg.vector_norm(grads, dim=1).detach()
 
     def backward(self, step: Step) -> Tensor:
         w, initial, optimizer = self._ready()
@@ -85,7 +91,7 @@ class GradNorm(MethodHooks):
         weights = w.detach().clone()
         weighted_backward(step.losses, weights)
 
-        losses = step.losses.detach()
+        losses = step.summed_losses()  # the batch's
         first = torch.isnan(initial) & torch.isfinite(losses)
         initial.copy_(torch.where(first, losses, initial))  # L_t(0), set at the first (finite) step
         ratio = losses / initial.clamp_min(torch.finfo(losses.dtype).tiny)

@@ -6,6 +6,9 @@
    s_t the gradient of e^{s_t} L_t - s_t, i.e. e^{s_t} L_t - 1.
 
 The reported weights are the effective factors on the raw losses for the encoder, alpha_t e^{s_t}.
+
+On N processes (torchrun) the Gram matrix is summed across the ranks (with the losses, one all-reduce) and
+each rank adds 1/N of the -s_t term (`_learned_scale`): the same algorithm as on one process.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import torch
 from torch import Tensor
 
 from mtlcli.methods._closed_form import NegativeProjections, imtl_g_weights
-from mtlcli.methods._learned_scale import LearnedScale
-from mtlcli.methods._representation import apply_representation_update, representation_grads
+from mtlcli.methods._learned_scale import LearnedScale, regulariser_share
+from mtlcli.methods._representation import apply_representation_update, representation_grads, summed_gram_and_losses
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import finite, flag_non_finite
 from mtlcli.methods.options import ImtlOptions
@@ -56,7 +59,8 @@ class Imtl(LearnedScale):
         scale = torch.exp(s.detach())
         scaled = step.scaled(scale)
         grads = representation_grads(scaled)
-        alpha = self.weights(scaled.losses.detach(), grads.gram())
+        gram, _ = summed_gram_and_losses(step, grads.gram())  # the batch's, and the raw losses for the trainer
+        alpha = self.weights(scaled.losses.detach(), gram)
         apply_representation_update(scaled, grads, alpha, head_grads="raw")
-        torch.sum(torch.exp(s) * step.losses.detach() - s).backward()
+        torch.sum(torch.exp(s) * step.losses.detach() - s * regulariser_share()).backward()
         return (alpha * scale).detach()

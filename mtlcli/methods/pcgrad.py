@@ -5,6 +5,9 @@ the normal plane of g_j (g_i^PC -= (g_i^PC . g_j)/||g_j||^2 g_j). The shared par
 sum_i g_i^PC; heads get their own raw gradients. Each g_i^PC is kept as coefficients on the g_k, so
 the surgery is T x T arithmetic on the Gram matrix, on the device (no host sync). The random orders
 come from a CPU generator seeded with the run's seed at `setup`; its state is checkpointed.
+
+On N processes (torchrun) it is the same algorithm: J is summed across the ranks before its Gram matrix
+(`batch_shared_grads`), and every rank draws the same orders from the same seed.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import torch
 from torch import Tensor
 
 from mtlcli.methods._seeded import SeededRandom
-from mtlcli.methods._shared_params import apply_shared_update, shared_grads
+from mtlcli.methods._shared_params import apply_shared_update, batch_shared_grads
 from mtlcli.methods.base import Step
 from mtlcli.methods.options import PcGradOptions
 
@@ -59,7 +62,7 @@ class PcGrad(SeededRandom):
         return [torch.randperm(num_tasks, generator=self.generator).tolist() for _ in range(num_tasks)]
 
     def backward(self, step: Step) -> Tensor:
-        grads = shared_grads(step, self.options.grads)
+        grads = batch_shared_grads(step, self.options.grads)
         weights = pcgrad_weights(grads.gram(), self.orders(step.num_tasks))
         apply_shared_update(step, grads, weights, head_weights=None)
         return weights.detach()
