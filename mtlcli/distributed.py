@@ -8,23 +8,34 @@ add up to the one-process gradients. What is summed across the ranks:
 - the per-task losses (reported, and used by the `loss`/`loss+` normalisations);
 - the T x T Gram matrix of representation gradients: z is split by rows across ranks, so the inner
   products of dL_t/dz over the global batch are the SUMS of the ranks' inner products (exact);
-- the T x P Jacobian of exact (shared-parameter) methods, before its Gram matrix: every rank's row t
-  is a partial sum of dL_t/dtheta, and <sum_r a_r, sum_r b_r> is not sum_r <a_r, b_r>, so the
-  Jacobian itself is all-reduced (exact; it costs T x P numbers instead of T^2);
+- the T x P Jacobian of the methods at the shared level (exact MGDA, PCGrad, DB-MTL, MoCo, ...), before
+  anything is computed from it: every rank's row t is a partial sum of dL_t/dtheta, and
+  <sum_r a_r, sum_r b_r> is not sum_r <a_r, b_r>, so the Jacobian itself is all-reduced, with the T losses
+  in the same buffer (exact; it costs T x P numbers instead of T^2); every rank then writes 1/N of the
+  shared update;
+- what a method computes from the batch as a whole: GradNorm's T x numel(W) per-task gradients of the last
+  shared layer (with the losses), GradDrop's per-feature sums of sign(z) dL_t/dz, FAMO's losses after the
+  update;
 - every parameter gradient after the method's backward (one flattened all-reduce), which is what DDP
-  does; DDP's reducer itself is not used because the methods write head and exact gradients straight
-  into `.grad`, which its autograd hooks never see.
+  does, the learned loss scales (uncertainty, IMTL-L, IMTL) included; DDP's reducer itself is not used
+  because the methods write head and exact gradients straight into `.grad`, which its autograd hooks
+  never see.
 
-Every rank then solves the same T x T problem on the same numbers, so the weights are identical
-(`MTL_DEBUG_DISTRIBUTED=1` gathers them every step and asserts it). The methods whose weights depend
-only on the losses and the Gram matrix are exact this way; `SUPPORTED` lists them, and the others are
-refused rather than run approximately.
+A method whose weights are not linear in the losses (GLS, STCH, FAMO, DB-MTL's log-losses, GradNorm's
+loss ratios) computes them from the summed losses, never from a rank's part of them; a term of the
+objective in a learned scale alone (uncertainty's s/2, IMTL-L's -s) is added 1/N by each rank; random
+draws (RLW, PCGrad's orders, GradDrop's U) come from generators seeded alike on every rank. Every rank
+then solves the same problem on the same numbers, so the weights and the methods' states are identical
+(`MTL_DEBUG_DISTRIBUTED=1` gathers the weights every step and asserts it): `SUPPORTED` lists the methods
+made exact this way. `refusal` says why the rest do not run on several processes: `grid` is a sweep of runs,
+not a per-step rule; DB-MTL and MoCo at level representation keep a row of state per example of the batch,
+which the ranks would split (and a checkpoint holds rank 0's alone).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -35,15 +46,47 @@ from torch import Tensor
 
 from mtlcli.errors import DistributedError, MtlError
 
-__all__ = ["SUPPORTED", "Distributed", "DistributedError", "current", "setup_from_environment", "sum_gradients", "teardown"]
+__all__ = [
+    "REFUSED", "SUPPORTED", "Distributed", "DistributedError", "current", "refusal", "setup_from_environment",
+    "sum_gradients", "teardown",
+]  # fmt: skip
 
-# uniform/static: losses only; the others: weights from (the summed losses, the summed Gram matrix) at either
-# level, with state derived from those weights alone (Nash-MTL, GradVac: identical on every rank)
+# the methods that are the same algorithm on N processes as on one (see the module docstring); each is checked
+# against a 1-process run in tests/integration/test_distributed.py
 SUPPORTED = (
-    "uniform", "static", "mgda-ub", "mgda", "imtl-g", "imtl-g-exact", "mgda-unconstrained",
+    "single-task", "uniform", "static", "mgda-ub", "mgda", "imtl-g", "imtl-g-exact", "mgda-unconstrained",
     "upgrad", "dualproj", "cagrad", "aligned-mtl", "fairgrad", "nash-mtl", "gradvac",
-    "config",
+    "config", "excess-mtl",
+    "uncertainty", "imtl-l", "imtl", "gradnorm", "gls", "dwa", "rlw", "famo", "stch",
+    "pcgrad", "graddrop", "db-mtl", "moco",
 )  # fmt: skip
+# the registered methods that do not run on several processes, with the reason the refusal gives
+REFUSED = {
+    "grid": "it is a sweep of static runs, one per point of the simplex, not a per-step rule",
+    "modo": "it takes its two samples as the two halves of the step's batch; the shards hold interleaved rows, "
+    "so the halves and their cross Gram matrix would differ from one process's",
+    "sdmgrad": "it takes its two samples as the two halves of the step's batch; the shards hold interleaved rows, "
+    "so the halves and their cross Gram matrix would differ from one process's",
+}
+PER_ROW_STATE = (  # methods whose state at level representation has a row per example of the batch
+    "db-mtl", "moco",
+)  # fmt: skip
+NOT_REDUCED = (
+    "it has not been made the same algorithm across processes (what it computes from the batch as a whole, or its "
+    "state, is not reduced across them)"
+)
+
+
+def refusal(method: str, options: Mapping[str, Any]) -> str | None:
+    """Why `method` with `options` (the recipe's) does not run on several processes; None when it does."""
+    if method in PER_ROW_STATE and options.get("level") == "representation":
+        return (
+            "at level representation its state has a row per example of the batch (the EMA or tracked dL_t/dz), "
+            "which the ranks would split between them, and a checkpoint holds rank 0's rows alone; use level shared"
+        )
+    if method in SUPPORTED:
+        return None
+    return REFUSED.get(method, NOT_REDUCED)
 TIMEOUT_ENV = "MTL_DIST_TIMEOUT"  # seconds a collective waits for a lost rank before the job fails
 DEFAULT_TIMEOUT = 300
 DEBUG_ENV = "MTL_DEBUG_DISTRIBUTED"
@@ -77,12 +120,13 @@ class Distributed:
         return tensor
 
     def sum_gram_and_losses(self, gram: Tensor, losses: Tensor) -> tuple[Tensor, Tensor]:
-        """The Gram matrix and the task losses summed across the ranks in ONE all-reduce of T^2 + T numbers."""
+        """The Gram matrix (or any small tensor: squared norms, per-feature sums) and the task losses summed across
+        the ranks in ONE all-reduce of gram.numel() + T numbers."""
         if not self.active:
             return gram, losses
-        t = losses.numel()
+        n = gram.numel()
         flat = self.sum_(torch.cat([gram.reshape(-1), losses.to(gram.dtype).reshape(-1)]))
-        return flat[: t * t].view(t, t), flat[t * t :].to(losses.dtype)
+        return flat[:n].view(gram.shape), flat[n:].to(losses.dtype)
 
     def max_(self, tensor: Tensor) -> Tensor:
         if self.active:

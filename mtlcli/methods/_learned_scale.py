@@ -1,5 +1,10 @@
 """A learnable per-task scalar s_t (uncertainty weighting, IMTL-L, IMTL): created by `setup`, optimised
-with the model (the trainer adds `parameters()` to its optimiser) and saved in checkpoints."""
+with the model (the trainer adds `parameters()` to its optimiser) and saved in checkpoints.
+
+On N processes (torchrun) s is a parameter like the model's: its gradient is in the trainer's all-reduce. A
+term of the objective in s alone (uncertainty's s_t / 2, IMTL-L's -s_t) is not a part of the batch's loss that
+each rank holds: each rank adds 1/N of it (`regulariser_share`), so the summed gradients are the batch's.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtlcli import distributed
 from mtlcli.methods.base import MethodHooks
+
+
+def regulariser_share() -> float:
+    """The part of a term in s alone that this rank adds: 1/N on N processes (their sum is the term once)."""
+    return 1.0 / distributed.current().world
 
 
 class LearnedScale(MethodHooks):

@@ -75,7 +75,8 @@ def gram_step_on_representation(step: Step, weights: WeightsFn, *, head_grads: H
 
 def summed_gram_and_losses(step: Step, gram: Tensor) -> tuple[Tensor, Tensor]:
     """Across ranks z is split by rows, so the batch's Gram matrix is the sum of theirs: summed with the losses
-    in one all-reduce of T^2 + T numbers (the losses are then the step's, for the trainer too)."""
+    in one all-reduce of T^2 + T numbers (the losses are then the step's, for the trainer too). `gram` may be any
+    tensor that is a sum over the batch's rows (squared norms, gradients of the shared layers)."""
     job = distributed.current()
     if not job.active:
         return gram, step.summed_losses()

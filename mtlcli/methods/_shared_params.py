@@ -9,6 +9,11 @@ parameters and each head's own gradient, from one forward pass, in one of two wa
 
 Both give the same J to float tolerance. Only J (which the update `sum_t w_t g_t` needs) and its
 T x T Gram matrix are kept; the update is written straight into `.grad`.
+
+Across the ranks of a torchrun job each rank's row t is a partial sum of dL_t/dtheta_sh, and the inner product
+of sums is not the sum of inner products: `batch_shared_grads` all-reduces J itself (with the step's losses in
+the T numbers its buffer keeps after it: one all-reduce), so that every rank holds the batch's J, and each rank
+then writes 1/N of the shared update (`SharedGrads.share`), which the trainer's gradient all-reduce adds up.
 """
 
 from __future__ import annotations
@@ -32,21 +37,29 @@ if TYPE_CHECKING:
 
 @dataclass
 class SharedGrads:
-    """`jacobian` [T, P]: row t is dL_t/dtheta_sh flattened; `head_grads[t]`: dL_t/dtheta_t."""
+    """`jacobian` [T, P]: row t is dL_t/dtheta_sh flattened; `head_grads[t]`: dL_t/dtheta_t.
+
+    `share`: the part of the shared update sum_t w_t J_t this rank writes (1/N once J holds the batch's
+    Jacobian on each of N ranks); `buffer`: J's storage, T numbers longer than J (the losses travel there).
+    """
 
     jacobian: Tensor
     head_grads: list[list[Tensor | None]]
+    share: float = 1.0
+    buffer: Tensor | None = None
 
     def gram(self) -> Tensor:
         return self.jacobian @ self.jacobian.T
 
 
-def _flat(grads: tuple[Tensor | None, ...], params: list[nn.Parameter], lead: tuple[int, ...] = ()) -> Tensor:
+def _flat(
+    grads: tuple[Tensor | None, ...], params: list[nn.Parameter], lead: tuple[int, ...] = (), out: Tensor | None = None
+) -> Tensor:
     parts = [
         (g if g is not None else torch.zeros(*lead, *p.shape, dtype=p.dtype, device=p.device)).reshape(*lead, -1)
         for g, p in zip(grads, params, strict=True)
     ]
-    return torch.cat(parts, dim=-1)
+    return torch.cat(parts, dim=-1) if out is None else torch.cat(parts, dim=-1, out=out)
 
 
 def _write_row(row: Tensor, grads: tuple[Tensor | None, ...], params: list[nn.Parameter]) -> None:
@@ -62,21 +75,22 @@ def _write_row(row: Tensor, grads: tuple[Tensor | None, ...], params: list[nn.Pa
 
 
 def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
-    """J = dL/dtheta_sh [T, P] and the heads' own gradients, keeping the graph for later backwards."""
+    """J = dL/dtheta_sh [T, P] (this rank's part) and the heads' own gradients, keeping the graph for later backwards."""
     shared = step.model.shared_parameters()
     heads = step.task_parameters()
+    t, size = len(heads), sum(p.numel() for p in shared)
+    # J lives in a buffer T numbers longer: the losses can join its all-reduce without a copy of J
+    buffer = torch.empty(t * size + t, dtype=shared[0].dtype, device=shared[0].device)
+    jacobian = buffer[: t * size].view(t, size)
     if mode == "loop":  # each row is written into J as it comes: peak memory J + one task's gradients
-        size = sum(p.numel() for p in shared)
-        jacobian = torch.empty(len(heads), size, dtype=shared[0].dtype, device=shared[0].device)
         head_grads = []
-        for t, params in enumerate(heads):
-            grads = torch.autograd.grad(step.task_loss(t), [*shared, *params], retain_graph=True, allow_unused=True)
-            _write_row(jacobian[t], grads[: len(shared)], shared)
+        for i, params in enumerate(heads):
+            grads = torch.autograd.grad(step.task_loss(i), [*shared, *params], retain_graph=True, allow_unused=True)
+            _write_row(jacobian[i], grads[: len(shared)], shared)
             head_grads.append(list(grads[len(shared) :]))
             del grads
-        return SharedGrads(jacobian, head_grads)
+        return SharedGrads(jacobian, head_grads, buffer=buffer)
     if mode == "batched":
-        t = step.num_tasks
         eye = torch.eye(t, dtype=step.losses.dtype, device=step.losses.device)
         every_head = [p for params in heads for p in params]
         grads = torch.autograd.grad(
@@ -87,13 +101,32 @@ def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
             allow_unused=True,
             is_grads_batched=True,
         )
-        jacobian = _flat(grads[: len(shared)], shared, (t,))
+        _flat(grads[: len(shared)], shared, (t,), out=jacobian)
         head_grads, offset = [], len(shared)
         for i, params in enumerate(heads):  # head i only feels loss i: keep row i of its batched grads
             head_grads.append([g[i] if g is not None else None for g in grads[offset : offset + len(params)]])
             offset += len(params)
-        return SharedGrads(jacobian, head_grads)
+        return SharedGrads(jacobian, head_grads, buffer=buffer)
     raise ValueError(f"unknown grads mode {mode!r}; choose loop or batched")
+
+
+def batch_shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
+    """`shared_grads` with the batch's J on every rank of a torchrun job: J summed across the ranks, the step's
+    losses (`Step.summed_losses`) in the same all-reduce when not yet summed; each rank writes 1/N of the shared
+    update. On one process, `shared_grads`."""
+    grads = shared_grads(step, mode)
+    job = distributed.current()
+    if not job.active:
+        return grads
+    t = step.num_tasks
+    if step.summed is None and grads.buffer is not None:
+        grads.buffer[-t:].copy_(step.losses.detach())
+        job.sum_(grads.buffer)
+        step.summed = grads.buffer[-t:].to(step.losses.dtype, copy=True)
+    else:
+        job.sum_(grads.jacobian)
+    grads.share = 1.0 / job.world
+    return grads
 
 
 def apply_shared_update(
@@ -104,11 +137,11 @@ def apply_shared_update(
     head_weights: Tensor | None,
     group_sizes: Sequence[int] | None = None,
 ) -> None:
-    """theta_sh gets sum_t shared_weights_t g_t; head t gets head_weights_t dL_t/dtheta_t (raw if None).
-    With `group_sizes` (consecutive blocks of J's columns, see `parameter_groups`), `shared_weights` is [K, T]
-    and block k of the shared update is sum_t shared_weights[k, t] g_t[block k]."""
+    """theta_sh gets sum_t shared_weights_t g_t (this rank's `share` of it); head t gets head_weights_t
+    dL_t/dtheta_t (raw if None). With `group_sizes` (consecutive blocks of J's columns, see `parameter_groups`),
+    `shared_weights` is [K, T] and block k of the shared update is sum_t shared_weights[k, t] g_t[block k]."""
     shared = step.model.shared_parameters()
-    weights = shared_weights.detach().to(grads.jacobian.dtype)
+    weights = shared_weights.detach().to(grads.jacobian.dtype) * grads.share
     if group_sizes is None:
         combined = weights @ grads.jacobian
     else:
@@ -136,16 +169,11 @@ def head_weights_for(weights: Tensor, head_grads: HeadGrads) -> Tensor | None:
 def gram_step_on_shared_parameters(step: Step, weights: WeightsFn, *, grads: GradsMode, head_grads: HeadGrads) -> Tensor:
     """The whole step of a Gram-based method on dL_t/dtheta_sh: per-task gradients (loop or batched),
     weights from their Gram matrix, then sum_t alpha_t g_t as the shared update. Returns the weights."""
-    task_grads = shared_grads(step, grads)
-    job = distributed.current()
-    # across ranks each row of J is a partial sum: J itself is summed before its Gram matrix (exact), and
-    # every rank writes 1/N of the (then global) shared update, which the trainer's gradient all-reduce adds up
-    job.sum_(task_grads.jacobian)
+    task_grads = batch_shared_grads(step, grads)
     gram = task_grads.gram()
     losses = step.summed_losses()
     alpha = flag_non_finite(gram, weights(losses, finite(gram)))
-    shared_alpha = alpha / job.world if job.active else alpha
-    apply_shared_update(step, task_grads, shared_alpha, head_weights=head_weights_for(alpha, head_grads))
+    apply_shared_update(step, task_grads, alpha, head_weights=head_weights_for(alpha, head_grads))
     return alpha.detach()
 
 
@@ -190,12 +218,9 @@ def grouped_gram_step_on_shared_parameters(
     each block's Gram matrix gets its own weights w [K, T] and block k of the shared update is
     sum_t w[k, t] g_t[block k]; heads get their raw gradients. Returns the weights averaged over the blocks in
     proportion to their sizes (for logging), NaN-flagged as `flag_non_finite` does."""
-    task_grads = shared_grads(step, grads)
-    job = distributed.current()
-    job.sum_(task_grads.jacobian)  # as in gram_step_on_shared_parameters: J summed across ranks, 1/N written each
+    task_grads = batch_shared_grads(step, grads)  # as in gram_step_on_shared_parameters: the batch's J
     grams = group_grams(task_grads.jacobian, group_sizes)
     alpha = weights(step.summed_losses(), finite(grams))
-    shared_alpha = alpha / job.world if job.active else alpha
-    apply_shared_update(step, task_grads, shared_alpha, head_weights=None, group_sizes=group_sizes)
+    apply_shared_update(step, task_grads, alpha, head_weights=None, group_sizes=group_sizes)
     sizes = torch.tensor(list(group_sizes), dtype=alpha.dtype, device=alpha.device)
     return flag_non_finite(grams.sum(dim=0), sizes @ alpha / sizes.sum()).detach()

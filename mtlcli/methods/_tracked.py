@@ -6,39 +6,62 @@
   shared level, the batch at the representation level) and the update sum_t w_t g_t from them;
 - `TrackedState`: the state tensors (checkpointed), the copy `step_skipped` restores, and `fit`, which pads
   the kept rows to this step's batch (a smaller last batch uses and updates only the leading rows).
+
+On N processes (torchrun), at the shared level, J is summed across the ranks with the losses
+(`batch_shared_grads`): every rank holds the batch's gradients, its state and weights are those of one process,
+and it writes 1/N of the update. The representation level is refused there (`distributed.refusal`): its state
+has a row per example of the batch, which the ranks would split between them, and a checkpoint holds rank 0's.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from mtlcli.methods._representation import RepresentationGrads, apply_representation_update, representation_grads
-from mtlcli.methods._shared_params import SharedGrads, apply_shared_update, shared_grads
+from mtlcli.methods._shared_params import SharedGrads, apply_shared_update, batch_shared_grads
 from mtlcli.methods.base import MethodHooks, Step
 from mtlcli.methods.options import TrackedOptions
 
 
-def task_gradients(step: Step, options: TrackedOptions) -> tuple[Tensor, list[list[Tensor | None]]]:
-    """(per-task gradients [T, rows, features], detached; each head's own gradients) at the options' level."""
+@dataclass
+class TaskGradients:
+    """This step's per-task gradients `grads` [T, rows, features] (detached) and each head's own gradients;
+    `share`: the part of the update this rank writes (1/N of the batch's at the shared level of a torchrun job)."""
+
+    grads: Tensor
+    head_grads: list[list[Tensor | None]]
+    share: float = 1.0
+
+
+def task_gradients(step: Step, options: TrackedOptions) -> TaskGradients:
+    """This step's per-task gradients at the options' level (the batch's at the shared level)."""
     tasks = step.num_tasks
     if options.level == "representation":
         rep = representation_grads(step)
-        return rep.z_grads.detach().reshape(tasks, step.z.shape[0], -1), rep.head_grads
-    sh = shared_grads(step, options.grads or "loop")
-    return sh.jacobian.detach().reshape(tasks, 1, -1), sh.head_grads
+        z_grads = rep.z_grads.detach().reshape(tasks, step.z.shape[0], -1)
+        return TaskGradients(z_grads, rep.head_grads)
+    sh = batch_shared_grads(step, options.grads or "loop")
+    return TaskGradients(sh.jacobian.detach().reshape(tasks, 1, -1), sh.head_grads, share=sh.share)
 
 
 def apply_update(
-    step: Step, flat: Tensor, head_grads: list[list[Tensor | None]], weights: Tensor, options: TrackedOptions
+    step: Step, flat: Tensor, grads: TaskGradients, weights: Tensor, options: TrackedOptions, head_scale: Tensor | None = None
 ) -> None:
-    """The shared part gets sum_t weights_t flat_t; each head its own raw gradient."""
-    if options.level == "representation":
-        apply_representation_update(step, RepresentationGrads(flat, head_grads), weights, head_grads="raw")
-    else:
-        apply_shared_update(step, SharedGrads(flat, head_grads), weights, head_weights=None)
+    """The shared part gets sum_t weights_t flat_t (this rank's share of it); head t its own raw gradient, times
+    head_scale[t] when given."""
+    if options.level == "shared":
+        apply_shared_update(step, SharedGrads(flat, grads.head_grads, share=grads.share), weights, head_weights=head_scale)
+        return
+    if head_scale is not None:  # the heads' gradients are fresh from autograd: scaled in place
+        for t, grads_t in enumerate(grads.head_grads):
+            for g in grads_t:
+                if g is not None:
+                    g.mul_(head_scale[t].detach())
+    apply_representation_update(step, RepresentationGrads(flat, grads.head_grads), weights, head_grads="raw")
 
 
 class TrackedState:

@@ -79,6 +79,8 @@ class Step:
     `parts`, when known, are the same per-task losses as separate graph nodes (see `task_loss`).
     `losses_on`, when known, computes the per-task losses of some rows of the batch from the same forward
     pass (for the methods that draw several samples per step, see `samples`).
+    `batch_rows`, when known, is the number of rows of the whole batch, which on N processes (torchrun) is
+    split across the ranks (z holds this rank's rows r, r + N, ...); None: z holds them all.
     """
 
     model: Network
@@ -87,6 +89,7 @@ class Step:
     parts: tuple[Tensor, ...] | None = None
     summed: Tensor | None = field(default=None, repr=False)  # the losses summed across ranks, once known
     losses_on: LossesOn | None = field(default=None, repr=False)
+    batch_rows: int | None = None
 
     def summed_losses(self) -> Tensor:
         """The detached losses summed across the ranks of a torchrun job (the batch's losses), all-reduced once
@@ -97,10 +100,17 @@ class Step:
         return self.summed
 
     @classmethod
-    def of(cls, model: Network, z: Tensor, task_losses: Sequence[Tensor], losses_on: LossesOn | None = None) -> Step:
+    def of(
+        cls,
+        model: Network,
+        z: Tensor,
+        task_losses: Sequence[Tensor],
+        losses_on: LossesOn | None = None,
+        batch_rows: int | None = None,
+    ) -> Step:
         """A step from the per-task losses (kept as `parts`, stacked into `losses`)."""
         parts = tuple(task_losses)
-        return cls(model, z, torch.stack(parts), parts, losses_on=losses_on)
+        return cls(model, z, torch.stack(parts), parts, losses_on=losses_on, batch_rows=batch_rows)
 
     def samples(self, k: int) -> tuple[list[Step], list[float]]:
         """k samples of this step's losses: the batch's rows cut into k consecutive parts (sizes differing by at
@@ -204,7 +214,8 @@ class Method(Protocol):
 
     def after_update(self, losses_after: Callable[[], Tensor]) -> None:
         """After the optimiser applied this step. `losses_after()` re-evaluates the same batch's task losses [T]
-        with the updated parameters (one more forward, no graph); only a method that needs them calls it (FAMO)."""
+        with the updated parameters (one more forward, no graph; on N processes summed across the ranks, as
+        `Step.summed_losses`); only a method that needs them calls it (FAMO)."""
         ...
 
 

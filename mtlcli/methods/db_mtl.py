@@ -27,6 +27,12 @@ that on the heads, and only the shared gradients are replaced).
 `backward` returns, for logging, the weight of this step's raw loss gradient dL_t in the shared update,
 alpha_t (1 - beta_k) / (L_t + eps); the rest of the update (beta_k-weighted) is the history in the EMA.
 
+The gradients of the log-losses are taken by the chain rule, d log(L_t + eps) = dL_t / (L_t + eps), from the
+raw losses' gradients and the batch's losses: on N processes (torchrun) each rank holds a part of L_t, whose
+log is not a part of log L_t, so the scale comes from the losses summed across the ranks and the method is the
+same algorithm as on one process (`_tracked`: at the shared level the gradients are summed with the losses in
+one all-reduce; the representation level is refused there).
+
 Non-finite steps. If a loss or a per-task gradient is not finite, the EMA and the step count are left
 as they were (a `torch.where` on the device, no host sync), while the update written to the
 parameters is the unmasked one, so the trainer's guard still sees the non-finite values (the task's
@@ -48,12 +54,6 @@ from mtlcli.methods.base import Step
 from mtlcli.methods.options import DbMtlOptions
 
 EPS = 1e-8  # LibMTL: log(losses + 1e-8) and alpha = max / (norm + 1e-8)
-
-
-def log_losses(step: Step) -> Step:
-    """The same step with every loss L_t replaced by log(L_t + eps)."""
-    parts = None if step.parts is None else tuple(torch.log(part + EPS) for part in step.parts)
-    return Step(step.model, step.z, torch.log(step.losses + EPS), parts)
 
 
 class DbMtl(TrackedStateHooks):
@@ -88,7 +88,10 @@ class DbMtl(TrackedStateHooks):
         s = self.tracked.ready()
         self.tracked.previous = None  # release the state from before the last step before making a new one
         tasks = step.num_tasks
-        current, head_grads = task_gradients(log_losses(step), self.options)
+        grads = task_gradients(step, self.options)  # of the raw losses
+        losses = step.summed_losses()  # the batch's (at the shared level they came with the gradients)
+        scale = 1 / (losses.to(grads.grads.dtype) + EPS)  # d log(L_t + eps) / dL_t
+        current = grads.grads * scale[:, None, None]
         rows = current.shape[1]
         before = s["ema"]
         old = self.tracked.fit(before, current, "DB-MTL's EMA")
@@ -101,11 +104,10 @@ class DbMtl(TrackedStateHooks):
         norm_ok = torch.isfinite(norms)
         top = torch.where(norm_ok, norms, torch.zeros_like(norms)).max()
         alpha = torch.where(norm_ok, top / (norms + EPS), torch.full_like(norms, float("nan")))
-        apply_update(step, flat, head_grads, alpha, self.options)
+        apply_update(step, flat, grads, alpha, self.options, head_scale=scale)
 
-        losses = step.losses.detach()
-        ok = torch.isfinite(losses).all() & torch.isfinite(current).all()
+        ok = torch.isfinite(losses).all() & norm_ok.all()  # a non-finite gradient makes its EMA norm non-finite
         self.tracked.previous = {"ema": before, "step": s["step"]}
         s["ema"] = store_rows(old, torch.where(ok, blend, old[:, :rows]))
         s["step"] = torch.where(ok, s["step"] + 1, s["step"])
-        return (alpha * (1 - beta_k) / (losses.to(alpha.dtype) + EPS)).detach()
+        return (alpha * (1 - beta_k) * scale).detach()

@@ -39,6 +39,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from mtlcli import distributed
 from mtlcli.methods._representation import RepresentationGrads, apply_representation_update
 from mtlcli.methods._shared_params import SharedGrads, apply_shared_update
 from mtlcli.methods._tracked import TrackedState, TrackedStateHooks, task_gradients
@@ -103,8 +104,13 @@ class ExcessMtl(TrackedStateHooks):
         s = self.tracked.ready()
         self.tracked.previous = None  # release the state from before the last step before making a new one
         tasks = step.num_tasks
-        current, head_grads = task_gradients(step, self.options)  # [T, rows, features]
-        grads = current.sum(dim=1, keepdim=True)  # the batch sum at level representation (rows = 1 at level shared)
+        gradients = task_gradients(step, self.options)
+        current, head_grads = gradients.grads, gradients.head_grads  # [T, rows, features], each head's own
+        # the batch sum at level representation (rows = 1 at level shared, where J is already the batch's on N
+        # processes): summed across the ranks, so that its elementwise squares are the batch's gradient's
+        grads = current.sum(dim=1, keepdim=True)
+        if self.options.level == "representation":
+            grads = distributed.current().sum_(grads)
         old = self.tracked.fit(s["squared_sum"], grads, "ExcessMTL's squared-gradient sum")
         squared_sum = old + grads * grads
         excess = excess_risks(grads[:, 0], squared_sum[:, 0])
@@ -118,7 +124,7 @@ class ExcessMtl(TrackedStateHooks):
         if self.options.level == "representation":
             apply_representation_update(step, RepresentationGrads(flat, head_grads), weights, head_grads="weighted")
         else:
-            apply_shared_update(step, SharedGrads(flat, head_grads), weights, head_weights=weights)
+            apply_shared_update(step, SharedGrads(flat, head_grads, share=gradients.share), weights, head_weights=weights)
 
         ok = torch.isfinite(step.losses.detach()).all() & torch.isfinite(current).all()
         self.tracked.previous = dict(s)

@@ -33,10 +33,14 @@ measurement); the delta across the skipped step is then only batch noise.
 
 `backward` returns the effective weights a_t = z_t / (c D_t) (detached, summing to 1): the weight each
 raw loss L_t gets in the gradient. w, the Adam moments and step count, and the previous losses are in
-`state_dict`, so a resumed run continues bitwise-identically on the CPU. The reference's gradient clipping
-of the shared parameters (`max_norm`) is left out: the authors' NYUv2 trainer calls `clip_grad_norm_` before
-`loss.backward()` (methods/weight_methods.py, `WeightMethod.backward`), where it clips nothing, and LibMTL
-leaves it out too. `gamma` is famo.py's 0.01; the authors' NYUv2 runs use 1e-3 (experiments/nyuv2/run.sh).
+`state_dict`, so a resumed run continues bitwise-identically on the CPU. On N processes (torchrun) the weights
+and the logits' update use the batch's losses, summed across the ranks (`Step.summed_losses`, and the trainer's
+`losses_after`): every rank holds the same w, and the method is the same algorithm as on one process.
+
+The reference's gradient clipping of the shared parameters (`max_norm`) is left out: the authors' NYUv2 trainer
+calls `clip_grad_norm_` before `loss.backward()` (methods/weight_methods.py, `WeightMethod.backward`), where it
+clips nothing, and LibMTL leaves it out too. `gamma` is famo.py's 0.01; the authors' NYUv2 runs use 1e-3
+(experiments/nyuv2/run.sh).
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ class Famo(MethodHooks):
 
     def backward(self, step: Step) -> Tensor:
         s = self._ready()
-        losses = step.losses.detach()
+        losses = step.summed_losses()  # the batch's (summed across the ranks of a torchrun job)
         if self.options.update == "next-batch":
             self.update(losses)  # the previous step's update, measured on this step's losses
         weights = self.weights(losses)

@@ -20,6 +20,10 @@ Choices: no `eps` in the purity denominator (LibMTL adds 1e-7, which only moves 
 takes one per task). Ties P = U keep neither sign, as both references. U comes from a CPU generator seeded
 with the run's seed at `setup` (the same draws on any device) and is checkpointed. The returned weights are 1
 for every task (each loss keeps its nominal weight; the masking is per feature or element, not per task).
+
+On N processes (torchrun) it is the same algorithm as on one: every rank draws the same U (same seed); with
+`mask: feature` the batch sums s_t [T, features] are summed across the ranks (one all-reduce; z's rows are split
+across them); with `mask: element` every rank draws U for the whole batch and takes its own rows of it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from mtlcli import distributed
 from mtlcli.methods._representation import _accumulate, representation_grads
 from mtlcli.methods._seeded import SeededRandom
 from mtlcli.methods.base import Step
@@ -47,10 +52,19 @@ def graddrop_combine(z_grads: Tensor, u: Tensor, leak: float = 0.0) -> Tensor:
     return (_factor(z_grads, u, leak) * z_grads).sum(dim=0)
 
 
-def graddrop_combine_per_feature(z_grads: Tensor, z: Tensor, u: Tensor, leak: float = 0.0) -> Tensor:
+def feature_sums(z_grads: Tensor, z: Tensor) -> Tensor:
+    """s_t = sum_b sign(z_b) g_{t,b} [T, F] for z_grads [T, B, F] and z [B, F]."""
+    return (z_grads * z.sign().unsqueeze(0)).sum(dim=1)
+
+
+def graddrop_combine_per_feature(
+    z_grads: Tensor, z: Tensor, u: Tensor, leak: float = 0.0, sums: Tensor | None = None
+) -> Tensor:
     """The per-feature rule: z_grads [T, B, F] (F = features of z, flattened), z [B, F], u [F]; the masks come
-    from the batch sums s_t = sum_b sign(z_b) g_{t,b} and apply to every example of the feature."""
-    sums = (z_grads * z.sign().unsqueeze(0)).sum(dim=1)  # [T, F]
+    from the batch sums s_t = sum_b sign(z_b) g_{t,b} (`sums`, when z holds only part of the batch; else from
+    z_grads and z) and apply to every example of the feature."""
+    if sums is None:
+        sums = feature_sums(z_grads, z)
     return (_factor(sums, u, leak).unsqueeze(1) * z_grads).sum(dim=0)  # [B, F]
 
 
@@ -97,12 +111,20 @@ class GradDrop(SeededRandom):
                 if g is not None:
                     _accumulate(p, g)
         z_grads = grads.z_grads
+        job = distributed.current()
+        rows = step.z.shape[0]
         if self.options.mask == "element":
-            u = self.uniform(z_grads.shape[1], z_grads).to(z_grads.dtype)
+            features = z_grads.shape[1] // max(rows, 1)
+            batch_rows = step.batch_rows if job.active and step.batch_rows is not None else rows
+            u = self.uniform(batch_rows * features, z_grads).to(z_grads.dtype)
+            if batch_rows != rows:  # the draws of the whole batch, this rank's rows of them
+                u = job.shard(u.view(batch_rows, features)).reshape(-1)
             step.z.backward(graddrop_combine(z_grads, u, self.options.leak).reshape(step.z.shape))
         else:
-            z = step.z.detach().reshape(step.z.shape[0], -1)
+            z = step.z.detach().reshape(rows, -1)
             u = self.uniform(z.shape[1], z_grads).to(z_grads.dtype)
-            combined = graddrop_combine_per_feature(z_grads.reshape(step.num_tasks, *z.shape), z, u, self.options.leak)
+            per_row = z_grads.reshape(step.num_tasks, *z.shape)
+            sums = job.sum_(feature_sums(per_row, z))  # the batch's (summed across the ranks of a torchrun job)
+            combined = graddrop_combine_per_feature(per_row, z, u, self.options.leak, sums=sums)
             step.z.backward(combined.reshape(step.z.shape))
         return torch.ones(step.num_tasks, dtype=step.losses.dtype, device=step.losses.device)

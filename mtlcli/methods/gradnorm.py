@@ -16,6 +16,10 @@ per task); (2) w = T softmax(v), no renormalisation; (3) v is trained by the mod
 learning rate and weight decay), not by a separate Adam; (4) epoch 0 trains with w = 1 and no weight update, and
 L_t(0) is epoch 0's mean training loss, not the first step's; (5) the heads keep their raw gradients (its
 per-task backward passes), here they get w_t-scaled ones, as the paper's sum_t w_t L_t gives them.
+
+On N processes (torchrun) it is the same algorithm as on one: each rank's dL_t/dW is a part of the batch's,
+and the norm of a sum is not the sum of norms, so the T x numel(W) per-task gradients of the last shared layer
+are summed across the ranks with the losses (one all-reduce); every rank then moves the weights identically.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from mtlcli.methods._representation import summed_gram_and_losses
 from mtlcli.methods.base import MethodHooks, Step, weighted_backward
 from mtlcli.methods.options import GradNormOptions
 
@@ -76,13 +81,14 @@ class GradNorm(MethodHooks):
             self.load_state_dict(self._before_step)
 
     def grad_norms(self, step: Step) -> Tensor:
-        """||dL_t/dW|| for the last shared layer's weight W, one (small) backward per task."""
+        """||dL_t/dW|| for the last shared layer's weight W, one (small) backward per task; across the ranks of a
+        torchrun job the batch's dL_t/dW, summed with the step's losses in one all-reduce (`Step.summed_losses`)."""
         weight = step.model.last_shared_layer().weight
-        norms = [
-            torch.linalg.vector_norm(torch.autograd.grad(step.task_loss(t), weight, retain_graph=True)[0])
-            for t in range(step.num_tasks)
-        ]
-        return torch.stack(norms).detach()
+        grads = torch.stack(
+            [torch.autograd.grad(step.task_loss(t), weight, retain_graph=True)[0].reshape(-1) for t in range(step.num_tasks)]
+        )
+        grads, _ = summed_gram_and_losses(step, grads)
+        return torch.linalg.vector_norm(grads, dim=1).detach()
 
     def backward(self, step: Step) -> Tensor:
         w, initial, optimizer = self._ready()
@@ -95,7 +101,7 @@ class GradNorm(MethodHooks):
         weights = w.detach().clone()
         weighted_backward(step.losses, weights)
 
-        losses = step.losses.detach()
+        losses = step.summed_losses()  # the batch's
         first = torch.isnan(initial) & torch.isfinite(losses)
         initial.copy_(torch.where(first, losses, initial))  # L_t(0), set at the first (finite) step
         ratio = losses / initial.clamp_min(torch.finfo(losses.dtype).tiny)

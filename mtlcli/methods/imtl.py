@@ -11,6 +11,9 @@ The authors published no code. LibMTL's IMTL (median-research-group/LibMTL, comm
 LibMTL/weighting/IMTL.py) is this step with `rep_grad` except that it sums dl_t/dz over the batch before solving
 for alpha (equal on one-example batches: tests/unit/methods/test_conformance_weighting.py); without `rep_grad`,
 its default, it solves on the shared parameters' gradients instead of z's.
+
+On N processes (torchrun) the Gram matrix is summed across the ranks (with the losses, one all-reduce) and
+each rank adds 1/N of the -s_t term (`_learned_scale`): the same algorithm as on one process.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ import torch
 from torch import Tensor
 
 from mtlcli.methods._closed_form import NegativeProjections, imtl_g_weights
-from mtlcli.methods._learned_scale import LearnedScale
-from mtlcli.methods._representation import apply_representation_update, representation_grads
+from mtlcli.methods._learned_scale import LearnedScale, regulariser_share
+from mtlcli.methods._representation import apply_representation_update, representation_grads, summed_gram_and_losses
 from mtlcli.methods.base import Step
 from mtlcli.methods.min_norm import finite, flag_non_finite
 from mtlcli.methods.options import ImtlOptions
@@ -61,7 +64,8 @@ class Imtl(LearnedScale):
         scale = torch.exp(s.detach())
         scaled = step.scaled(scale)
         grads = representation_grads(scaled)
-        alpha = self.weights(scaled.losses.detach(), grads.gram())
+        gram, _ = summed_gram_and_losses(step, grads.gram())  # the batch's, and the raw losses for the trainer
+        alpha = self.weights(scaled.losses.detach(), gram)
         apply_representation_update(scaled, grads, alpha, head_grads="raw")
-        torch.sum(torch.exp(s) * step.losses.detach() - s).backward()
+        torch.sum(torch.exp(s) * step.losses.detach() - s * regulariser_share()).backward()
         return (alpha * scale).detach()

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlcli.methods._learned_scale import LearnedScale
+from mtlcli.methods._learned_scale import LearnedScale, regulariser_share
 from mtlcli.methods.base import Step
 from mtlcli.methods.options import ImtlLOptions
 
@@ -31,5 +31,5 @@ class ImtlL(LearnedScale):
     def backward(self, step: Step) -> Tensor:
         s = self._scale()
         scale = torch.exp(s)
-        torch.sum(scale * step.losses - s).backward()
+        torch.sum(scale * step.losses - s * regulariser_share()).backward()
         return scale.detach()

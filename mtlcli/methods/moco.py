@@ -26,6 +26,10 @@ exactly that on the heads, and only the shared gradients are replaced).
 
 `backward` returns lambda, the weights of the tracked gradients in the shared update (as LibMTL does).
 
+On N processes (torchrun) it is the same algorithm as on one, with the batch's losses (summed across the
+ranks): at the shared level the gradients are summed with the losses in one all-reduce (`_tracked`); the
+representation level is refused there (Y would have each rank's rows of the batch).
+
 Non-finite steps. If a loss or a per-task gradient is not finite, Y, lambda and the step count are left as
 they were (a `torch.where` on the device, no host sync), while the update written to the parameters is the
 unmasked one, so the trainer's guard still sees the non-finite values; the returned weights are then NaN
@@ -97,9 +101,10 @@ class Moco(TrackedStateHooks):
         o = self.options
         self.tracked.previous = None  # release the state from before the last step before making a new one
         tasks = step.num_tasks
-        current, head_grads = task_gradients(step, o)
+        grads = task_gradients(step, o)
+        current = grads.grads
         rows = current.shape[1]
-        losses = step.losses.detach().to(current.dtype)
+        losses = step.summed_losses().to(current.dtype)  # the batch's (at the shared level they came with J)
         norms = torch.linalg.vector_norm(current.reshape(tasks, -1), dim=1)
         scaled = current / (norms + EPS)[:, None, None] * losses[:, None, None]  # LibMTL: g / (||g|| + eps) * L
 
@@ -113,9 +118,9 @@ class Moco(TrackedStateHooks):
         flat = tracked.reshape(tasks, -1)
         gram = flat @ flat.T
         new_lambda = self._project(lambd - gamma_k * (gram @ lambd + o.rho * lambd))
-        apply_update(step, flat, head_grads, new_lambda, o)
+        apply_update(step, flat, grads, new_lambda, o)
 
-        task_ok = torch.isfinite(losses) & torch.isfinite(current.reshape(tasks, -1)).all(dim=1)
+        task_ok = torch.isfinite(losses) & torch.isfinite(norms)  # a non-finite gradient has a non-finite norm
         ok = task_ok.all()
         self.tracked.previous = {"y": before_y, "lambda": before_lambda, "step": s["step"]}
         s["y"] = store_rows(old, torch.where(ok, tracked, old[:, :rows]))

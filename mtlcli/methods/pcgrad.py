@@ -11,6 +11,9 @@ and TorchJD's (`PCGrad`) given the same orders (tests/unit/methods/test_conforma
 the authors' code shuffle all T tasks, i itself included, and so would also project g_i^PC off g_i if
 g_i^PC . g_i < 0 (possible only after several projections); as the paper's Algorithm 1 and TorchJD,
 `mtl` skips j = i. LibMTL also adds 1e-8 to ||g_j||^2, which `mtl` leaves out (scale-free).
+
+On N processes (torchrun) it is the same algorithm: J is summed across the ranks before its Gram matrix
+(`batch_shared_grads`), and every rank draws the same orders from the same seed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from torch import Tensor
 
 from mtlcli.methods._seeded import SeededRandom
-from mtlcli.methods._shared_params import apply_shared_update, shared_grads
+from mtlcli.methods._shared_params import apply_shared_update, batch_shared_grads
 from mtlcli.methods.base import Step
 from mtlcli.methods.options import PcGradOptions
 
@@ -65,7 +68,7 @@ class PcGrad(SeededRandom):
         return [torch.randperm(num_tasks, generator=self.generator).tolist() for _ in range(num_tasks)]
 
     def backward(self, step: Step) -> Tensor:
-        grads = shared_grads(step, self.options.grads)
+        grads = batch_shared_grads(step, self.options.grads)
         weights = pcgrad_weights(grads.gram(), self.orders(step.num_tasks))
         apply_shared_update(step, grads, weights, head_weights=None)
         return weights.detach()

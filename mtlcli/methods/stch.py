@@ -21,9 +21,12 @@ backward of sum_t w_t L_t whose weights w_t = d(objective)/dL_t are the effectiv
 * warm-up:  w_t = 1 / (L_t + eps);
 * STCH:     w_t = T softmax(l / mu)_t / (L_t + eps n_t)   (softmax weight times the chain-rule factor),
 
-returned detached. The state (end_epoch calls seen, the reference point and whether it is set) is
-checkpointed. If epoch W's mean losses are not all finite and positive (every step skipped), the warm-up
-goes on and the next such epoch's means become the reference point (LibMTL would divide by zero).
+returned detached, computed from the batch's losses (on N processes, torchrun, the losses summed across the
+ranks: each rank holds a part of every L_t; the nadir comes from the trainer's epoch means, which are the
+batch's already), so the method is the same algorithm on N processes as on one. The state (end_epoch calls
+seen, the reference point and whether it is set) is checkpointed. If epoch W's mean losses are not all finite
+and positive (every step skipped), the warm-up goes on and the next such epoch's means become the reference
+point (LibMTL would divide by zero).
 """
 
 from __future__ import annotations
@@ -119,9 +122,7 @@ class Stch(MethodHooks):
     def backward(self, step: Step) -> Tensor:
         """One backward of sum_t w_t L_t; w (detached) = d(objective)/dL, the effective per-task weights."""
         nadir = self._nadir()
-        if self.warming_up:
-            weights = warmup_weights(step.losses)
-        else:
-            weights = stch_weights(step.losses, nadir.to(step.losses), self.options.mu)
+        losses = step.summed_losses()  # the batch's: the weights are not linear in the losses
+        weights = warmup_weights(losses) if self.warming_up else stch_weights(losses, nadir.to(losses), self.options.mu)
         weighted_backward(step.losses, weights)
         return weights

@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from mtlcli.methods._learned_scale import LearnedScale
+from mtlcli.methods._learned_scale import LearnedScale, regulariser_share
 from mtlcli.methods.base import Step
 from mtlcli.methods.options import UncertaintyOptions
 
@@ -47,5 +47,5 @@ class Uncertainty(LearnedScale):
     def backward(self, step: Step) -> Tensor:
         s = self._scale()
         precision = torch.exp(-s)
-        torch.sum(precision * step.losses + s / 2).backward()
+        torch.sum(precision * step.losses + s * (regulariser_share() / 2)).backward()
         return precision.detach()

@@ -75,10 +75,11 @@ def training_steps(n: int, batch_size: int) -> int:
 
 def check_distributable(recipe: Recipe, job: distributed.Distributed) -> None:
     """Methods that stay the same algorithm across ranks (see mtlcli.distributed); others are refused."""
-    if recipe.method.name not in distributed.SUPPORTED:
+    name = recipe.method.name
+    reason = distributed.refusal(name, recipe.method.options)
+    if reason is not None:
         raise MtlError(
-            f"method {recipe.method.name} does not run on {job.world} processes yet: its learned state or its use of "
-            "per-task gradients beyond their Gram matrix is not reduced across processes",
+            f"method {name} does not run on {job.world} processes: {reason}",
             hint=f"train it on one process, or choose one of: {', '.join(distributed.SUPPORTED)}",
         )
 

@@ -253,7 +253,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             share = len(mine) / len(index)  # this rank's share of the batch: the ranks' losses add up to the batch's
             z, task_losses, losses_on = self._forward(x, y, share)
-            step = Step.of(self.model, z, task_losses, losses_on)
+            step = Step.of(self.model, z, task_losses, losses_on, batch_rows=len(index))
             weights = self.method.backward(step)
             losses = step.summed_losses()  # all-reduced once per step, by the method when it needed them
             if self.job.active:
@@ -311,8 +311,9 @@ class Trainer:
 
     @torch.no_grad()
     def _losses_after(self, x: torch.Tensor, y: dict[str, torch.Tensor], share: float) -> torch.Tensor:
-        """The same batch's task losses [T] with the updated parameters (a method's `after_update`)."""
-        return torch.stack(self._forward(x, y, share)[1]).detach()
+        """The same batch's task losses [T] with the updated parameters (a method's `after_update`): each rank
+        evaluates its rows, and the parts are summed across the ranks (one all-reduce of T numbers)."""
+        return self.job.sum_(torch.stack(self._forward(x, y, share)[1]).detach())
 
     def _agree_on_stop(self, stop: StopRequest) -> None:
         """A signal seen by any rank stops every rank before the same step (one tiny all-reduce per step)."""

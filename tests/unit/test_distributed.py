@@ -325,3 +325,40 @@ def test_teardown_leaves_the_job(gloo, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not dist.is_initialized() and current() == Distributed()
     teardown()  # twice: nothing left to destroy
     assert current() == Distributed()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# which methods run on several processes
+
+
+def test_every_method_but_grid_modo_and_sdmgrad_runs_on_several_processes_at_its_defaults() -> None:
+    from mtlcli.methods.registry import REGISTRY
+
+    refused = {"grid", "modo", "sdmgrad"}
+    for name in REGISTRY:
+        reason = distributed.refusal(name, {})
+        assert (reason is None) == (name not in refused), name
+    assert "sweep" in str(distributed.refusal("grid", {}))
+    assert "two halves" in str(distributed.refusal("modo", {})) and "interleaved" in str(distributed.refusal("sdmgrad", {}))
+    assert distributed.refusal("not-checked-yet", {}) == distributed.NOT_REDUCED  # a method added to the registry only
+
+
+@pytest.mark.parametrize("method", ["db-mtl", "moco"])
+def test_a_per_row_state_at_the_representation_level_is_refused(method: str) -> None:
+    assert distributed.refusal(method, {"level": "shared"}) is None
+    reason = distributed.refusal(method, {"level": "representation", "beta": 0.5})
+    assert reason is not None and "row per example" in reason and "use level shared" in reason
+    assert distributed.refusal("mgda-ub", {"level": "representation"}) is None  # a Gram matrix sums over rows
+
+
+def test_the_refusal_names_the_method_the_processes_and_the_reason() -> None:
+    from mtlcli.recipe import load
+    from mtlcli.training.build import check_distributable
+    from tests.conftest import load_shipped_recipe
+
+    raw = load_shipped_recipe("multifashion")
+    check_distributable(load(raw=raw, method="uncertainty"), Distributed(rank=0, world=2))  # no error
+    recipe = load(raw=load_shipped_recipe("multifashion"), method="moco", sets=["method.level=representation"])
+    with pytest.raises(MtlError, match="method moco does not run on 4 processes: at level representation") as caught:
+        check_distributable(recipe, Distributed(rank=0, world=4))
+    assert "choose one of: single-task" in str(caught.value.hint)

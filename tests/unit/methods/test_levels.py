@@ -205,6 +205,22 @@ def test_across_ranks_the_jacobian_is_summed_and_each_rank_writes_its_share(
     assert_update(tasks, FIXED, FIXED if head_grads == "weighted" else None)
 
 
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_across_ranks_the_losses_travel_in_the_jacobians_all_reduce(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    job = TwoRanks()
+    monkeypatch.setattr(_shared_params.distributed, "current", lambda: job)
+    tasks = LinearTasks(9)
+    step = tasks.step()
+    seen: list = []
+    gram_step_on_shared_parameters(step, recording(seen), grads=mode, head_grads="raw")
+    assert job.summed == [(3 * 12 + 3,)]  # J [T, P] and the T losses after it: one all-reduce, J not copied
+    want = tasks.closed_form()
+    torch.testing.assert_close(seen[0][0], 2 * want.losses, rtol=1e-12, atol=1e-12)
+    assert step.summed is not None and torch.equal(step.summed, seen[0][0])  # kept for the trainer
+    torch.testing.assert_close(seen[0][1], 4 * want.gram_shared(), rtol=1e-12, atol=1e-12)
+    assert_update(tasks, FIXED, None)
+
+
 def test_a_shared_parameter_no_task_reaches_has_a_zero_block() -> None:
     tasks = LinearTasks(10)
     unused = torch.nn.Parameter(torch.ones(2, 3, dtype=torch.float64))

@@ -203,3 +203,21 @@ def test_mgda_unconstrained_at_the_shared_level_equalises_projections_on_the_sha
     projections = shared_gram @ weights  # g . g_t for the affine-hull min-norm point g: all equal
     assert abs(float(weights.sum()) - 1.0) < 1e-10
     torch.testing.assert_close(projections, projections[0].expand_as(projections), rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "term"), [("uncertainty", 0.5), ("imtl-l", -1.0)])
+def test_on_n_processes_each_rank_adds_1_over_n_of_the_scales_own_term(monkeypatch, name: str, term: float) -> None:
+    """d/ds of uncertainty's s/2 and IMTL-L's -s: each of N ranks adds 1/N, so the all-reduced gradient is the batch's."""
+    from mtlcli import distributed
+
+    model, x, y = tiny(6)
+    grads = {}
+    for world in (1, 4):
+        monkeypatch.setattr(distributed, "current", lambda world=world: distributed.Distributed(rank=0, world=world))
+        method = build(name)
+        method.setup(len(TASKS), torch.device("cpu"))
+        with torch.no_grad():
+            method.s.copy_(torch.tensor([0.3, -0.2, 0.1]))
+        run_step(method, model, x, y)
+        grads[world] = method.s.grad.clone()
+    torch.testing.assert_close(grads[1] - grads[4], torch.full((3,), term * (1 - 1 / 4), dtype=grads[1].dtype))
