@@ -27,8 +27,9 @@ def evaluate(model: MultiTaskModel, tasks: list[Task], split: DeviceSplit, *, ba
         losses = []
         for task, accs, state in zip(tasks, accumulators, states, strict=True):
             output, target = outputs[task.name], task.target_of(targets)
+            in_units = task.in_target_units(output)
             for acc, total in zip(accs, state, strict=True):
-                total += acc.state(output, target, task.num_outputs)
+                total += acc.state(in_units, target, task.num_outputs)
             losses.append(task.compute_loss(output, target) * len(x))
         loss_sums += torch.stack(losses).to(torch.float64)
     flat = job.sum_(torch.cat([loss_sums, *(t for state in states for t in state)])).cpu()  # the one sync
