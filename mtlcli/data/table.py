@@ -275,7 +275,7 @@ def decode_images(table: Table, files: list[Path], size: int, console: Console |
                 data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
                 image = decode_image(data, mode=ImageReadMode.RGB)
             except (RuntimeError, ValueError, OSError) as exc:
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                reason = re.sub(r"^.*\.cpp:\d+,\s*", "", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
                 raise DataError(f"{path}: not a readable image ({reason}; {table.row(i)} lists it)",
                                 hint="replace the file, or drop its row") from None  # fmt: skip
             resized = tvf.resize(image, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
