@@ -71,7 +71,7 @@ def read_table(path: Path) -> Table:
             frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
             text = False
         else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
+            frame = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True, encoding="utf-8-sig")
             text = True
     except ImportError:
         raise DataError(f"{path}: reading parquet needs pyarrow", hint="pip install 'mtlcli[parquet]' (or pyarrow)") from None

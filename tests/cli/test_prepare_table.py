@@ -225,3 +225,41 @@ def test_bad_input_is_one_error_and_nothing_is_written(case: str, tmp_path: Path
     assert code == 1, text
     assert text.count("Error:") == 1 and expected in text and "Hint:" in text and "Traceback" not in text
     assert not (data / "table").exists() and not list(data.glob(".table.tmp-*"))
+
+
+def test_a_task_kind_can_be_forced_and_the_recipe_keeps_table_tasks_on_masked_losses(tmp_path: Path) -> None:
+    frame = table_rows(20, seed=4).drop(columns="age")  # an empty feature cell would be an error
+    frame.insert(0, "id", range(20))
+    frame["grade"] = [str(i % 4) if i % 3 else "" for i in range(20)]
+    frame.to_csv(tmp_path / "labels.csv", index=False)
+    data = tmp_path / "data"
+    code, text = run("prepare", "table", "--labels", str(tmp_path / "labels.csv"), "--task", "grade:regression",
+                     "--task", "x2:classification", "--task", "species", "--name", "forced", "--data-dir", str(data))  # fmt: skip
+    assert code == 0, text
+    grade, x2, species = json.loads((data / "forced" / "meta.json").read_text())["tasks"]
+    assert grade["kind"] == "regression" and x2["kind"] == "classification" and x2["num_classes"] == 20
+    assert species["classes"] == list(SPECIES)
+
+    raw = {"data": {"name": "table", "prepared": "forced", "synthetic": True, "mean": 0.5},
+           "tasks": [{"name": "grade", "loss": "masked_l1"}, {"name": "species", "loss": "cross_entropy"}],
+           "method": {"name": "uniform"}, "optim": {"lr": 0.1}}  # fmt: skip
+    with pytest.raises(recipes.RecipeError) as info:
+        recipes.load(raw=raw, data_dir=str(data))
+    assert sorted(info.value.problems) == [
+        "data.synthetic: a table has no synthetic stand-in (its shapes are those of the prepared table)",
+        "tasks.1.loss: task species of table takes masked_cross_entropy (its labels may be missing), not cross_entropy",
+    ]
+    raw["data"].pop("synthetic")
+    with pytest.raises(recipes.RecipeError) as info:
+        recipes.load(raw=raw, data_dir=str(data))
+    assert "data.mean: a feature table is standardised when it is prepared; leave data.mean out" in info.value.problems
+
+
+def test_only_a_table_has_a_prepared_name_of_its_own() -> None:
+    from tests.conftest import load_shipped_recipe
+
+    raw = load_shipped_recipe()
+    raw["data"]["prepared"] = "mine"
+    with pytest.raises(recipes.RecipeError) as info:
+        recipes.load(raw=raw)
+    assert any(p.startswith("data.prepared: only a table is prepared under a name of its own") for p in info.value.problems)
