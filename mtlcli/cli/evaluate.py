@@ -46,7 +46,10 @@ def evaluate(
     from mtlcli.training.evaluation import evaluate as evaluate_model
 
     run = read_run(run_dir)
-    recipe = validate(run.recipe, source=str(run.path / "recipe.yaml"))
+    raw = run.recipe  # --data-dir before validation: a table's tasks are read from its prepared meta.json there
+    if data_dir and isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+        raw = {**raw, "data": {**raw["data"], "dir": str(data_dir)}}
+    recipe = validate(raw, source=str(run.path / "recipe.yaml"))
     dev = resolve_device(device)
     state = load_checkpoint(run.path / (BEST if checkpoint is Checkpoint.best else LAST), dev)
     dataset = load_dataset(recipe, Path(data_dir) if data_dir else None)
@@ -65,8 +68,11 @@ def evaluate(
     if as_json:
         out_console.print_json(json.dumps(result))
     else:
-        rows = [[task, *(f"{v:.4f}" if k == "loss" else f"{v:.2f}" for k, v in m.items())] for task, m in metrics.items()]
-        headers = ["task", *next(iter(metrics.values())).keys()]
+        columns = list(dict.fromkeys(k for m in metrics.values() for k in m))  # tasks may have different metrics
+        columns = [*(k for k in columns if k != "loss"), "loss"]
+        rows = [[task, *("" if k not in m else f"{m[k]:.4f}" if k == "loss" else f"{m[k]:.2f}" for k in columns)]
+                for task, m in metrics.items()]  # fmt: skip
+        headers = ["task", *columns]
         out_console.print(f"{run.path.name}: {split.value} split, {checkpoint.value} checkpoint (epoch {epoch})")
         out_console.print(tabulate(rows, headers=headers, tablefmt="simple"))
     err_console.print(f"wrote {target}")

@@ -134,6 +134,10 @@ def test_a_parquet_feature_table_trains_with_mgda_ub_under_its_own_name(tmp_path
     assert json.loads((run_dir / "summary.json").read_text())["dataset"] == "houses"
     code, text = run("compare", str(out))
     assert code == 0 and "houses" in text and "age abs_error" in text, text
+    moved = data.rename(tmp_path / "elsewhere")  # eval finds the table's tasks in --data-dir, not the recipe's data.dir
+    code, text = run("eval", str(run_dir), "--data-dir", str(moved), "--device", "cpu")
+    assert code == 0, text
+    assert "task accuracy abs_error rmse loss" in text  # each task's metrics in their own columns
 
 
 def test_metrics_skip_missing_labels_and_report_the_regression_in_the_tables_units(tmp_path: Path) -> None:
