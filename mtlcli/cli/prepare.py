@@ -76,7 +76,7 @@ def prepare(
         str | None, typer.Option(help="table: the column of train/val/test [default: split, if present; else seeded 80/10/10].")
     ] = None,
 ) -> None:
-    """Build a dataset once into DATA_DIR/<dataset>/ (uint8 arrays + meta.json with checksums)."""
+    """Build a dataset once into DATA_DIR/<dataset>/ (arrays + meta.json with checksums); a table into DATA_DIR/<--name>/."""
     from mtlcli.data.preparers import prepare_dataset
     spec = registry.get(dataset)
     table_options = {"--labels": labels, "--images": images, "--name": name, "--id": id_column, "--task": task, "--split": split}
