@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlcli.data.registry import resolve_data_dir as resolve_data_dir  # its home is the registry (tables need it torch-free)
 from mtlcli.errors import DataError
 from mtlcli.io import fsync_dir, sha256_file, write_json_atomic
 
