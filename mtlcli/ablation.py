@@ -276,7 +276,7 @@ def run_ablation(
         row["cpu_ratio"] = row["cpu_median_ms"] / cpu_base if cpu_base else None
     return {
         "kind": KIND,
-        "dataset": recipe.data.name,
+        "dataset": recipe.data.prepared or recipe.data.name,
         "synthetic": recipe.data.synthetic,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

@@ -151,7 +151,7 @@ def apply_crops(x: Tensor, targets: dict[str, Tensor], kinds: dict[str, str], cr
     out: dict[str, Tensor] = {}
     for name, target in targets.items():
         kind = kinds[name]
-        if kind == "class":
+        if kind in ("class", "label", "value"):  # one value per sample: the same whatever the crop
             out[name] = target
             continue
         if target.shape[0] != batch or tuple(target.shape[-2:]) != (height, width):

@@ -38,9 +38,11 @@ class Metric:
 
 
 def _argmax_counts(logits: Tensor, target: Tensor, _classes: int) -> Tensor:
-    """[correct, samples] of a classifier's argmax."""
-    correct = (logits.argmax(dim=1) == target.long()).sum()
-    return torch.stack([correct.to(torch.float64), torch.tensor(float(len(target)), dtype=torch.float64, device=logits.device)])
+    """[correct, labelled samples] of a classifier's argmax; a negative label (a sample without one) is not counted."""
+    labels = target.long()
+    labelled = labels >= 0
+    correct = ((logits.argmax(dim=1) == labels) & labelled).sum()
+    return torch.stack([correct.to(torch.float64), labelled.sum().to(torch.float64)])
 
 
 ARGMAX_COUNTS = Accumulator("argmax_counts", lambda _classes: 2, _argmax_counts)

@@ -7,7 +7,14 @@ two can never drift apart.
 
 from __future__ import annotations
 
-LOSS_NAMES: tuple[str, ...] = ("cross_entropy", "pixel_cross_entropy", "masked_l1", "normal_cosine")
+LOSS_NAMES: tuple[str, ...] = (
+    "cross_entropy",
+    "pixel_cross_entropy",
+    "masked_l1",
+    "normal_cosine",
+    "masked_cross_entropy",
+    "masked_mse",
+)
 METRIC_NAMES: tuple[str, ...] = (
     "accuracy",
     "error",
@@ -20,6 +27,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "within_11.25",
     "within_22.5",
     "within_30",
+    "rmse",
 )
 AUGMENT_CHOICES: tuple[str, ...] = ("default", "none", "scale-crop", "scale-crop-flip")
 TRACKER_NAMES: tuple[str, ...] = ("tensorboard", "mlflow")  # `output.trackers`; each is also the name of its extra

@@ -12,8 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mtlcli.data.registry import DATASETS
-from mtlcli.errors import MtlError, RecipeError
+from mtlcli.data.registry import DATASETS, DatasetSpec, resolve
+from mtlcli.errors import DataError, MtlError, RecipeError
 from mtlcli.methods.registry import REGISTRY, option_problems
 from mtlcli.models.registry import ENCODERS, encoder_option_problems
 from mtlcli.names import AUGMENT_CHOICES, LOSS_NAMES, METRIC_NAMES, TRACKER_NAMES
@@ -31,6 +31,7 @@ class Section(BaseModel):
 class DataConfig(Section):
     name: Literal[DATASET_NAMES]  # type: ignore[valid-type]
     dir: str | None = Field(None, description="prepared-data dir; null: --data-dir, $MTL_DATA_DIR or ./data")
+    prepared: str | None = Field(None, description="a table's prepared name (`mtl prepare table --name`); null: table")
     size: int | None = Field(None, ge=1, description="expected image height (side); null: whatever was prepared")
     mean: float | list[float] | None = Field(None, description="per-channel input mean; null: the dataset's")
     std: float | list[float] | None = Field(None, description="per-channel input std; null: the dataset's")
@@ -159,7 +160,9 @@ class Recipe(Section):
         task's loss and metrics), so that the saved recipe.yaml says everything the run used."""
         method_options = REGISTRY[self.method.name].options.model_validate(self.method.options).model_dump(mode="json")
         self.method = MethodConfig(name=self.method.name, **method_options)
-        spec = DATASETS[self.data.name]
+        spec = dataset_spec(self.data.name, self.data.dir, self.data.prepared)
+        if spec.from_table:
+            self.data.prepared = self.data.prepared or spec.name
         encoder = self.model.encoder or spec.default_encoder
         if is_import_path(encoder):
             options = self.model.options  # a plug-in's keyword arguments, as given
@@ -221,6 +224,7 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
                 problems.append(_format_problem(loc, describe_error(err)))
     problems.extend(_method_problems(raw.get("method")))
     problems.extend(_task_problems(raw))
+    problems.extend(_table_problems(raw))
     problems.extend(_data_problems(raw))
     problems.extend(_model_problems(raw))
     problems.extend(_input_problems(raw))
@@ -232,11 +236,58 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
     return recipe.resolve_defaults()
 
 
-def _dataset_of(raw: dict[str, Any]) -> Any:
-    """The registry entry the recipe names, or None (a missing or unknown name is reported elsewhere)."""
+def dataset_spec(name: str, data_dir: str | None, prepared: str | None) -> DatasetSpec:
+    """The registry entry of a dataset; a table's completed from its prepared meta.json (DataError if not prepared)."""
+    return resolve(name, data_dir=data_dir, prepared=prepared)
+
+
+def _data_keys(raw: dict[str, Any]) -> tuple[Any, Any, Any]:
     data = raw.get("data")
-    name = data.get("name") if isinstance(data, dict) else None
-    return DATASETS.get(name) if isinstance(name, str) else None
+    return (data.get("name"), data.get("dir"), data.get("prepared")) if isinstance(data, dict) else (None, None, None)
+
+
+def _dataset_of(raw: dict[str, Any]) -> Any:
+    """The registry entry the recipe names, or None (a missing or unknown name, a table not prepared: reported elsewhere)."""
+    name, data_dir, prepared = _data_keys(raw)
+    if not isinstance(name, str) or name not in DATASETS:
+        return None
+    if not DATASETS[name].from_table:
+        return DATASETS[name]
+    if not (isinstance(data_dir, str | None) and isinstance(prepared, str | None)):
+        return None
+    try:
+        return dataset_spec(name, data_dir, prepared)
+    except DataError:
+        return None
+
+
+def _table_problems(raw: dict[str, Any]) -> list[str]:
+    """A table must be prepared (its tasks are in its meta.json) and has no synthetic stand-in; only a table has
+    a prepared name of its own."""
+    name, data_dir, prepared = _data_keys(raw)
+    if not isinstance(name, str) or name not in DATASETS:
+        return []
+    spec = DATASETS[name]
+    if not spec.from_table:
+        if prepared is not None and prepared != name:
+            return [f"data.prepared: only a table is prepared under a name of its own; {name} is prepared as {name}"]
+        return []
+    data = raw["data"]
+    if data.get("synthetic") is True:
+        return ["data.synthetic: a table has no synthetic stand-in (its shapes are those of the prepared table)"]
+    if not (isinstance(data_dir, str | None) and isinstance(prepared, str | None)):
+        return []  # reported as a type problem
+    if isinstance(prepared, str) and (not prepared or "/" in prepared or prepared.startswith(".")):
+        return [f"data.prepared: {prepared!r} is not the name of a prepared table (a directory name in the data dir)"]
+    try:
+        spec = dataset_spec(name, data_dir, prepared)
+    except DataError as exc:
+        return [f"data.prepared: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")]
+    problems = []
+    if spec.features:
+        problems += [f"data.{key}: a feature table is standardised when it is prepared; leave data.{key} out"
+                     for key in ("mean", "std") if data.get(key) is not None]  # fmt: skip
+    return problems
 
 
 def _expand_tasks(raw: dict[str, Any]) -> dict[str, Any]:
@@ -271,6 +322,11 @@ def _task_problems(raw: dict[str, Any]) -> list[str]:
         return []
     problems = []
     for i, task in enumerate(tasks):
+        known = spec.task(task["name"]) if isinstance(task, dict) and isinstance(task.get("name"), str) else None
+        loss = task.get("loss") if isinstance(task, dict) else None
+        if known is not None and known.losses and isinstance(loss, str) and loss in LOSS_NAMES and loss not in known.losses:
+            problems.append(f"tasks.{i}.loss: task {known.name} of {spec.name} takes {' or '.join(known.losses)} "
+                            f"(its labels may be missing), not {loss}")  # fmt: skip
         if isinstance(task, dict) and isinstance(task.get("name"), str) and spec.task(task["name"]) is None:
             close = closest(task["name"], spec.task_names)
             hint = f"did you mean {close!r}? " if close else ""

@@ -111,7 +111,9 @@ class Run:
 
     @property
     def dataset(self) -> str:
-        return str(self.recipe["data"]["name"])
+        """The dataset's name; a table's prepared name (`data.prepared`), so that two tables are two datasets."""
+        data = self.recipe["data"]
+        return str(data.get("prepared") or data["name"])
 
     @property
     def seed(self) -> int:

@@ -44,7 +44,7 @@ def train_grid(recipe: Recipe, *, console: Console, show_progress: bool = True) 
         raw["output"]["dir"] = str(sweep)
         point = recipes.validate(raw, source=f"grid point {weights}")
         trainer = Trainer(point, console=console, show_progress=show_progress)
-        console.print(f"training static {weights} on {recipe.data.name} ({trainer.device})")
+        console.print(f"training static {weights} on {recipe.data.prepared or recipe.data.name} ({trainer.device})")
         run_dir = trainer.run()
         runs.append(
             {"weights": weights, "run": run_dir.name, "val_score": trainer.best_score, "best_epoch": trainer.best_epoch}

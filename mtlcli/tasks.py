@@ -15,23 +15,29 @@ from torch import Tensor
 from mtlcli.dense import DENSE_LOSSES, DENSE_METRICS
 from mtlcli.metrics import CLASSIFICATION_METRICS, Accumulator, Metric
 from mtlcli.names import LOSS_NAMES, METRIC_NAMES, check_implemented
+from mtlcli.partial import PARTIAL_LOSSES, PARTIAL_METRICS
 
 __all__ = ["LOSSES", "METRICS", "Accumulator", "Metric", "Task"]
 
 LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": lambda logits, target: F.cross_entropy(logits, target.long()),
     **DENSE_LOSSES,
+    **PARTIAL_LOSSES,
 }
 
 
-METRICS: dict[str, Metric] = {**CLASSIFICATION_METRICS, **DENSE_METRICS}
+METRICS: dict[str, Metric] = {**CLASSIFICATION_METRICS, **DENSE_METRICS, **PARTIAL_METRICS}
 check_implemented("losses", LOSS_NAMES, LOSSES)
 check_implemented("metrics", METRIC_NAMES, METRICS)
 
 
 @dataclass(frozen=True)
 class Task:
-    """A task of a run: its loss and metrics, and where its target is (`target` array, `column` of it)."""
+    """A task of a run: its loss and metrics, and where its target is (`target` array, `column` of it).
+
+    `standardize` (mean, std): the target is in its own units and the model predicts (target - mean) / std; the loss
+    compares standardised values, the metrics compare the prediction brought back to the target's units.
+    """
 
     name: str
     loss: str
@@ -40,10 +46,21 @@ class Task:
     target: str = "labels"
     column: int | None = None
     num_outputs: int = 0
+    standardize: tuple[float, float] | None = None
 
     def target_of(self, targets: dict[str, Tensor]) -> Tensor:
         array = targets[self.target]
         return array if self.column is None else array[:, self.column]
 
     def compute_loss(self, output: Tensor, target: Tensor) -> Tensor:
+        if self.standardize is not None:
+            mean, std = self.standardize
+            target = (target - mean) / std
         return LOSSES[self.loss](output, target)
+
+    def in_target_units(self, output: Tensor) -> Tensor:
+        """The prediction in the target's units (what the metrics compare)."""
+        if self.standardize is None:
+            return output
+        mean, std = self.standardize
+        return output * std + mean

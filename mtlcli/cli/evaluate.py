@@ -47,8 +47,11 @@ def evaluate(
     if as_json:
         out_console.print_json(json.dumps(result))
     else:
-        rows = [[task, *(f"{v:.4f}" if k == "loss" else f"{v:.2f}" for k, v in m.items())] for task, m in metrics.items()]
-        headers = ["task", *next(iter(metrics.values())).keys()]
+        columns = list(dict.fromkeys(k for m in metrics.values() for k in m))  # tasks may have different metrics
+        columns = [*(k for k in columns if k != "loss"), "loss"]
+        rows = [[task, *("" if k not in m else f"{m[k]:.4f}" if k == "loss" else f"{m[k]:.2f}" for k in columns)]
+                for task, m in metrics.items()]  # fmt: skip
+        headers = ["task", *columns]
         out_console.print(f"{path.name}: {split.value} split, {checkpoint.value} checkpoint (epoch {epoch})")
         out_console.print(tabulate(rows, headers=headers, tablefmt="simple"))
     err_console.print(f"wrote {target}")

@@ -48,15 +48,51 @@ def prepare(
         int | None, typer.Option(help="Processes decoding images (celeba, cityscapes) [default: one per core].", min=1)
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if already prepared.")] = False,
+    labels: Annotated[
+        Path | None, typer.Option(help="table: the CSV or parquet file, one row per sample (parquet needs pyarrow).")
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="table: the images' directory (the id column holds their paths in it) [default: none, the numeric "
+            "columns are the input]."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="table: the prepared name, DATA_DIR/NAME (data.prepared) [default: table].")
+    ] = None,
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="table: the id column (image path with --images) [default: id].")
+    ] = None,
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--task",
+            help="table: a task column, COL or COL:classification or COL:regression (repeat for each) [default with "
+            "--images: every other column].",
+        ),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="table: the column of train/val/test [default: split, if present; else seeded 80/10/10].")
+    ] = None,
 ) -> None:
-    """Build a dataset once into DATA_DIR/<dataset>/ (uint8 arrays + meta.json with checksums)."""
+    """Build a dataset once into DATA_DIR/<dataset>/ (arrays + meta.json with checksums); a table into DATA_DIR/<--name>/."""
     from mtlcli.data.preparers import prepare_dataset
-    from mtlcli.data.store import resolve_data_dir
     spec = registry.get(dataset)
+    table_options = {"--labels": labels, "--images": images, "--name": name, "--id": id_column, "--task": task, "--split": split}
+    given = [flag for flag, value in table_options.items() if value is not None]
+    table = None
+    if spec.from_table:
+        if labels is None:
+            raise DataError(f"`mtl prepare {spec.name}` reads your table", hint="pass --labels FILE.csv [--images DIR]")
+        table = registry.TableRequest(labels=labels, images=images, name=name or spec.name, id_column=id_column or "id",
+                                      tasks=tuple(task) if task else None, split_column=split)  # fmt: skip
+    elif given:
+        raise DataError(f"{', '.join(given)}: options of `mtl prepare table`, not of {spec.name}", hint="leave them out")
     if size is not None and not spec.min_size <= size <= spec.max_size:
         raise DataError(f"--size {size}: {spec.name} images are {spec.min_size}..{spec.max_size} pixels {spec.side_word}")
     request = registry.PrepareRequest(
-        data_dir=resolve_data_dir(data_dir),
+        data_dir=registry.resolve_data_dir(data_dir),
         sources=list(source or []),
         size=size,
         seed=seed,
@@ -64,17 +100,21 @@ def prepare(
         mirror=mirror,
         workers=workers,
         console=err_console,
+        table=table,
     )
     result = prepare_dataset(spec.name, request)
     meta = result.meta
     counts = ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())
     side = meta["size"]
-    what = f"{counts}; {side}x{meta.get('width', side)}" + (f"; seed {meta.get('seed')}" if spec.uses_seed else "")
+    features = meta.get("features", {}).get("names") if meta.get("input") == "features" else None
+    shape = f"{len(features)} features" if features else f"{side}x{meta.get('width', side)}"
+    what = f"{counts}; {shape}" + (f"; seed {meta.get('seed')}" if spec.uses_seed else "")
     if result.built:
         took = f" in {meta['prepare_seconds']:.0f}s" if isinstance(meta.get("prepare_seconds"), (int, float)) else ""
         err_console.print(f"prepared {spec.name} in {result.path} ({what}){took}", highlight=False)
     else:
-        err_console.print(f"{spec.name} is already prepared in {result.path} ({what}); --force rebuilds it", highlight=False)
+        shown = result.path.name if spec.from_table else spec.name
+        err_console.print(f"{shown} is already prepared in {result.path} ({what}); --force rebuilds it", highlight=False)
 
 
 prepare.__doc__ = f"{prepare.__doc__}\n\nDatasets: {_datasets_help()}."

@@ -106,7 +106,8 @@ def _run(trainer: Trainer) -> None:
     job = trainer.job
     where = f"{trainer.device}, {job.world} processes" if job.active else str(trainer.device)
     if job.writer:
-        err_console.print(f"training {trainer.recipe.method.name} on {trainer.recipe.data.name} ({where})")
+        data = trainer.recipe.data
+        err_console.print(f"training {trainer.recipe.method.name} on {data.prepared or data.name} ({where})")
     try:
         run_dir = trainer.run()
     finally:

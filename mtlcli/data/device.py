@@ -10,7 +10,8 @@ from torch import Tensor
 
 @dataclass
 class DeviceSplit:
-    """A split ready for training: uint8 images [N, H, W] or [N, H, W, C] and target arrays by name.
+    """A split ready for training: uint8 images [N, H, W] or [N, H, W, C] (or float32 features [N, 1, 1, F], taken
+    as they are) and target arrays by name.
 
     Class labels (int64 [N, T]) live on the device; images and per-pixel targets too when they fit,
     otherwise in host memory (memory-mapped from the prepared files), and each batch is gathered there
@@ -44,5 +45,6 @@ class DeviceSplit:
 
         x = take(self.images)
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
-        x = x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        floating = x.is_floating_point()  # a feature table [N, 1, 1, F]: standardised when it was prepared
+        x = x.to(torch.float32) if floating else x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
         return x, {name: take(array) for name, array in self.targets.items()}

@@ -8,7 +8,9 @@ never name a dataset. Adding a dataset = one module under `mtlcli.data` + one en
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,7 @@ class TaskSpec:
     loss: str = "cross_entropy"
     metrics: tuple[str, ...] = ("accuracy",)
     target: str | None = None  # the target array it reads; None: a column of the class-label array
+    losses: tuple[str, ...] = ()  # the losses its targets allow (e.g. the masked ones where labels may be missing); (): any
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,20 @@ class PrepareRequest:
     mirror: str | None = None
     workers: int | None = None
     console: Console | None = None
+    table: TableRequest | None = None  # `mtl prepare table`'s own options
+
+
+@dataclass(frozen=True)
+class TableRequest:
+    """What `mtl prepare table` reads: the table, its images (None: its numeric columns are the input), the
+    prepared name, the id column, the task columns (None: every column but the id and split ones) and the split column."""
+
+    labels: Path
+    images: Path | None = None
+    name: str = "table"
+    id_column: str = "id"
+    tasks: tuple[str, ...] | None = None
+    split_column: str = "split"
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,8 @@ class DatasetSpec:
     target_kinds: dict[str, str] = field(default_factory=dict)  # target array -> kind (store.TARGET_KINDS)
     default_tasks: tuple[str, ...] | None = None  # what `tasks: all` means when not every task (alternatives)
     augment: str = "none"  # the training augmentation its references use (`data.augment: default`)
+    from_table: bool = False  # the user's own table: its tasks and input are read from the prepared meta.json (`resolve`)
+    features: bool = False  # a prepared table whose input is its numeric columns (float32 [N, 1, 1, F]), not images
 
     @property
     def task_names(self) -> list[str]:
@@ -229,6 +248,27 @@ NYUV2 = DatasetSpec(
     augment="scale-crop-flip",
 )
 
+# ----------------------------------------------------------------------------- the user's own table
+TABLE_IMAGE_ENCODER = "resnet18-cifar"
+TABLE_FEATURE_ENCODER = "mlp"
+CLASSIFICATION_LOSSES = ("masked_cross_entropy",)
+REGRESSION_LOSSES = ("masked_mse", "masked_l1")
+
+TABLE = DatasetSpec(
+    name="table",
+    description="your own table (CSV or parquet): a task per column, images or numeric features as input",
+    tasks=(),  # read from the prepared meta.json: see `resolve`
+    channels=3,
+    default_size=64,
+    min_size=16,
+    max_size=512,
+    mean=(0.5, 0.5, 0.5),  # fallback only: prepare measures the training split's mean/std into meta.json
+    std=(0.5, 0.5, 0.5),
+    default_encoder=TABLE_IMAGE_ENCODER,
+    how_to_get="`mtl prepare table --labels FILE.csv|FILE.parquet [--images DIR] [--name NAME]`",
+    from_table=True,
+)
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
@@ -238,6 +278,7 @@ DATASETS: dict[str, DatasetSpec] = {
         CELEBA,
         CITYSCAPES,
         NYUV2,
+        TABLE,
     )
 }
 
@@ -257,3 +298,70 @@ def canonical_name(name: str) -> str:
 
 def get(name: str) -> DatasetSpec:
     return DATASETS[canonical_name(name)]
+
+
+# ----------------------------------------------------------------------------- datasets described by their prepared data
+def resolve_data_dir(data_dir: Path | str | None) -> Path:
+    """`--data-dir` (or the recipe's data.dir), else `$MTL_DATA_DIR`, else `./data`."""
+    if data_dir:
+        return Path(data_dir)
+    env = os.environ.get("MTL_DATA_DIR")
+    return Path(env) if env else Path("data")
+
+
+def prepare_table_hint(prepared: str) -> str:
+    name = "" if prepared == TABLE.name else f" --name {prepared}"
+    return f"run `mtl prepare table --labels FILE.csv [--images DIR]{name}` first"
+
+
+def table_task(entry: dict[str, Any]) -> TaskSpec:
+    """A task of a prepared table (its meta.json entry): classification or regression, with their masked losses."""
+    if entry.get("kind") == "regression":
+        return TaskSpec(entry["name"], 1, REGRESSION_LOSSES[0], ("abs_error", "rmse"), entry["target"], REGRESSION_LOSSES)
+    return TaskSpec(entry["name"], int(entry["num_classes"]), CLASSIFICATION_LOSSES[0], ("accuracy",), entry["target"],
+                    CLASSIFICATION_LOSSES)  # fmt: skip
+
+
+def resolve(name: str, *, data_dir: Path | str | None = None, prepared: str | None = None) -> DatasetSpec:
+    """The registry entry of dataset `name`; for a table, the entry completed from DATA_DIR/<prepared>/meta.json
+    (its tasks, channels, image size and default encoder). DataError when that table is not prepared."""
+    spec = get(name)
+    if not spec.from_table:
+        return spec
+    prepared = prepared or spec.name
+    root = resolve_data_dir(data_dir)
+    path = root / prepared / "meta.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"table dataset {prepared!r} is not prepared in {root}/", hint=prepare_table_hint(prepared)) from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}", hint=f"{prepare_table_hint(prepared)}, with --force") from None
+    return table_spec(spec, meta, prepared, where=path)
+
+
+def table_spec(spec: DatasetSpec, meta: Any, prepared: str, *, where: Path | str = "meta.json") -> DatasetSpec:
+    """The table entry `spec` completed from a prepared table's meta.json (`where`, for the error)."""
+    hint = f"{prepare_table_hint(prepared)}, with --force"
+    try:
+        if meta.get("dataset") != spec.name:
+            raise DataError(f"{where}: data.prepared {prepared!r} holds dataset {meta.get('dataset')!r}, not a table",
+                            hint="name the prepared table in data.prepared")  # fmt: skip
+        tasks = tuple(table_task(entry) for entry in meta["tasks"])
+        features = meta["input"] == "features"
+        size, channels = int(meta["size"]), int(meta["channels"])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise DataError(f"{where} is not the meta.json of a prepared table", hint=hint) from None
+    return replace(
+        spec,
+        description=f"{spec.description}: {prepared}",
+        tasks=tasks,
+        channels=channels,
+        default_size=size,
+        min_size=size,
+        max_size=size,
+        mean=tuple(meta.get("mean") or (0.0,) * channels),
+        std=tuple(meta.get("std") or (1.0,) * channels),
+        default_encoder=TABLE_FEATURE_ENCODER if features else TABLE_IMAGE_ENCODER,
+        features=features,
+    )

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mtlcli.data.registry import resolve_data_dir as resolve_data_dir  # its home is the registry (tables need it torch-free)
 from mtlcli.errors import DataError
 from mtlcli.io import fsync_dir, sha256_file, write_json_atomic
 
@@ -23,21 +24,16 @@ FORMAT_VERSION = 1
 META = "meta.json"
 
 
-def resolve_data_dir(data_dir: Path | str | None) -> Path:
-    """`--data-dir`, else `$MTL_DATA_DIR`, else `./data`."""
-    if data_dir:
-        return Path(data_dir)
-    env = os.environ.get("MTL_DATA_DIR")
-    return Path(env) if env else Path("data")
-
-
 # The kinds of target array a prepared dataset can hold (meta.json "targets": {name: {"kind": ...}}):
 #   class         uint8 [N, T]: one class label per sample and task (task i reads column i); the default
 #   segmentation  uint8 [N, H, W]: a class per pixel, IGNORE_INDEX where unlabelled
 #   offset        float32 [N, 2, H, W]: per-pixel (dy, dx) in pixels, NaN where undefined
 #   disparity, depth  float32 [N, H, W], NaN where invalid
 #   normal        float32 [N, 3, H, W]: unit surface normals (x, y, z), NaN where invalid
-TARGET_KINDS = ("class", "segmentation", "offset", "disparity", "depth", "normal")
+#   label         int64 [N]: one task's class per sample, MISSING_LABEL (-1) where the sample has none (tables)
+#   value         float32 [N]: one task's regression target per sample in the table's units, NaN where missing (tables)
+TARGET_KINDS = ("class", "segmentation", "offset", "disparity", "depth", "normal", "label", "value")
+MISSING_LABEL = -1
 IGNORE_INDEX = 255
 LEGACY_TARGETS = {"labels": {"kind": "class"}}
 
@@ -214,10 +210,11 @@ def _meta_shape_ok(meta: dict[str, Any]) -> bool:
     )
 
 
-def load_prepared(data_dir: Path, name: str, *, verify: bool = True) -> PreparedDataset:
-    """Load a prepared dataset, checking every file against the sha256 in meta.json."""
+def load_prepared(data_dir: Path, name: str, *, verify: bool = True, hint: str | None = None) -> PreparedDataset:
+    """Load a prepared dataset, checking every file against the sha256 in meta.json; `hint`: how to prepare it."""
     path = data_dir / name
-    prepare_hint = f"run `mtl prepare {name}` first" + (f" (with --data-dir {data_dir})" if str(data_dir) != "data" else "")
+    where = f" (with --data-dir {data_dir})" if str(data_dir) != "data" else ""
+    prepare_hint = (hint or f"run `mtl prepare {name}` first") + where
     if not path.is_dir():
         raise DataError(f"dataset {name} is not prepared in {data_dir}/", hint=prepare_hint)
     meta = read_meta(path)
@@ -254,6 +251,8 @@ def _expected_shape(kind: str, n: int, ntasks: int, hw: tuple[int, ...]) -> tupl
         "disparity": (n, *hw),
         "depth": (n, *hw),
         "normal": (n, 3, *hw),
+        "label": (n,),
+        "value": (n,),
     }.get(kind)
 
 
@@ -264,6 +263,9 @@ def _check_shapes(
     hint = f"{prepare_hint}, with --force"
     if images.ndim not in (3, 4):
         raise DataError(f"{path}: {split} images have shape {images.shape}, expected [N, H, W] or [N, H, W, C]", hint=hint)
+    if images.dtype != np.uint8 and not (images.dtype == np.float32 and images.shape[1:3] == (1, 1)):
+        raise DataError(f"{path}: {split} images are {images.dtype} {images.shape}, expected uint8 images or float32 "
+                        "features [N, 1, 1, F]", hint=hint)  # fmt: skip
     n, hw = len(images), tuple(images.shape[1:3])
     ntasks = sum(1 for t in meta["tasks"] if "target" not in t)
     for key, array in targets.items():

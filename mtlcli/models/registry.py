@@ -50,6 +50,15 @@ class SegNetOptions(BaseModel):
     width: int = Field(64, gt=0, description="channels of the first block (64: the reference; blocks x1, x2, x4, x8, x8)")
 
 
+class MLPOptions(BaseModel):
+    """Options of `mlp` (the encoder of feature tables)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    hidden: int = Field(256, gt=0, description="width of each hidden layer and of z")
+    layers: int = Field(2, ge=1, description="hidden layers (Linear, ReLU, dropout)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")
+
+
 InputShape = tuple[int, int, int]  # (channels, height, width)
 
 
@@ -88,6 +97,12 @@ ENCODERS: dict[str, EncoderSpec] = {
             "split SegNet (MTAN, Liu et al. 2019, NYUv2): shared SegNet, z is [64, H, W]; heads conv 3x3 + conv 1x1",
             SegNetOptions,
             segnet_input_problem,
+        ),
+        EncoderSpec(
+            "mlp",
+            "multilayer perceptron on the flattened input (feature tables): `layers` x Linear-ReLU, z is `hidden`-d; "
+            "heads Linear(z, outputs)",
+            MLPOptions,
         ),
     )
 }

@@ -18,7 +18,8 @@ import torch
 from mtlcli import distributed, methods
 from mtlcli.data import registry
 from mtlcli.data.device import DeviceSplit
-from mtlcli.data.store import PreparedDataset, load_prepared, resolve_data_dir, task_target
+from mtlcli.data.registry import resolve_data_dir
+from mtlcli.data.store import PreparedDataset, load_prepared, task_target
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError
 from mtlcli.models import ENCODERS, MultiTaskModel, build_model
@@ -59,10 +60,14 @@ def enable_determinism(device: torch.device) -> None:
 def tasks_of(recipe: Recipe, dataset: PreparedDataset) -> list[Task]:
     """The recipe's tasks bound to the prepared data: which target array (and column) each reads."""
     tasks = []
+    entries = {entry["name"]: entry for entry in dataset.meta["tasks"]}
     for t in recipe.tasks:
         target, column = task_target(dataset.meta, t.name)
         outputs = dataset.num_classes[t.name]
-        tasks.append(Task(t.name, t.loss, tuple(t.metrics), t.loss_scale, target=target, column=column, num_outputs=outputs))
+        entry = entries[t.name]  # a table's regression task: standardised by the training split's mean and std
+        standardize = (float(entry["mean"]), float(entry["std"])) if entry.get("kind") == "regression" else None
+        tasks.append(Task(t.name, t.loss, tuple(t.metrics), t.loss_scale, target=target, column=column, num_outputs=outputs,
+                          standardize=standardize))  # fmt: skip
     return tasks
 
 
@@ -101,10 +106,21 @@ def augmentation_of(recipe: Recipe) -> str:
     return registry.get(recipe.data.name).augment if name == "default" else name
 
 
+def dataset_spec(recipe: Recipe, dataset: PreparedDataset) -> registry.DatasetSpec:
+    """The recipe's dataset as the registry describes it (a table: completed from its prepared meta.json)."""
+    spec = registry.get(recipe.data.name)
+    if not spec.from_table:
+        return spec
+    return registry.table_spec(spec, dataset.meta, recipe.data.prepared or spec.name, where=dataset.path / "meta.json")
+
+
 def load_dataset(recipe: Recipe, data_dir: Path | None = None) -> PreparedDataset:
     if recipe.data.synthetic:  # random tensors of the recipe's shapes: no download, for timing and smoke tests
         return synthetic_dataset(recipe.data.name, size=recipe.data.size, seed=recipe.train.seed)
-    dataset = load_prepared(resolve_data_dir(data_dir or recipe.data.dir), recipe.data.name)
+    spec = registry.get(recipe.data.name)
+    prepared = recipe.data.prepared or recipe.data.name
+    hint = registry.prepare_table_hint(prepared) if spec.from_table else None
+    dataset = load_prepared(resolve_data_dir(data_dir or recipe.data.dir), prepared, hint=hint)
     size = int(dataset.meta["size"])
     if recipe.data.size is not None and recipe.data.size != size:
         height, width = dataset.images["train"].shape[1:3]
@@ -117,7 +133,7 @@ def load_dataset(recipe: Recipe, data_dir: Path | None = None) -> PreparedDatase
 
 def input_normalization(recipe: Recipe, dataset: PreparedDataset) -> tuple[list[float], list[float]]:
     """Per-channel (mean, std): the recipe's, else the prepared data's measured ones, else the registry's."""
-    spec = registry.get(recipe.data.name)
+    spec = dataset_spec(recipe, dataset)
 
     def pick(key: str) -> list[float]:
         value = getattr(recipe.data, key)
@@ -168,7 +184,7 @@ def input_shape(dataset: PreparedDataset) -> tuple[int, int, int]:
 
 def make_model(recipe: Recipe, dataset: PreparedDataset) -> MultiTaskModel:
     classes = dataset.num_classes
-    encoder = recipe.model.encoder or registry.get(recipe.data.name).default_encoder
+    encoder = recipe.model.encoder or dataset_spec(recipe, dataset).default_encoder
     problem = ENCODERS[encoder].input_problem(input_shape(dataset)) if encoder in ENCODERS else None  # else a plug-in
     if problem is not None:  # e.g. data prepared with a --size the encoder cannot take
         raise MtlError(

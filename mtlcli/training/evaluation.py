@@ -31,8 +31,9 @@ def evaluate(model: MultiTaskModel, tasks: list[Task], split: DeviceSplit, *, ba
         losses = []
         for task, accs, state in zip(tasks, accumulators, states, strict=True):
             output, target = outputs[task.name], task.target_of(targets)
+            in_units = task.in_target_units(output)
             for acc, total in zip(accs, state, strict=True):
-                total += acc.state(output, target, task.num_outputs)
+                total += acc.state(in_units, target, task.num_outputs)
             losses.append(task.compute_loss(output, target) * len(x))
         loss_sums += torch.stack(losses).to(torch.float64)
     flat = job.sum_(torch.cat([loss_sums, *(t for state in states for t in state)])).cpu()  # the one sync
@@ -74,7 +75,10 @@ def evaluate_run(
     if split not in ("test", "val") or checkpoint not in ("best", "last"):
         raise MtlError(f"split {split!r}, checkpoint {checkpoint!r}", hint="split: test or val; checkpoint: best or last")
     run = read_run(run_dir)
-    recipe = validate(run.recipe, source=str(run.path / "recipe.yaml"))
+    raw = run.recipe  # data_dir before validation: a table's tasks are read from its prepared meta.json there
+    if data_dir and isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+        raw = {**raw, "data": {**raw["data"], "dir": str(data_dir)}}
+    recipe = validate(raw, source=str(run.path / "recipe.yaml"))
     dev = resolve_device(device)
     state = load_checkpoint(run.path / (BEST if checkpoint == "best" else LAST), dev)
     dataset = load_dataset(recipe, data_dir)

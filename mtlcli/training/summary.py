@@ -24,7 +24,7 @@ def build_summary(t: Trainer) -> dict[str, Any]:
         "status": "complete",
         "method": t.recipe.method.name,
         "method_options": t.recipe.method.options,
-        "dataset": t.recipe.data.name,
+        "dataset": t.recipe.data.prepared or t.recipe.data.name,
         "seed": t.recipe.train.seed,
         "tasks": [task.name for task in t.tasks],
         "encoder": t.recipe.model.encoder,

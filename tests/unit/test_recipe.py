@@ -72,7 +72,7 @@ def test_unknown_dataset_task_and_method() -> None:
     with pytest.raises(RecipeError) as info:
         recipes.load(raw=raw)
     text = "\n".join(info.value.problems)
-    names = "multimnist, multifashion, multi-fashion-mnist, celeba, cityscapes or nyuv2"
+    names = "multimnist, multifashion, multi-fashion-mnist, celeba, cityscapes, nyuv2 or table"
     assert f"data.name: must be one of {names}, got 'cifar'" in text
     assert "method.name: unknown method 'mgda_ub' (did you mean 'mgda-ub'?); choose one of:" in text
     raw = load_shipped_recipe()

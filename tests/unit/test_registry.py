@@ -20,9 +20,25 @@ from mtlcli.tasks import LOSSES, METRICS
 from mtlcli.training.build import input_normalization, input_shape
 from tests.conftest import load_shipped_recipe
 
+TABLE_META = {
+    "dataset": "table",
+    "input": "images",
+    "size": 64,
+    "channels": 3,
+    "mean": [0.4, 0.5, 0.6],
+    "std": [0.2, 0.2, 0.2],
+    "tasks": [
+        {"name": "species", "kind": "classification", "num_classes": 3, "target": "task0"},
+        {"name": "age", "kind": "regression", "num_classes": 1, "target": "task1", "mean": 30.0, "std": 10.0},
+    ],
+}
+
 
 @pytest.mark.parametrize("spec", list(registry.DATASETS.values()), ids=list(registry.DATASETS))
 def test_every_dataset_entry_is_consistent(spec: registry.DatasetSpec) -> None:
+    if spec.from_table:  # its tasks come from the prepared meta.json
+        assert not spec.tasks
+        spec = registry.table_spec(spec, TABLE_META, "mine")
     names = spec.task_names
     assert len(set(names)) == len(names) and names
     assert all(t.loss in LOSSES and t.metrics and all(m in METRICS for m in t.metrics) for t in spec.tasks)
@@ -148,6 +164,7 @@ def test_a_colour_batch_is_channels_first_and_normalised_per_channel() -> None:
 
 
 GENERIC_MODULES = ("training", "recipe.py", "ablation.py", "results.py", "tasks.py", "report", "methods")
+SAME_WORD = {("render.py", "table")}  # `mtl compare --format table`, not the dataset
 
 
 def test_generic_code_never_names_a_dataset() -> None:
@@ -158,6 +175,8 @@ def test_generic_code_never_names_a_dataset() -> None:
     for path in files:
         text = path.read_text().lower()
         for name in registry.DATASETS:
+            if (path.name, name) in SAME_WORD:
+                text = text.replace(f'"{name}"', "")
             assert f'"{name}"' not in text and f"'{name}'" not in text, f"{path.name} names dataset {name}"
 
 
