@@ -53,7 +53,7 @@ def _show(value: object) -> str:
 
 def method_block(name: str, width: int = 80) -> str:
     """One method as a block of lines no wider than `width` (rich markup)."""
-    from mtlcli.methods.registry import REGISTRY
+    from mtlcli.methods.registry import REGISTRY, default_level
 
     info = REGISTRY[name]
     wrap = textwrap.TextWrapper(width=width, initial_indent="    ", subsequent_indent="    ")
@@ -61,6 +61,7 @@ def method_block(name: str, width: int = 80) -> str:
     lines.append(f"    [dim]paper:[/] {escape(info.paper)}")
     if info.plugin:  # an installed package's method (entry point of group mtlcli.methods)
         lines.extend(_labelled("plug-in", info.plugin, width))
+    lines.extend(_labelled("default level", default_level(name), width))
     if info.fixed_level_of:
         general, level = info.fixed_level_of
         lines.extend(_labelled("same as", f"{general} with level: {level}", width))

@@ -133,6 +133,8 @@ BUILT_IN: dict[str, MethodInfo] = {
             IMTL,
             reference="TorchJD/torchjd, src/torchjd/aggregation/_imtl_g.py on the whole dL/dz; LibMTL's "
             "LibMTL/weighting/IMTL.py (gradient part, rep_grad) where its batch-summed dL/dz is that (one example)",
+            differs="LibMTL's rep_grad form sums dL_t/dz over the batch before solving; mtl keeps the whole dL_t/dz (the "
+            "paper's gradient of z): equal on one-example batches",
         ),
         MethodInfo(
             "imtl-g-exact",
@@ -151,6 +153,8 @@ BUILT_IN: dict[str, MethodInfo] = {
             f"{IMTL}, Algorithm 1",
             reference="the paper's Algorithm 1 = median-research-group/LibMTL, LibMTL/weighting/IMTL.py with rep_grad, "
             "but for its batch sum of dL_t/dz",
+            differs="LibMTL's rep_grad form sums dL_t/dz over the batch before solving; mtl keeps the whole dL_t/dz (the "
+            "paper's): equal on one-example batches",
         ),
         MethodInfo(
             "gls",
@@ -165,6 +169,9 @@ BUILT_IN: dict[str, MethodInfo] = {
             "project conflicting shared-parameter gradients on each other's normal planes, random order",
             "Yu et al., NeurIPS 2020",
             reference="median-research-group/LibMTL, LibMTL/weighting/PCGrad.py (and TorchJD's aggregation/_pcgrad.py)",
+            differs="LibMTL and the authors shuffle all T tasks, i itself included (g_i^PC could be projected off g_i "
+            "after several projections); mtl skips j = i as the paper and TorchJD; no 1e-8 added to the squared "
+            "norms",
         ),
         MethodInfo(
             "famo",
@@ -276,6 +283,8 @@ BUILT_IN: dict[str, MethodInfo] = {
             "length the sum of their projections",
             "Liu, Chu & Thuerey, ICLR 2025 (ConFIG)",
             reference="tum-pbs/ConFIG, conflictfree/grad_operator.py `ConFIG_update` (as TorchJD's aggregation/_config.py)",
+            differs="cosine-matrix eigenvalues below max(T eps, 1e-10) of the largest count as zero (gradients within "
+            "~1e-5 of linear dependence), where the authors' lstsq amplifies the round-off direction",
         ),
         MethodInfo(
             "excess-mtl",
@@ -283,6 +292,8 @@ BUILT_IN: dict[str, MethodInfo] = {
             "weights by exponentiated steps on the tasks' excess risks (AdaGrad-scaled squared gradients): sum_t w_t L_t",
             "He et al., ICML 2024 (ExcessMTL)",
             reference="uiuctml/ExcessMTL, LibMTL/LibMTL/weighting/ExcessMTL.py (= LibMTL's weighting/ExcessMTL.py)",
+            differs="the weight update runs in log space (the authors' exp overflows to NaN); a task whose first excess "
+            "risk is 0 takes its first positive one as E(0); a non-finite step changes no state",
         ),
         MethodInfo(
             "stch",
@@ -300,6 +311,7 @@ BUILT_IN: dict[str, MethodInfo] = {
             "Chen, Fernando, Ying & Chen, NeurIPS 2023 (MoDo)",
             reference="heshandevaka/Trade-Off-MOL, LibMTL/LibMTL/weighting/MoDo.py (its sum of the two samples halved)",
             samples=2,
+            differs="the two samples are the two halves of the step's batch (the authors draw two batches a step)",
         ),
         MethodInfo(
             "sdmgrad",
@@ -309,6 +321,9 @@ BUILT_IN: dict[str, MethodInfo] = {
             "Xiao, Ban & Ji, NeurIPS 2023 (SDMGrad)",
             reference="OptMN-Lab/sdmgrad, methods/weight_methods.py `SDMGrad` (lamda 0.3 of experiments/nyuv2/run.sh)",
             samples=2,
+            differs="its samples are the two halves of the step's batch and the batch itself (the authors draw three "
+            "batches, and fill one tensor three times); heads get the batch's own gradient (the authors' add the "
+            "three samples')",
         ),
     )
 }
@@ -377,6 +392,22 @@ class Registry(Mapping[str, MethodInfo]):
 
 
 REGISTRY = Registry(BUILT_IN)
+
+
+# where the default takes its task gradients, for the methods without a `level` option that take any
+GRADIENT_LEVELS = {"pcgrad": "shared", "graddrop": "representation", "gradnorm": "last shared layer", "imtl": "representation"}
+
+
+def default_level(name: str) -> str:
+    """Where method `name` takes its task gradients with no options: `shared` (dL_t/dtheta of the shared
+    parameters, T backwards), `representation` (dL_t/dz, one encoder backward), `last shared layer` (GradNorm),
+    or `losses` for a loss weighting (no per-task gradient; `-` for the single-task baseline)."""
+    info = REGISTRY[name]
+    if info.fixed_level_of:
+        return info.fixed_level_of[1]
+    if name == "single-task":
+        return "-"
+    return info.published_level() or GRADIENT_LEVELS.get(name, "losses")
 
 
 def unknown_method(name: str) -> MtlError:
