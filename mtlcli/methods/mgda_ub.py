@@ -19,9 +19,11 @@ from mtlcli.methods.options import MgdaOptions
 
 
 def min_norm_weights(losses: Tensor, gram: Tensor, options: MgdaOptions) -> Tensor:
-    """MGDA's weights (shared by mgda and mgda-ub): the min-norm point for the normalised Gram matrix."""
+    """MGDA's weights (shared by mgda and mgda-ub): the min-norm point for the normalised Gram matrix, over the
+    tasks whose gradient is not exactly zero (a task with no label in the batch constrains no direction: with it,
+    the hull would contain 0 and no step would be taken; it gets weight 0)."""
     normalized = normalize_gram(gram, losses, options.normalization)
-    return min_norm(normalized, solver=options.solver, max_iter=options.max_iter, tol=options.tol)
+    return min_norm(normalized, solver=options.solver, max_iter=options.max_iter, tol=options.tol, skip_still=True)
 
 
 class MgdaUb(Stateless):

@@ -24,15 +24,25 @@ from mtlcli.methods.options import SOLVERS, Solver
 _CHECK_EVERY = 16  # Frank-Wolfe iterations between convergence checks (one host sync each)
 
 
-def min_norm(gram: Tensor, *, solver: Solver = "min-norm-point", max_iter: int = 250, tol: float = 1e-10) -> Tensor:
+def min_norm(
+    gram: Tensor,
+    *,
+    solver: Solver = "min-norm-point",
+    max_iter: int = 250,
+    tol: float = 1e-10,
+    skip_still: bool = False,
+) -> Tensor:
     """Weights on the simplex minimising w^T G w, as a tensor of G's dtype on G's device.
 
     `tol` is the stopping tolerance: relative duality gap for ``min-norm-point``, step size for
     ``frank-wolfe`` and ``projected-gradient`` (the authors used 1e-5 for those).
+    `skip_still`: a task whose gradient is exactly zero (G_tt = 0, e.g. no label in the batch) constrains no
+    direction; it gets weight 0 and the min-norm point is taken over the others (all zero: the plain solve).
     """
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
         raise ValueError(f"`gram` should be a non-empty square matrix. Found `gram.shape = {tuple(gram.shape)}`.")
-    return flag_non_finite(gram, _solve(finite(gram), solver, max_iter, tol))
+    solve = _solve_moving if skip_still else _solve
+    return flag_non_finite(gram, solve(finite(gram), solver, max_iter, tol))
 
 
 def finite(gram: Tensor) -> Tensor:
@@ -49,6 +59,28 @@ def flag_non_finite(gram: Tensor, weights: Tensor) -> Tensor:
     named = torch.where(diagonal_bad.any(), diagonal_bad, torch.ones_like(diagonal_bad))  # else: all of them
     flagged = torch.where(named, torch.full_like(weights, float("nan")), torch.zeros_like(weights))
     return torch.where(torch.isfinite(gram).all(), weights, flagged)
+
+
+def _solve_moving(gram: Tensor, solver: Solver, max_iter: int, tol: float) -> Tensor:
+    """`_solve` over the tasks whose gradient is not exactly zero, weight 0 for the others. The still tasks are
+    found on the host copy the min-norm-point solver makes anyway; the device solvers pay one host sync for them
+    (they sync to check convergence anyway)."""
+    host = gram.detach().to("cpu", torch.float64) if solver == "min-norm-point" else None
+    moving = (host.diagonal() if host is not None else gram.diagonal().cpu()) != 0
+    if bool(moving.all()) or not bool(moving.any()):
+        if host is None:
+            return _solve(gram, solver, max_iter, tol)
+        weights = wolfe_min_norm_point(host.numpy(), max_iter=max_iter, tol=tol)
+        return torch.as_tensor(weights, dtype=gram.dtype, device=gram.device)
+    keep = moving.nonzero().squeeze(1)
+    weights = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    if host is not None:
+        sub = wolfe_min_norm_point(host[keep][:, keep].numpy(), max_iter=max_iter, tol=tol)
+        weights[keep.to(gram.device)] = torch.as_tensor(sub, dtype=gram.dtype, device=gram.device)
+    else:
+        keep = keep.to(gram.device)
+        weights[keep] = _solve(gram.index_select(0, keep).index_select(1, keep), solver, max_iter, tol)
+    return weights
 
 
 def _solve(gram: Tensor, solver: Solver, max_iter: int, tol: float) -> Tensor:

@@ -107,7 +107,8 @@ BUILT_IN: dict[str, MethodInfo] = {
             SENER,
             reference="isl-org/MultiObjectiveOptimization, multi_task/train_multi_task.py (mgda, normalization none)",
             differs="the min-norm point is exact (Wolfe's algorithm); the authors train with an inexact "
-            "projected-gradient iteration (solver: projected-gradient)",
+            "projected-gradient iteration (solver: projected-gradient); a task whose gradient is exactly zero (no "
+            "label in the batch) is left out of the min-norm problem",
         ),
         MethodInfo(
             "mgda-ub",
@@ -117,7 +118,8 @@ BUILT_IN: dict[str, MethodInfo] = {
             reference="isl-org/MultiObjectiveOptimization, multi_task/train_multi_task.py "
             "(approximate_norm_solution, normalization none)",
             differs="the min-norm point is exact (Wolfe's algorithm); the authors train with an inexact "
-            "projected-gradient iteration (solver: projected-gradient)",
+            "projected-gradient iteration (solver: projected-gradient); a task whose gradient is exactly zero (no "
+            "label in the batch) is left out of the min-norm problem",
             fixed_level_of=("mgda", "representation"),
         ),
         MethodInfo(

@@ -96,18 +96,31 @@ def test_methods_stay_finite_when_a_task_has_no_label_in_a_batch(name: str) -> N
 
 
 @pytest.mark.parametrize("name", ["mgda-ub", "mgda"])
-def test_mgda_puts_all_its_weight_on_a_task_without_labels(name: str) -> None:
-    """The documented behaviour: a zero gradient is the min-norm point, so MGDA's step leaves the model as it is."""
-    net, method = model(), build(name)
+@pytest.mark.parametrize("solver", ["min-norm-point", "frank-wolfe", "projected-gradient"])
+def test_mgda_leaves_a_task_without_labels_out_and_trains_the_others(name: str, solver: str) -> None:
+    """A zero gradient constrains no direction: it gets weight 0 (else it would be the min-norm point, weight 1,
+    and no step would ever be taken on a batch where a task has no label), the others are solved for."""
+    net, method = model(), build(name, solver=solver)
     method.setup(2, torch.device("cpu"))
     z, out = net(torch.randn(8, 5))
     parts = [masked_cross_entropy(out["a"], torch.full((8,), MISSING_LABEL)), masked_mse(out["b"], torch.randn(8))]
     weights = method.backward(Step.of(net, z, parts))
-    assert weights.tolist() == pytest.approx([1.0, 0.0])
-    assert all(p.grad is None or not p.grad.any() for p in net.parameters())
+    assert weights.tolist() == pytest.approx([0.0, 1.0])
+    assert any(p.grad is not None and p.grad.any() for p in net.encoder.parameters())
 
 
-NO_UPDATE = {"mgda", "mgda-ub", "mgda-unconstrained", "gls", "famo"}  # README, "A dataset from a table"
+def test_min_norm_skips_still_tasks_only_when_asked() -> None:
+    from mtlcli.methods.min_norm import min_norm
+
+    gram = torch.tensor([[0.0, 0.0, 0.0], [0.0, 4.0, -2.0], [0.0, -2.0, 2.0]], dtype=torch.float64)
+    assert min_norm(gram).tolist() == pytest.approx([1.0, 0.0, 0.0])  # the hull's min-norm point: 0
+    w = min_norm(gram, skip_still=True)
+    assert w[0] == 0 and float(w @ gram @ w) == pytest.approx(min(float(v @ gram @ v) for v in (
+        torch.tensor([0.0, a, 1 - a], dtype=torch.float64) for a in torch.linspace(0, 1, 1001).tolist())), abs=1e-6)
+    assert min_norm(torch.zeros(2, 2), skip_still=True).tolist() == pytest.approx([0.5, 0.5])
+
+
+NO_UPDATE = {"mgda-unconstrained", "gls", "famo"}  # README, "A dataset from a table"
 
 
 @pytest.mark.parametrize("name", [n for n in REGISTRY if n != "grid"])
