@@ -39,36 +39,54 @@ def compare(
         Path | None,
         typer.Option(help="Directory to write every table (csv, md, tex, json), every figure (png, svg) and report.html."),
     ] = None,
+    published: Annotated[
+        bool,
+        typer.Option(
+            "--published",
+            help="Add the rows of the papers that define each benchmark (Nash-MTL, FAMO, ...), cited and marked [published].",
+        ),
+    ] = False,
+    stl: Annotated[
+        str,
+        typer.Option(
+            help="Single-task reference of Δm%: runs (your single-task runs), published (the first cited paper's "
+            "single-task row) or published:TABLE (e.g. published:famo).",
+        ),
+    ] = "runs",
 ) -> None:
     """Compare methods: per-dataset tables over seeds, Δm% vs single-task, ranks, timing and scale ablations.
 
     Tables go to stdout in --format (a methods table with more than the task-metric columns a terminal
     holds is summarised there unless --wide); with --out DIR, DIR also gets each table in every format (the
     per-run tables included), the figures and a self-contained report.html. Step-cost tables written
-    by `mtl ablate` under the same directories are included.
+    by `mtl ablate` under the same directories are included. --published adds the cited papers' rows;
+    --stl published computes Δm% against a published single-task row (the Δm% columns then name it).
     """
     from mtlcli.ablation import ablation_table, find_ablations
     from mtlcli.report import write_report
+    from mtlcli.report.published import parse_stl, published_view
     from mtlcli.report.render import render
     from mtlcli.report.tables import build_tables, groups_of, stdout_tables
     from mtlcli.results import Selection, load_runs, results_of
 
     selection = Selection.parse(select)
+    reference = parse_stl(stl)
     runs, warnings = load_runs(dirs)
     results, more = results_of(runs, selection)
     ablations, even_more = find_ablations(dirs)
-    notes = [*warnings, *more, *even_more]
+    view, unserved = published_view({r.dataset for r in results}, show=published, stl=reference)
+    notes = [*warnings, *more, *even_more, *unserved]
     for note in notes:
         err_console.print(f"[yellow]warning:[/] {note}", highlight=False)
     if not results and not ablations:
         raise MtlError(f"no finished runs under {', '.join(map(str, dirs))}", hint="train some with `mtl train`")
     ablation_tables = [ablation_table(a) for a in ablations]
-    tables = build_tables(results, selection, runs=runs_) + ablation_tables
+    tables = build_tables(results, selection, runs=runs_, published=view) + ablation_tables
     typer.echo(render(stdout_tables(tables, wide=wide), fmt.value), nl=False)
     if not wide and fmt.value in ("csv", "json"):  # for machines: say where the wide tables went on stderr
         _note_summaries(tables)
     if out is not None:
-        tables = build_tables(results, selection, runs=True) + ablation_tables  # the folder gets every table
+        tables = build_tables(results, selection, runs=True, published=view) + ablation_tables  # every table
         summary = (
             f"{len(results)} runs from {', '.join(map(str, dirs))}; --select {selection}: {selection.describe()}."
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from mtlcli.report import MAX_STDOUT_COLUMNS
+from mtlcli.report.published import Published, PublishedRow, PublishedTable
 from mtlcli.results import (
     GRID,
     SINGLE_TASK,
@@ -31,6 +32,7 @@ from mtlcli.tasks import METRICS
 EXACT_PAIRS: tuple[tuple[str, str], ...] = (("mgda", "mgda-ub"), ("imtl-g-exact", "imtl-g"))
 DELTA_METRICS = "Δm% (metrics)"
 DELTA_TASKS = "Δm% (tasks)"
+PUBLISHED_DELTA = "published Δm%"  # a published row's Δm% as its paper prints it
 MEAN_RANK = "mean rank"
 # More task-metric columns than this: stdout shows the methods table's summary (`--wide` prints it whole),
 # and the timing, grid and scale tables show means over tasks instead of a column per task metric.
@@ -40,6 +42,15 @@ DELTA_NOTE = (
     "lower is better, negative beats single-task): (metrics) averages over all metrics (Nash-MTL, CAGrad, FAMO), "
     "(tasks) over tasks of each task's mean (LibMTL)."
 )
+
+
+def delta_columns(reference: PublishedTable | None = None) -> tuple[str, str]:
+    """The two Δm% column names; against a published single-task row they say whose, so they are never confused
+    with Δm% against the runs' own single-task reference."""
+    if reference is None:
+        return DELTA_METRICS, DELTA_TASKS
+    suffix = f" vs published STL ({reference.source})"
+    return DELTA_METRICS + suffix, DELTA_TASKS + suffix
 
 
 @dataclass
@@ -190,13 +201,18 @@ def collapse_grid(groups: list[Group]) -> tuple[list[Group], Group | None, int]:
     return [g for g in groups if g not in points or g is best], best, len(points)
 
 
-def method_table(dataset: str, groups: list[Group], selection: Selection) -> Table:
-    """A row per method variant (seeds aggregated), single-task reference first; Δm%, mean rank, timing."""
+def method_table(dataset: str, groups: list[Group], selection: Selection, published: Published | None = None) -> Table:
+    """A row per method variant (seeds aggregated), single-task reference first; Δm%, mean rank, timing.
+
+    With `published`, the cited papers' rows follow the runs' (`[published]`), and Δm% may be computed against a
+    published single-task row instead of the runs' own (the column names then say whose)."""
     unscaled = [g for g in groups if not g.scales]
     rows_groups, grid_best, grid_points = collapse_grid(unscaled)
     keys = unscaled[0].keys
-    reference = reference_group(unscaled)
-    ref_values = {k: reference.test(k)[0] for k in keys} if reference else None
+    published = published or Published({})
+    extra = published.rows(dataset)
+    ref_values, stl_table, stl_note = _reference_values(dataset, unscaled, keys, published)
+    delta_metrics, delta_tasks = delta_columns(stl_table)
     primary = primary_metric(unscaled)
     uniform = next((g for g in unscaled if g.method == UNIFORM), None)
     uniform_step = uniform.stat(lambda r: r.step_seconds)[0] if uniform else math.nan
@@ -218,16 +234,18 @@ def method_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
             )
             spread[name] = f"{name} std"
         if ref_values is not None:
-            row[DELTA_METRICS], row[f"{DELTA_METRICS} std"] = group.stat(lambda r: delta_m(r.test, ref_values)[0])
-            row[DELTA_TASKS], row[f"{DELTA_TASKS} std"] = group.stat(lambda r: delta_m(r.test, ref_values)[1])
-            spread[DELTA_METRICS], spread[DELTA_TASKS] = f"{DELTA_METRICS} std", f"{DELTA_TASKS} std"
+            row[delta_metrics], row[f"{delta_metrics} std"] = group.stat(lambda r: delta_m(r.test, ref_values)[0])
+            row[delta_tasks], row[f"{delta_tasks} std"] = group.stat(lambda r: delta_m(r.test, ref_values)[1])
+            spread[delta_metrics], spread[delta_tasks] = f"{delta_metrics} std", f"{delta_tasks} std"
         step = group.stat(lambda r: r.step_seconds)[0]
         row["ms/step"] = step * 1000.0
         row["× uniform"] = step / uniform_step if uniform_step else math.nan
         row["train min"] = group.stat(lambda r: r.train_seconds)[0] / 60.0
         rows.append(row)
+    for table, published_row in extra:
+        rows.append(_published_row(table, published_row, unscaled[0], primary, ref_values, (delta_metrics, delta_tasks)))
     frame = pd.DataFrame(rows)
-    ranked = pd.Series([g.method != SINGLE_TASK for g in rows_groups], index=frame.index)
+    ranked = pd.Series([g.method != SINGLE_TASK for g in rows_groups] + [False] * len(extra), index=frame.index)
     if ranked.any():
         ranks = pd.DataFrame(
             {
@@ -239,8 +257,13 @@ def method_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
     caption = f"{dataset}: {selection.describe()}; mean ± std over n seeds (std with n - 1)."
     if ref_values is not None:
         caption += " " + DELTA_NOTE
+        if stl_table is not None:
+            caption += (
+                f" Here M_st is the published single-task row of {stl_table.source} (--stl published), not the runs' "
+                "single-task reference."
+            )
     else:
-        caption += " No single-task runs, so no Δm%."
+        caption += stl_note or " No single-task runs, so no Δm%."
     caption += " Mean rank over all metrics among the multi-task rows (1 is best)."
     if selection.kind == "best" and any(g.method == SINGLE_TASK for g in groups):
         caption += (
@@ -250,26 +273,104 @@ def method_table(dataset: str, groups: list[Group], selection: Selection) -> Tab
     if grid_best is not None:
         caption += f" The grid row is the grid point with the best mean validation score of {grid_points}."
     caption += " ms/step: median step time (mean over seeds); train min: training time without evaluation."
+    if extra:
+        caption += " " + published_note(published.tables.get(dataset, []))
     caption += " ↑ / ↓: higher / lower is better."
     directions = {column(k): METRICS[k[1]].higher_is_better for k in keys}
     return Table(f"{dataset}-methods", f"{dataset}: methods", caption, frame, spread, len(keys), directions)
 
 
+def _reference_values(
+    dataset: str, unscaled: list[Group], keys: list[MetricKey], published: Published
+) -> tuple[dict[MetricKey, float] | None, PublishedTable | None, str]:
+    """The single-task values Δm% is against (the runs' or a published row), that row's table, and a caption note
+    when there are none."""
+    if published.stl is None:
+        reference = reference_group(unscaled)
+        return ({k: reference.test(k)[0] for k in keys} if reference else None), None, ""
+    found = published.reference(dataset)
+    if found is None:
+        return None, None, " No published single-task numbers per metric for this dataset (--stl published), so no Δm%."
+    table, row = found
+    missing = [column(k) for k in keys if k not in row.values]
+    if missing:
+        return None, None, f" The published single-task row of {table.source} lacks {', '.join(missing)}, so no Δm%."
+    return {k: row.values[k] for k in keys}, table, ""
+
+
+def _published_row(
+    table: PublishedTable,
+    published_row: PublishedRow,
+    like: Group,
+    primary: str | None,
+    ref_values: dict[MetricKey, float] | None,
+    deltas: tuple[str, str],
+) -> dict[str, object]:
+    """A published row in the columns of the runs' rows: its numbers where the paper printed them, NaN elsewhere."""
+    keys = like.keys
+    row: dict[str, object] = {"method": table.label(published_row), "n": "-"}
+    for key in keys:
+        row[column(key)], row[f"{column(key)} std"] = published_row.values.get(key, math.nan), math.nan
+    if primary is not None:
+        name = f"mean {primary}"
+        row[name], row[f"{name} std"] = published_mean(published_row, like, primary), math.nan
+    if ref_values is not None:
+        covered = all(k in published_row.values for k in keys)
+        metrics, tasks = delta_m({k: published_row.values[k] for k in keys}, ref_values) if covered else (math.nan,) * 2
+        row[deltas[0]], row[f"{deltas[0]} std"] = metrics, math.nan
+        row[deltas[1]], row[f"{deltas[1]} std"] = tasks, math.nan
+    row[PUBLISHED_DELTA] = math.nan if published_row.delta_m is None else published_row.delta_m
+    row["ms/step"] = row["× uniform"] = row["train min"] = math.nan
+    return row
+
+
+def published_mean(published_row: PublishedRow, like: Group, metric: str) -> float:
+    """A published row's mean of `metric` over the tasks that lead with it: as printed, or from its values."""
+    if metric in published_row.means:
+        return published_row.means[metric]
+    keys = [(t["name"], metric) for t in like.tasks if t["metrics"][0] == metric]
+    if keys and all(k in published_row.values for k in keys):
+        return statistics.fmean(published_row.values[k] for k in keys)
+    return math.nan
+
+
+def published_note(tables: list[PublishedTable]) -> str:
+    """The caption's citation of the published rows: paper, table, protocol, where read, and any caveat."""
+    parts = []
+    for table in tables:
+        text = f"{table.source}: {table.title}, {table.url}; {table.protocol}"
+        if table.note:
+            text += f"; {table.note}"
+        parts.append(text)
+    return (
+        "Rows marked [published] are numbers printed in the cited papers, not runs (no seeds, no timing, no rank); "
+        f"{PUBLISHED_DELTA} is each paper's own. " + " | ".join(parts) + "."
+    )
+
+
 def _summary_columns(methods: Table, group: Group) -> list[str]:
-    """The methods-table columns a summary keeps: Δm% (per task only when tasks have several metrics), rank, cost."""
+    """The methods-table columns a summary keeps: Δm% (per task only when tasks have several metrics; against
+    whichever single-task reference the methods table used), the published Δm%, rank, cost."""
     several = any(len(t["metrics"]) > 1 for t in group.tasks)
-    wanted = [DELTA_METRICS, *([DELTA_TASKS] if several else []), MEAN_RANK, *COST_COLUMNS]
-    return [name for name in wanted if name in methods.frame.columns]
+    deltas = [c for c in methods.frame.columns if c.startswith(DELTA_METRICS) or (several and c.startswith(DELTA_TASKS))]
+    wanted = [*deltas, PUBLISHED_DELTA, MEAN_RANK, *COST_COLUMNS]
+    return [name for name in wanted if name in methods.frame.columns and not name.endswith(" std")]
 
 
-def summary_table(dataset: str, groups: list[Group], methods: Table) -> Table:
+def summary_table(dataset: str, groups: list[Group], methods: Table, published: Published | None = None) -> Table:
     """The methods table in a few columns: per method the mean of each primary metric over tasks, Δm%, rank, cost."""
     rows_groups, _, _ = collapse_grid([g for g in groups if not g.scales])
+    extra = (published or Published({})).rows(dataset)
     source, kept = methods.frame, _summary_columns(methods, rows_groups[0])
     rows, spread = [], {}
-    for index, group in zip(source.index, rows_groups, strict=True):
-        row: dict[str, object] = {"method": source.at[index, "method"], "n": group.n}
-        put_cells(row, spread, mean_cells(group))
+    for index, group in zip(source.index, [*rows_groups, *extra], strict=True):
+        if isinstance(group, Group):
+            row: dict[str, object] = {"method": source.at[index, "method"], "n": group.n}
+            put_cells(row, spread, mean_cells(group))
+        else:
+            row = {"method": source.at[index, "method"], "n": "-"}
+            like = rows_groups[0]
+            put_cells(row, spread, {f"mean {m}": (published_mean(group[1], like, m), math.nan) for m in primary_keys(like)})
         for name in kept:
             row[name] = source.at[index, name]
             if name in methods.spread:
@@ -417,14 +518,17 @@ def runs_table(dataset: str, groups: list[Group], selection: Selection) -> Table
     return Table(f"{dataset}-runs", f"{dataset}: runs", caption, pd.DataFrame(rows))
 
 
-def build_tables(results: list[RunResult], selection: Selection, *, runs: bool = False) -> list[Table]:
-    """Every table compare produces, per dataset, in reading order (with `runs`, a row per run too)."""
+def build_tables(
+    results: list[RunResult], selection: Selection, *, runs: bool = False, published: Published | None = None
+) -> list[Table]:
+    """Every table compare produces, per dataset, in reading order (with `runs`, a row per run too; with `published`,
+    the cited papers' rows and/or Δm% against a published single-task row)."""
     tables: list[Table] = []
     for dataset, groups in groups_of(results).items():
         if any(not g.scales for g in groups):
-            methods = method_table(dataset, groups, selection)
+            methods = method_table(dataset, groups, selection, published)
             if methods.wide:
-                tables.append(summary_table(dataset, groups, methods))
+                tables.append(summary_table(dataset, groups, methods, published))
             tables.append(methods)
         for builder in (grid_table, timing_table, scale_table):
             table = builder(dataset, groups, selection)
