@@ -236,6 +236,7 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
     problems.extend(_weights_problems(raw))
     problems.extend(_samples_problems(raw))
     problems.extend(_channels_last_problems(raw))
+    problems.extend(_compile_problems(raw))
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
@@ -441,6 +442,15 @@ def _channels_last_problems(raw: dict[str, Any]) -> list[str]:
     wide = ", ".join(name for name, e in ENCODERS.items() if e.channels_last)
     return [f"train.channels_last: encoder {encoder} has no wide convolutions for the channels-last layout to speed up "
             f"(it applies to {wide}); leave it off"]  # fmt: skip
+
+
+def _compile_problems(raw: dict[str, Any]) -> list[str]:
+    """`grads: batched` is one vmapped backward, which has no batching rule through compiled backwards."""
+    train, method = raw.get("train"), raw.get("method")
+    if isinstance(train, dict) and train.get("compile") is True and isinstance(method, dict) and method.get("grads") == "batched":
+        return ["method.grads: batched (one vmapped backward) cannot run through the compiled model of train.compile; "
+                "use grads: loop, or train.compile: false"]  # fmt: skip
+    return []
 
 
 def parse_yaml(text: str, *, source: str) -> Any:

@@ -149,6 +149,17 @@ def test_channels_last_on_multilenet_is_one_recipe_problem(tiny_recipe) -> None:
     assert wide == ["resnet18-cifar", "resnet50-dilated", "segnet-split"]
 
 
+def test_compile_with_batched_gradients_is_one_recipe_problem(tiny_recipe) -> None:
+    """torch.vmap has no batching rule for the compiled backward's kernels (aten::mm.out): refused up front."""
+    raw = _raw(tiny_recipe, compile=True)
+    raw["method"] = {"name": "mgda", "grads": "batched"}
+    with pytest.raises(RecipeError) as info:
+        validate(raw)
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith("method.grads: batched")
+    raw["method"]["grads"] = "loop"
+    assert validate(raw).train.compile
+
+
 def test_fp16_on_the_cpu_is_one_error(tiny_recipe) -> None:
     recipe = validate(_raw(tiny_recipe, precision="fp16"))
     with pytest.raises(MtlError, match="fp16 needs a CUDA device") as info:
