@@ -105,6 +105,11 @@ class TrainConfig(Section):
         "stop", description="a NaN/inf loss or gradient: stop (keep the last good checkpoint) or skip the step"
     )
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms(True)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast of the forward and the losses: fp32 (none), bf16, or fp16 with a loss scaler (CUDA)"
+    )
+    channels_last: bool = Field(False, description="channels-last memory layout for the wide convolutional encoders")
+    compile: bool = Field(False, description="torch.compile the encoder and the heads (the method's step stays eager)")
 
     @field_validator("device")
     @classmethod
@@ -230,6 +235,8 @@ def validate(raw: Any, *, source: str = "recipe") -> Recipe:
     problems.extend(_input_problems(raw))
     problems.extend(_weights_problems(raw))
     problems.extend(_samples_problems(raw))
+    problems.extend(_channels_last_problems(raw))
+    problems.extend(_compile_problems(raw))
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
@@ -420,6 +427,30 @@ def _samples_problems(raw: dict[str, Any]) -> list[str]:
         return []
     k = info.samples
     return [f"train.batch_size: {name} splits each batch into {k} samples, so it needs {k} or more, got {size}"]
+
+
+def _channels_last_problems(raw: dict[str, Any]) -> list[str]:
+    """`train.channels_last` is for the encoders of wide convolutions (the registry's `channels_last`); a plug-in
+    encoder is the user's to judge."""
+    train, model = raw.get("train"), raw.get("model")
+    spec = _dataset_of(raw)
+    if not (isinstance(train, dict) and train.get("channels_last") is True) or spec is None:
+        return []
+    encoder = model.get("encoder") if isinstance(model, dict) and model.get("encoder") is not None else spec.default_encoder
+    if not isinstance(encoder, str) or encoder not in ENCODERS or ENCODERS[encoder].channels_last:
+        return []
+    wide = ", ".join(name for name, e in ENCODERS.items() if e.channels_last)
+    return [f"train.channels_last: encoder {encoder} has no wide convolutions for the channels-last layout to speed up "
+            f"(it applies to {wide}); leave it off"]  # fmt: skip
+
+
+def _compile_problems(raw: dict[str, Any]) -> list[str]:
+    """`grads: batched` is one vmapped backward, which has no batching rule through compiled backwards."""
+    train, method = raw.get("train"), raw.get("method")
+    if isinstance(train, dict) and train.get("compile") is True and isinstance(method, dict) and method.get("grads") == "batched":
+        return ["method.grads: batched (one vmapped backward) cannot run through the compiled model of train.compile; "
+                "use grads: loop, or train.compile: false"]  # fmt: skip
+    return []
 
 
 def parse_yaml(text: str, *, source: str) -> Any:

@@ -3,6 +3,10 @@
 One backward through each (small) head gives dL_t/dz over the full [batch x features] tensor and the
 head's own parameter gradients; the encoder then gets ONE backward with sum_t alpha_t dL_t/dz, which
 equals the encoder gradient of sum_t alpha_t L_t.
+
+Precision: under autocast z (and so dL_t/dz) may be bfloat16 or float16; the stacked dL_t/dz are kept in
+float32 (`Step.unscaled`, which also divides out fp16's loss scale), so the Gram matrix, the solvers and the
+weights are float32 computations; the encoder's backward gets the combined gradient back in z's dtype.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from mtlcli.methods.options import HeadGrads
 
 @dataclass
 class RepresentationGrads:
-    """Per-task gradients: `z_grads` [T, numel(z)] and each head's own parameter gradients."""
+    """Per-task gradients: `z_grads` [T, numel(z)] (true, float32 at least: `Step.unscaled`) and each head's own
+    parameter gradients (as autograd gave them: times the step's `grad_scale` under fp16)."""
 
     z_grads: Tensor
     head_grads: list[list[Tensor | None]]
@@ -39,7 +44,7 @@ def representation_grads(step: Step) -> RepresentationGrads:
         gz = grads[0] if grads[0] is not None else torch.zeros_like(step.z)
         z_grads.append(gz.reshape(-1))
         head_grads.append(list(grads[1:]))
-    return RepresentationGrads(torch.stack(z_grads), head_grads)
+    return RepresentationGrads(step.unscaled(torch.stack(z_grads)), head_grads)
 
 
 def apply_representation_update(
@@ -56,8 +61,7 @@ def apply_representation_update(
             # the update owns the heads' gradients (fresh tensors from autograd): scaled and stored in place,
             # no copy of parameters as large as a PSP head's 23M
             _take(p, g.mul_(scale) if scale is not None else g)
-    combined = (weights.to(grads.z_grads.dtype) @ grads.z_grads).reshape(step.z.shape)
-    step.z.backward(combined)
+    step.backward_z(weights.to(grads.z_grads.dtype) @ grads.z_grads)
 
 
 WeightsFn = Callable[[Tensor, Tensor], Tensor]  # (losses, gram) -> weights [T]

@@ -14,6 +14,10 @@ Across the ranks of a torchrun job each rank's row t is a partial sum of dL_t/dt
 of sums is not the sum of inner products: `batch_shared_grads` all-reduces J itself (with the step's losses in
 the T numbers its buffer keeps after it: one all-reduce), so that every rank holds the batch's J, and each rank
 then writes 1/N of the shared update (`SharedGrads.share`), which the trainer's gradient all-reduce adds up.
+
+Precision: the parameters, and so J, are float32 under autocast; under fp16 J is divided by the step's loss
+scale as soon as it is built (`Step.grad_scale`; exact: the scale is a power of two), so the Gram matrices, the
+solvers and the weights see the true gradients, and the shared update is multiplied back when it is written.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class SharedGrads:
-    """`jacobian` [T, P]: row t is dL_t/dtheta_sh flattened; `head_grads[t]`: dL_t/dtheta_t.
+    """`jacobian` [T, P]: row t is dL_t/dtheta_sh flattened (true: unscaled); `head_grads[t]`: dL_t/dtheta_t (as
+    autograd gave them: times the step's `grad_scale` under fp16).
 
     `share`: the part of the shared update sum_t w_t J_t this rank writes (1/N once J holds the batch's
     Jacobian on each of N ranks); `buffer`: J's storage, T numbers longer than J (the losses travel there).
@@ -89,6 +94,7 @@ def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
             _write_row(jacobian[i], grads[: len(shared)], shared)
             head_grads.append(list(grads[len(shared) :]))
             del grads
+        _unscale(step, jacobian)
         return SharedGrads(jacobian, head_grads, buffer=buffer)
     if mode == "batched":
         eye = torch.eye(t, dtype=step.losses.dtype, device=step.losses.device)
@@ -106,8 +112,15 @@ def shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
         for i, params in enumerate(heads):  # head i only feels loss i: keep row i of its batched grads
             head_grads.append([g[i] if g is not None else None for g in grads[offset : offset + len(params)]])
             offset += len(params)
+        _unscale(step, jacobian)
         return SharedGrads(jacobian, head_grads, buffer=buffer)
     raise ValueError(f"unknown grads mode {mode!r}; choose loop or batched")
+
+
+def _unscale(step: Step, jacobian: Tensor) -> None:
+    """J as the true gradients, in place (`Step.grad_scale`: fp16 training's loss scale)."""
+    if step.grad_scale is not None:
+        jacobian.div_(step.grad_scale.to(jacobian.dtype))
 
 
 def batch_shared_grads(step: Step, mode: GradsMode = "loop") -> SharedGrads:
@@ -141,7 +154,7 @@ def apply_shared_update(
     dL_t/dtheta_t (raw if None). With `group_sizes` (consecutive blocks of J's columns, see `parameter_groups`),
     `shared_weights` is [K, T] and block k of the shared update is sum_t shared_weights[k, t] g_t[block k]."""
     shared = step.model.shared_parameters()
-    weights = shared_weights.detach().to(grads.jacobian.dtype) * grads.share
+    weights = step.rescaled(shared_weights.detach().to(grads.jacobian.dtype) * grads.share)  # .grad holds scaled ones
     if group_sizes is None:
         combined = weights @ grads.jacobian
     else:

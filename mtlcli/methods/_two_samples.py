@@ -97,7 +97,7 @@ def two_sample_step(step: Step, weights: WeightsFn, options: AtLevel, *, max_nor
             for p, g in zip(params, grads_t, strict=True):
                 if g is not None:
                     _take(p, g * head_weights[t].detach() if head_weights is not None else g)
-        step.z.backward((shared_alpha @ batch).reshape(step.z.shape))
+        step.backward_z(shared_alpha @ batch)
     else:
         apply_shared_update(step, SharedGrads(batch, heads), shared_alpha, head_weights=head_weights)
     return shared_alpha.detach()

@@ -81,6 +81,11 @@ class Step:
     pass (for the methods that draw several samples per step, see `samples`).
     `batch_rows`, when known, is the number of rows of the whole batch, which on N processes (torchrun) is
     split across the ranks (z holds this rank's rows r, r + N, ...); None: z holds them all.
+    `grad_scale`, when known, is the loss scale of fp16 training (`train.precision: fp16`, the trainer's
+    GradScaler): the losses' values are the true ones but their backward is multiplied by it, so every gradient
+    autograd gives (and every `.grad`) is grad_scale times the true one. Gradients read to weigh the tasks go
+    through `unscaled` (true, and float32 at least: Gram matrices, solvers and method state never see the scale
+    nor a half-precision number); a true update written back goes through `backward_z` or `rescaled`.
     """
 
     model: Network
@@ -90,6 +95,21 @@ class Step:
     summed: Tensor | None = field(default=None, repr=False)  # the losses summed across ranks, once known
     losses_on: LossesOn | None = field(default=None, repr=False)
     batch_rows: int | None = None
+    grad_scale: Tensor | None = field(default=None, repr=False)
+
+    def unscaled(self, grad: Tensor) -> Tensor:
+        """A gradient autograd gave (of these losses) as the true one, in float32 at least: under autocast z, and
+        so dL/dz, may be bfloat16 or float16; what weighs the tasks is computed from this float32 copy."""
+        grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
+        return grad if self.grad_scale is None else grad / self.grad_scale
+
+    def rescaled(self, update: Tensor) -> Tensor:
+        """A true gradient as autograd's are (times `grad_scale`), to be written into `.grad`."""
+        return update if self.grad_scale is None else update * self.grad_scale
+
+    def backward_z(self, grad: Tensor) -> None:
+        """The encoder's backward from a true gradient of z (z's shape, or flattened): rescaled, in z's dtype."""
+        self.z.backward(self.rescaled(grad).reshape(self.z.shape).to(self.z.dtype))
 
     def summed_losses(self) -> Tensor:
         """The detached losses summed across the ranks of a torchrun job (the batch's losses), all-reduced once
@@ -107,10 +127,11 @@ class Step:
         task_losses: Sequence[Tensor],
         losses_on: LossesOn | None = None,
         batch_rows: int | None = None,
+        grad_scale: Tensor | None = None,
     ) -> Step:
         """A step from the per-task losses (kept as `parts`, stacked into `losses`)."""
         parts = tuple(task_losses)
-        return cls(model, z, torch.stack(parts), parts, losses_on=losses_on, batch_rows=batch_rows)
+        return cls(model, z, torch.stack(parts), parts, losses_on=losses_on, batch_rows=batch_rows, grad_scale=grad_scale)
 
     def samples(self, k: int) -> tuple[list[Step], list[float]]:
         """k samples of this step's losses: the batch's rows cut into k consecutive parts (sizes differing by at
@@ -128,7 +149,9 @@ class Step:
                 hint=f"set train.batch_size to {k} or more",
             )
         parts = list(pairwise(rows * i // k for i in range(k + 1)))
-        steps = [Step.of(self.model, self.z, self.losses_on(slice(start, stop))) for start, stop in parts]
+        steps = [
+            Step.of(self.model, self.z, self.losses_on(slice(start, stop)), grad_scale=self.grad_scale) for start, stop in parts
+        ]
         return steps, [(stop - start) / rows for start, stop in parts]
 
     @classmethod
@@ -160,7 +183,7 @@ class Step:
     def scaled(self, scale: Tensor) -> Step:
         """The same step with loss t multiplied by scale[t]."""
         parts = None if self.parts is None else tuple(scale[t] * part for t, part in enumerate(self.parts))
-        return Step(self.model, self.z, scale * self.losses, parts)
+        return Step(self.model, self.z, scale * self.losses, parts, grad_scale=self.grad_scale)
 
     @property
     def num_tasks(self) -> int:

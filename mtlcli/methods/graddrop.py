@@ -119,12 +119,12 @@ class GradDrop(SeededRandom):
             u = self.uniform(batch_rows * features, z_grads).to(z_grads.dtype)
             if batch_rows != rows:  # the draws of the whole batch, this rank's rows of them
                 u = job.shard(u.view(batch_rows, features)).reshape(-1)
-            step.z.backward(graddrop_combine(z_grads, u, self.options.leak).reshape(step.z.shape))
+            step.backward_z(graddrop_combine(z_grads, u, self.options.leak))
         else:
             z = step.z.detach().reshape(rows, -1)
             u = self.uniform(z.shape[1], z_grads).to(z_grads.dtype)
             per_row = z_grads.reshape(step.num_tasks, *z.shape)
             sums = job.sum_(feature_sums(per_row, z))  # the batch's (summed across the ranks of a torchrun job)
             combined = graddrop_combine_per_feature(per_row, z, u, self.options.leak, sums=sums)
-            step.z.backward(combined.reshape(step.z.shape))
+            step.backward_z(combined)
         return torch.ones(step.num_tasks, dtype=step.losses.dtype, device=step.losses.device)

@@ -84,8 +84,10 @@ class GradNorm(MethodHooks):
         """||dL_t/dW|| for the last shared layer's weight W, one (small) backward per task; across the ranks of a
         torchrun job the batch's dL_t/dW, summed with the step's losses in one all-reduce (`Step.summed_losses`)."""
         weight = step.model.last_shared_layer().weight
-        grads = torch.stack(
-            [torch.autograd.grad(step.task_loss(t), weight, retain_graph=True)[0].reshape(-1) for t in range(step.num_tasks)]
+        grads = step.unscaled(  # the true gradients under fp16 (Step.grad_scale)
+            torch.stack(
+                [torch.autograd.grad(step.task_loss(t), weight, retain_graph=True)[0].reshape(-1) for t in range(step.num_tasks)]
+            )
         )
         grads, _ = summed_gram_and_losses(step, grads)
         return torch.linalg.vector_norm(grads, dim=1).detach()

@@ -225,7 +225,7 @@ class NashMtl(GramMethod):
         weighted_backward(step.losses, alpha)
         shared = [p for p in step.model.shared_parameters() if p.grad is not None]
         if self.options.max_norm > 0 and shared:
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in shared])))
+            norm = step.unscaled(torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in shared]))))
             scale = (self.options.max_norm / norm).clamp(max=1.0)  # on the device: no host sync
             torch._foreach_mul_([p.grad for p in shared], scale)
             return alpha.detach() * scale.detach()

@@ -70,6 +70,7 @@ class EncoderSpec:
     description: str
     options: type[BaseModel]
     input_problem: Callable[[InputShape], str | None] = lambda _shape: None  # why it cannot take this input, if so
+    channels_last: bool = False  # wide convolutions on images: `train.channels_last` (NHWC, Tensor Core kernels) applies
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -85,18 +86,21 @@ ENCODERS: dict[str, EncoderSpec] = {
             "CIFAR-style ResNet-18 (3x3 stem, no max-pool, avg-pool 4): z is 2048-d at 64x64; heads Linear(z, classes)",
             ResNetOptions,
             resnet_cifar_input_problem,
+            channels_last=True,
         ),
         EncoderSpec(
             "resnet50-dilated",
             "ResNet-50 dilated to output stride 8 (Sener & Koltun 2018, Cityscapes): z is [2048, H/8, W/8]; a PSP head per task",
             DilatedResNetOptions,
             dilated_resnet_input_problem,
+            channels_last=True,
         ),
         EncoderSpec(
             "segnet-split",
             "split SegNet (MTAN, Liu et al. 2019, NYUv2): shared SegNet, z is [64, H, W]; heads conv 3x3 + conv 1x1",
             SegNetOptions,
             segnet_input_problem,
+            channels_last=True,
         ),
         EncoderSpec(
             "mlp",

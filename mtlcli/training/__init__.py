@@ -2,9 +2,9 @@
 
 `build` turns a recipe into device, data, model, method and optimiser; `loop` is the training loop;
 `callbacks` is everything around it (run directory, metrics.jsonl, checkpoints, console, trackers);
-`checkpoint` what last.pt / best.pt hold; `guard` the NaN/inf watch; `signals` stopping on SIGINT/SIGTERM;
-`timing` step times; `summary` summary.json; `evaluation` per-task metrics of a split; `trackers` the
-experiment trackers (TensorBoard, MLflow), one module each.
+`checkpoint` what last.pt / best.pt hold; `guard` the NaN/inf watch; `precision` autocast and fp16's loss
+scaler; `signals` stopping on SIGINT/SIGTERM; `timing` step times; `summary` summary.json; `evaluation`
+per-task metrics of a split; `trackers` the experiment trackers (TensorBoard, MLflow), one module each.
 
 The public names below are imported on first use (PEP 562): importing the package does not import torch.
 """

@@ -1,7 +1,9 @@
 """From a recipe to what training needs: device, data, tasks, model, optimiser and scheduler.
 
 Everything `mtl train`, `mtl eval` and `mtl ablate` share to turn a recipe into a model, its data on the
-device, and its optimiser; `train.deterministic` turns on deterministic algorithms (`enable_determinism`).
+device, and its optimiser; `train.deterministic` turns on deterministic algorithms (`enable_determinism`);
+`train.precision`, `train.channels_last` and `train.compile` are checked against the device and this torch
+before anything is loaded (`check_execution`) and applied to the model (`prepare_model`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,63 @@ def resolve_device(spec: str) -> torch.device:
         if index >= torch.cuda.device_count():
             raise MtlError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(spec)
+
+
+def check_execution(recipe: Recipe, device: torch.device) -> None:
+    """What the recipe's precision and compilation need of the device and of this torch: one MtlError, before any
+    data is read (the recipe itself is validated without torch)."""
+    t = recipe.train
+    if t.precision == "fp16" and device.type != "cuda":
+        raise MtlError(
+            f"train.precision fp16 needs a CUDA device, and this run trains on {device}",
+            hint="use train.precision: bf16 (autocast on the CPU) or fp32",
+        )
+    if t.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise MtlError(f"train.precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16", hint="use fp16 or fp32")
+    if t.compile:
+        problem = compile_problem(device)
+        if problem is not None:
+            raise MtlError(f"train.compile: {problem}", hint="set train.compile: false (eager mode trains the same model)")
+
+
+def compile_problem(device: torch.device) -> str | None:
+    """Why torch.compile cannot work here, if it cannot: TorchDynamo unsupported, no Triton for CUDA kernels, or no
+    C++ compiler (Inductor builds its CPU kernels and wrappers with one; found as Inductor finds it: $CXX or g++)."""
+    from torch import _dynamo
+
+    if not _dynamo.is_dynamo_supported():
+        return f"torch {torch.__version__} cannot compile on this Python"
+    if device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "compiling for CUDA needs Triton, which this torch cannot import"
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # torch._inductor.exc.InvalidCxxCompiler and what a broken toolchain raises
+        return f"torch.compile needs a working C++ compiler and none was found ($CXX, g++; {type(exc).__name__})"
+    return None
+
+
+def prepare_model(model: MultiTaskModel, recipe: Recipe) -> MultiTaskModel:
+    """The model as the recipe runs it: channels-last weights (`train.channels_last`; the loop makes each batch
+    channels-last too) and the encoder and every head compiled in place (`train.compile`: `nn.Module.compile`, so
+    parameter names and checkpoints are those of the eager model; the method's own step stays eager). Compiled
+    dropout draws its masks from Inductor's generator (seeded from torch's, so runs repeat), not eager's masks."""
+    if recipe.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if recipe.train.compile:
+        from torch._functorch import config as functorch_config
+
+        # the methods backward through the heads once per task (retain_graph=True), which compiled backwards that
+        # donate their buffers refuse
+        functorch_config.donated_buffer = False
+        model.encoder.compile()
+        for head in model.heads.values():
+            head.compile()
+    return model
 
 
 def seed_everything(seed: int) -> None:

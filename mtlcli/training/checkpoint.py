@@ -2,8 +2,8 @@
 
 Reliability: `last.pt` (every `train.checkpoint_every` epochs, at the end and on SIGINT/SIGTERM) holds
 everything needed to continue bitwise-identically on the CPU: model, optimiser, scheduler and method state,
-every random generator, where training is (`Position`, mid-epoch too) and the loop's bookkeeping. Writes are
-atomic (temp file, fsync, rename); reads are `weights_only` (no pickled code runs).
+fp16's loss scaler, every random generator, where training is (`Position`, mid-epoch too) and the loop's
+bookkeeping. Writes are atomic (temp file, fsync, rename); reads are `weights_only` (no pickled code runs).
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ def training_state(t: Trainer) -> dict[str, Any]:
         "scheduler": t.scheduler.state_dict(),
         "method": t.method.state_dict(),
         "rng": rng_state(t.shuffle, t.device),
+        "precision": t.precision.state_dict(),  # fp16's loss scaler ({} otherwise)
         "position": t.position.state_dict(),
         "best_score": t.best_score,
         "best_epoch": t.best_epoch,
@@ -126,6 +127,7 @@ def restore_training_state(t: Trainer, state: dict[str, Any]) -> None:
     t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict(state["scheduler"])
     t.method.load_state_dict(state["method"])
+    t.precision.load_state_dict(state.get("precision", {}))
     set_rng_state(state["rng"], t.shuffle, t.device)
     t.position = Position.from_state_dict(state["position"], t.device)
     t.best_score = float(state["best_score"])

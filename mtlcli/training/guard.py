@@ -35,16 +35,28 @@ class NonFiniteGuard:
       were bad) is recorded on the device and read with the progress refresh, at the end of each
       epoch and before any checkpoint is written. Updates after the bad step may be poisoned, so
       nothing more is saved: the checkpoint on disk is the last good state.
+
+    `scaled` (fp16's loss scaler, mtlcli.training.precision): a non-finite gradient with finite losses is the
+    scaler's overflow, not divergence: that step is skipped whatever the policy (the scaler halves its scale), as
+    `GradScaler.step` skips it; the flag is then read every step (the one host sync `GradScaler.step` makes too).
+    Non-finite losses, and non-finite weights with finite gradients, follow the policy.
     """
 
     def __init__(
-        self, task_names: list[str], named_params: list[tuple[str, torch.nn.Parameter]], device: torch.device, policy: str
+        self,
+        task_names: list[str],
+        named_params: list[tuple[str, torch.nn.Parameter]],
+        device: torch.device,
+        policy: str,
+        *,
+        scaled: bool = False,
     ) -> None:
         self.task_names = task_names
         self.param_names = [name for name, _ in named_params]
         self.params = [p for _, p in named_params]
         self.policy = policy
-        self.immediate = device.type != "cuda" or policy == "skip"
+        self.scaled = scaled
+        self.immediate = device.type != "cuda" or policy == "skip" or scaled
         self._true = torch.ones((), dtype=torch.bool, device=device)
         self._zero = torch.zeros((), device=device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
@@ -73,7 +85,13 @@ class NonFiniteGuard:
         weight_ok = torch.isfinite(weights.detach()) if weights is not None else torch.ones_like(loss_ok)
         ok = loss_ok.all() & grad_ok.all() & weight_ok.all()
         if self.immediate:
-            if bool(ok):
+            if self.scaled:  # one host read of both flags
+                good, overflow = torch.stack([ok, loss_ok.all() & ~grad_ok.all()]).tolist()
+                if overflow:
+                    return False
+            else:
+                good = bool(ok)
+            if good:
                 return True
             if self.policy == "skip":
                 return False

@@ -9,6 +9,10 @@ Reliability: `last.pt` (every `train.checkpoint_every` epochs, at the end and on
 holds everything needed to continue bitwise-identically on the CPU; `NonFiniteGuard` stops (or skips)
 on NaN/inf losses and gradients; `train.deterministic` turns on deterministic algorithms.
 
+Precision (`train.precision`, mtlcli.training.precision): the forward and the losses run under autocast, the
+method's step outside it; under fp16 the loss scaler unscales the gradients before the guard, which skips an
+overflowed step. `train.channels_last` and `train.compile` change how the model runs, not what it computes.
+
 Everything around the loop (the run directory, metrics.jsonl, checkpoints, the console, experiment
 trackers) is a callback (`mtlcli.training.callbacks`), which is also where "rank 0 writes" is decided.
 """
@@ -37,12 +41,14 @@ from mtlcli.training.build import (
     augmentation_of,
     check_batches,
     check_distributable,
+    check_execution,
     device_splits,
     enable_determinism,
     load_dataset,
     make_model,
     make_optimizer,
     make_scheduler,
+    prepare_model,
     resolve_device,
     seed_everything,
     tasks_of,
@@ -52,6 +58,7 @@ from mtlcli.training.callbacks import Callback, CallbackList, default_callbacks
 from mtlcli.training.checkpoint import Position, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from mtlcli.training.evaluation import evaluate, selection_score
 from mtlcli.training.guard import NonFiniteError, NonFiniteGuard
+from mtlcli.training.precision import Precision
 from mtlcli.training.signals import StopRequest, TrainingInterrupted
 from mtlcli.training.summary import build_summary
 from mtlcli.training.timing import StepTimer
@@ -79,6 +86,7 @@ class Trainer:
         trackers = build_trackers(r)  # a tracker's missing package: one error, before anything is set up
         self.job, device_spec = distributed.setup_from_environment(r.train.device)
         self.device = resolve_device(device_spec)
+        check_execution(r, self.device)  # fp16 without CUDA, compile without a compiler: before anything is loaded
         if self.job.active:
             check_distributable(r, self.job)
         extra = [*trackers, *self.extra_callbacks]
@@ -88,13 +96,16 @@ class Trainer:
         self.dataset = load_dataset(r)
         self.tasks = tasks_of(r, self.dataset)
         seed_everything(r.train.seed)
-        self.model = make_model(r, self.dataset).to(self.device)
+        self.model = prepare_model(make_model(r, self.dataset).to(self.device), r)
+        self.precision = Precision(r.train.precision, self.device)
         self.method: Method = methods.build(r.method.name, **r.method.options)
         self.method.setup(len(self.tasks), self.device)
         self.optimizer = make_optimizer(r, list(self.model.parameters()), self.method.parameters())
         self.scheduler = make_scheduler(r, self.optimizer)
         named = [*self.model.named_parameters(), *((f"method.{i}", p) for i, p in enumerate(self.method.parameters()))]
-        self.guard = NonFiniteGuard([t.name for t in self.tasks], named, self.device, r.train.on_nonfinite)
+        self.guard = NonFiniteGuard(
+            [t.name for t in self.tasks], named, self.device, r.train.on_nonfinite, scaled=self.precision.scaled
+        )
         self.splits = device_splits(r, self.dataset, self.device)
         if self.job.active:
             check_batches(len(self.splits["train"]), r.train.batch_size, self.job)
@@ -252,14 +263,16 @@ class Trainer:
             timer.start()
             self.optimizer.zero_grad(set_to_none=True)
             share = len(mine) / len(index)  # this rank's share of the batch: the ranks' losses add up to the batch's
-            z, task_losses, losses_on = self._forward(x, y, share)
-            step = Step.of(self.model, z, task_losses, losses_on, batch_rows=len(index))
+            grad_scale = self.precision.grad_scale()  # fp16's loss scale (None otherwise)
+            z, task_losses, losses_on = self._forward(x, y, share, grad_scale)
+            step = Step.of(self.model, z, task_losses, losses_on, batch_rows=len(index), grad_scale=grad_scale)
             weights = self.method.backward(step)
             losses = step.summed_losses()  # all-reduced once per step, by the method when it needed them
             if self.job.active:
                 grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
                 distributed.sum_gradients(self.job, grads)  # the ranks' partial gradients add up to the batch's
                 self.job.check_identical(weights.detach(), f"the method's weights at step {self.global_step + 1}")
+            self.precision.unscale_(self.optimizer, self.method.parameters())  # fp16: true .grad, overflow recorded
             try:
                 apply = self.guard.observe(self.global_step + 1, losses, f"epoch {pos.epoch}, batch {pos.batch + 1}", weights)
             except NonFiniteError as exc:
@@ -274,6 +287,7 @@ class Trainer:
                 self.method.step_skipped()
                 pos.skipped += 1
                 self.skipped_steps += 1
+            self.precision.update()  # fp16: the scale halves after an overflow, grows after a run of good steps
             timer.stop()
             pos.batch += 1
             self.global_step += 1
@@ -291,21 +305,27 @@ class Trainer:
         return True
 
     def _forward(
-        self, x: torch.Tensor, y: dict[str, torch.Tensor], share: float
+        self, x: torch.Tensor, y: dict[str, torch.Tensor], share: float, grad_scale: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor], LossesOn]:
         """z and each task's (loss_scale-multiplied) loss of this rank's `share` of the batch; and the same losses
-        of some rows of it, from this forward (`Step.samples`: the methods that draw several samples per step)."""
-        z, outputs = self.model(x)
+        of some rows of it, from this forward (`Step.samples`: the methods that draw several samples per step).
+        The forward and the losses run under the precision's autocast; the losses are float32, and under fp16 their
+        backward is multiplied by `grad_scale` (`Precision.losses`)."""
+        if self.recipe.train.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast():
+            z, outputs = self.model(x)
 
         def losses_on(rows: slice) -> list[torch.Tensor]:
             whole = rows == slice(None)  # the batch itself: no slicing in the graph
             losses = []
-            for t in self.tasks:
-                output, target = outputs[t.name], t.target_of(y)
-                if not whole:
-                    output, target = output[rows], target[rows]
-                losses.append(t.loss_scale * t.compute_loss(output, target))
-            return losses if share == 1 else [loss * share for loss in losses]
+            with self.precision.autocast():
+                for t in self.tasks:
+                    output, target = outputs[t.name], t.target_of(y)
+                    if not whole:
+                        output, target = output[rows], target[rows]
+                    losses.append(t.loss_scale * t.compute_loss(output, target))
+            return self.precision.losses(losses if share == 1 else [loss * share for loss in losses], grad_scale)
 
         return z, losses_on(slice(None)), losses_on
 

@@ -39,6 +39,9 @@ KEYS = [
     "checkpoint_every",
     "on_nonfinite",
     "deterministic",
+    "precision",
+    "channels_last",
+    "compile",
     "momentum",
     "gamma",
     "step_size",
@@ -53,7 +56,7 @@ scalars = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12)
     | st.sampled_from(["multifashion", "left", "right", "mgda-ub", "uniform", "sgd", "cpu", "cuda:9", "skip", "1e-3"])
-    | st.sampled_from(["mlflow", "tensorboard"])
+    | st.sampled_from(["mlflow", "tensorboard", "bf16", "fp16"])
 )
 keys = st.sampled_from(KEYS) | st.text(max_size=6) | st.integers(-3, 3) | st.booleans()
 values = st.recursive(
