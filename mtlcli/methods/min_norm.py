@@ -63,24 +63,22 @@ def flag_non_finite(gram: Tensor, weights: Tensor) -> Tensor:
 
 def _solve_moving(gram: Tensor, solver: Solver, max_iter: int, tol: float) -> Tensor:
     """`_solve` over the tasks whose gradient is not exactly zero, weight 0 for the others. The still tasks are
-    found on the host copy the min-norm-point solver makes anyway; the device solvers pay one host sync for them
-    (they sync to check convergence anyway)."""
-    host = gram.detach().to("cpu", torch.float64) if solver == "min-norm-point" else None
-    moving = (host.diagonal() if host is not None else gram.diagonal().cpu()) != 0
-    if bool(moving.all()) or not bool(moving.any()):
+    found on the host copy the min-norm-point solver makes anyway; the device solvers pay one host transfer of
+    the diagonal for them (they sync to check convergence anyway)."""
+    host = gram.detach().to("cpu", torch.float64).numpy() if solver == "min-norm-point" else None
+    moving = np.diagonal(host) != 0 if host is not None else gram.diagonal().cpu().numpy() != 0
+    if moving.all() or not moving.any():
         if host is None:
             return _solve(gram, solver, max_iter, tol)
-        weights = wolfe_min_norm_point(host.numpy(), max_iter=max_iter, tol=tol)
-        return torch.as_tensor(weights, dtype=gram.dtype, device=gram.device)
-    keep = moving.nonzero().squeeze(1)
-    weights = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)
+        return torch.as_tensor(wolfe_min_norm_point(host, max_iter=max_iter, tol=tol), dtype=gram.dtype, device=gram.device)
     if host is not None:
-        sub = wolfe_min_norm_point(host[keep][:, keep].numpy(), max_iter=max_iter, tol=tol)
-        weights[keep.to(gram.device)] = torch.as_tensor(sub, dtype=gram.dtype, device=gram.device)
-    else:
-        keep = keep.to(gram.device)
-        weights[keep] = _solve(gram.index_select(0, keep).index_select(1, keep), solver, max_iter, tol)
-    return weights
+        weights = np.zeros(gram.shape[0])
+        weights[moving] = wolfe_min_norm_point(host[np.ix_(moving, moving)], max_iter=max_iter, tol=tol)
+        return torch.as_tensor(weights, dtype=gram.dtype, device=gram.device)
+    keep = torch.as_tensor(np.flatnonzero(moving), device=gram.device)
+    full = torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    full[keep] = _solve(gram.index_select(0, keep).index_select(1, keep), solver, max_iter, tol)
+    return full
 
 
 def _solve(gram: Tensor, solver: Solver, max_iter: int, tol: float) -> Tensor:
