@@ -32,6 +32,8 @@ def status(logs: Path, name: str) -> tuple[int | None, str]:
 def outcome(rc: int | None, error: str, cap: str) -> str:
     if rc is None:
         return "not run"
+    if rc == -1:
+        return "not run: the time budget was spent"
     if rc in TIMED_OUT:
         return f"timed out ({cap})"
     return "ok" if rc == 0 else f"failed (exit {rc}): {error[:120]}"
@@ -69,10 +71,10 @@ def ablation_rows(out: Path, logs: Path, cap: str) -> tuple[list[list[str]], set
         payload = payloads[0]
         devices.add(f"{payload['device']} ({payload['device_name']}), torch {payload['versions']['torch']}")
         applied = payload.get("precision", "fp32")  # what the ablation says it ran (absent: before train.precision)
-        note = "ok" if applied == precision else f"asked {precision}, the ablation ran {applied}"
+        note = "ok" if applied == precision else f"not {precision}: the ablation ran {applied}"
         setting = f"{dataset} {_shape(logs, name)}, batch {payload['batch_size']}, T = {len(payload['tasks'])}"
         rows.extend(
-            ["step cost", setting, m["label"], applied, number(m["median_ms"]), number(m["ratio"], 2),
+            ["step cost", setting, m["label"], precision, number(m["median_ms"]), number(m["ratio"], 2),
              number(m["peak_mib"], 0), note]
             for m in payload["methods"]
         )
@@ -92,7 +94,7 @@ def training_row(out: Path, logs: Path, cap_train: int) -> list[str]:
     runs = sorted(p for p in (out / "train").glob("*") if (p / "metrics.jsonl").is_file()) if (out / "train").is_dir() else []
     setting = f"MultiFashion (real data), {cap_train} s cap"
     if prepare_rc not in (None, 0):
-        return ["training", setting, "", "", "", "", "", "not run: " + outcome(prepare_rc, prepare_error, "300 s")]
+        return ["training", setting, "", "", "", "", "", "not run: prepare " + outcome(prepare_rc, prepare_error, "120 s")]
     if rc not in (0, 130) or not runs:
         return ["training", setting, "", "", "", "", "", outcome(rc, error, f"{cap_train} s")]
     run = runs[-1]

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -22,7 +23,7 @@ from mtlcli.data.stream import StreamedSplit
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import RecipeError
 from mtlcli.recipe import validate
-from mtlcli.training import Trainer, TrainingInterrupted
+from mtlcli.training import Trainer, TrainingInterrupted, load_checkpoint
 from mtlcli.training.build import device_splits, load_dataset, training_steps
 from tests.conftest import load_shipped_recipe
 from tests.integration._reliability import assert_same_run, recipe, signal_at_step, trainer
@@ -185,7 +186,28 @@ def test_streamed_to_cuda_equals_device_and_pins(prepared: Path) -> None:
 
 def test_prepared_stand_ins_are_memory_mapped(prepared: Path) -> None:
     """What the tests above stream from: the files on disk, not arrays in memory."""
-    import numpy as np
-
     data = load_prepared(prepared, "nyuv2")
     assert isinstance(data.images["train"], np.memmap) and all(isinstance(a, np.memmap) for a in data.targets["train"].values())
+
+
+@pytest.fixture
+def restore_determinism():
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_streamed_training_on_cuda_equals_device(data_dir, tmp_path, restore_determinism) -> None:
+    """The step waits for the side stream's copies: a batch read before its copy ended would train otherwise."""
+    runs = []
+    for placement in ("device", "stream"):
+        raw = recipe(data_dir, tmp_path / placement, epochs=2, device="cuda", deterministic=True)
+        raw["data"]["placement"] = placement
+        t = trainer(raw)
+        assert isinstance(t.splits["train"], StreamedSplit) == (placement == "stream")
+        runs.append(t.run())
+    a, b = (load_checkpoint(run / "last.pt") for run in runs)
+    for name, value in a["model"].items():
+        torch.testing.assert_close(b["model"][name], value, rtol=1e-5, atol=1e-6)
+    assert not readers()
