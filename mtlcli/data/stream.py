@@ -128,7 +128,7 @@ class _Reader:
             raise DataError(
                 f"reading training batch {item.batch} from {self.split.source} failed: {type(error).__name__}: {error}",
                 hint="check that the disk is readable and the prepared files are intact (prepare the dataset again with "
-                "--force), or set data.placement: device",
+                "--force)",
             ) from error
         images, targets, copied = item
         if copied is not None:  # the step's stream waits for the copy; the tensors stay alive until it is done with them
