@@ -88,14 +88,15 @@ def _shape(logs: Path, name: str) -> str:
 
 
 def training_row(out: Path, logs: Path, cap_train: int) -> list[str]:
-    """The MultiFashion training stopped at its cap (exit 130, after saving) or finished: epochs, step time, accuracy."""
+    """The MultiFashion training stopped at its cap (timeout's 124: it sent SIGTERM, the trainer saved and exited)
+    or finished: epochs, step time, accuracy."""
     rc, error = status(logs, "train")
     prepare_rc, prepare_error = status(logs, "prepare")
     runs = sorted(p for p in (out / "train").glob("*") if (p / "metrics.jsonl").is_file()) if (out / "train").is_dir() else []
     setting = f"MultiFashion (real data), {cap_train} s cap"
     if prepare_rc not in (None, 0):
         return ["training", setting, "", "", "", "", "", "not run: prepare " + outcome(prepare_rc, prepare_error, "120 s")]
-    if rc not in (0, 130) or not runs:
+    if rc not in (0, 124, 130) or not runs:
         return ["training", setting, "", "", "", "", "", outcome(rc, error, f"{cap_train} s")]
     run = runs[-1]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.endswith("}")]
