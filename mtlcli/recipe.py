@@ -39,6 +39,12 @@ class DataConfig(Section):
     augment: Literal[AUGMENT_CHOICES] = Field(  # type: ignore[valid-type]
         "default", description="training augmentation on the device; default: what the dataset's references use"
     )
+    placement: Literal["auto", "device", "stream"] = Field(
+        "auto",
+        description="device: the arrays on the training device (on the CPU: memory-mapped host memory); stream: "
+        "batches read ahead from the memory-mapped files by a background thread and copied asynchronously; "
+        "auto: device when the data takes at most half of a GPU's free memory, else stream",
+    )
 
     @field_validator("std")
     @classmethod

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+Batch = tuple[Tensor, dict[str, Tensor]]  # normalised float images [B, C, H, W] on the device, targets by name
+Feed = Iterator[Batch]
+
+
+def batch_indices(perm: Tensor, batch_size: int, shard: Callable[[Tensor], Tensor], start: int, steps: int) -> Iterator[Tensor]:
+    """The rows of batches `start` .. `steps - 1` of an epoch: slices of `perm`, this rank's share of each (`shard`)."""
+    for b in range(start, steps):
+        yield shard(perm[b * batch_size : (b + 1) * batch_size])
 
 
 @dataclass
@@ -16,7 +27,8 @@ class DeviceSplit:
     Class labels (int64 [N, T]) live on the device; images and per-pixel targets too when they fit,
     otherwise in host memory (memory-mapped from the prepared files), and each batch is gathered there
     and moved. `batch` turns images into float [B, C, H, W] normalised per channel by `mean` and `std`
-    ([C, 1, 1] on the device) and returns the batch's targets by name.
+    ([C, 1, 1] on the device) and returns the batch's targets by name; `feed` hands an epoch's batches
+    to the training loop (here: gathered when asked for; `data.stream.StreamedSplit` reads them ahead).
     """
 
     images: Tensor
@@ -35,7 +47,7 @@ class DeviceSplit:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def batch(self, index: Tensor | slice) -> tuple[Tensor, dict[str, Tensor]]:
+    def batch(self, index: Tensor | slice) -> Batch:
         on_host: dict[torch.device, Tensor | slice] = {}  # the index moved once per place the arrays live
 
         def take(array: Tensor) -> Tensor:
@@ -43,8 +55,18 @@ class DeviceSplit:
                 on_host[array.device] = index.to(array.device) if isinstance(index, Tensor) else index
             return array[on_host[array.device]].to(self.device, non_blocking=True)
 
-        x = take(self.images)
+        return self.finish(take(self.images), {name: take(array) for name, array in self.targets.items()})
+
+    def finish(self, x: Tensor, targets: dict[str, Tensor]) -> Batch:
+        """Gathered images on the device (as stored) -> float [B, C, H, W], normalised; targets as they are."""
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2).contiguous()
         floating = x.is_floating_point()  # a feature table [N, 1, 1, F]: standardised when it was prepared
         x = x.to(torch.float32) if floating else x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
-        return x, {name: take(array) for name, array in self.targets.items()}
+        return x, targets
+
+    @contextlib.contextmanager
+    def feed(
+        self, perm: Tensor, batch_size: int, shard: Callable[[Tensor], Tensor], *, start: int, steps: int
+    ) -> Iterator[Feed]:
+        """The batches `start` .. `steps - 1` of the epoch ordered by `perm` (this rank's rows: `shard`), in order."""
+        yield (self.batch(index) for index in batch_indices(perm, batch_size, shard, start, steps))

@@ -22,13 +22,14 @@ from mtlcli.data import registry
 from mtlcli.data.device import DeviceSplit
 from mtlcli.data.registry import resolve_data_dir
 from mtlcli.data.store import PreparedDataset, load_prepared, task_target
+from mtlcli.data.stream import StreamedSplit
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError
 from mtlcli.models import ENCODERS, MultiTaskModel, build_model
 from mtlcli.recipe import Recipe
 from mtlcli.tasks import Task
 
-DEVICE_DATA_FRACTION = 0.5  # images go to the GPU when they take at most this share of its free memory
+DEVICE_DATA_FRACTION = 0.5  # data.placement auto: the data goes to the GPU when it takes at most this share of its free memory
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -205,34 +206,72 @@ def input_normalization(recipe: Recipe, dataset: PreparedDataset) -> tuple[list[
 
 
 def images_fit_on(device: torch.device, dataset: PreparedDataset, targets: set[str]) -> bool:
-    """Whether the images and the `targets` arrays go to the device (CUDA with room to spare); on the CPU they
-    stay memory-mapped and each batch is gathered in host memory."""
+    """Whether the images and the `targets` arrays take at most `DEVICE_DATA_FRACTION` of a CUDA device's free
+    memory (on the CPU the device is host memory: they stay memory-mapped there and fit)."""
     if device.type != "cuda":
-        return False
+        return True
     free, _total = torch.cuda.mem_get_info(device)
+    return _data_bytes(dataset, targets) <= DEVICE_DATA_FRACTION * free
+
+
+def _data_bytes(dataset: PreparedDataset, targets: set[str]) -> int:
     arrays = [*dataset.images.values(), *(split[name] for split in dataset.targets.values() for name in targets)]
-    return sum(a.nbytes for a in arrays) <= DEVICE_DATA_FRACTION * free
+    return sum(a.nbytes for a in arrays)
+
+
+def placement(recipe: Recipe, dataset: PreparedDataset, device: torch.device, targets: set[str]) -> str:
+    """`data.placement` resolved: `device` or `stream`; `auto` streams only what does not fit on a GPU."""
+    chosen = recipe.data.placement
+    if chosen != "auto":
+        return chosen
+    return "device" if images_fit_on(device, dataset, targets) else "stream"
 
 
 def device_splits(recipe: Recipe, dataset: PreparedDataset, device: torch.device) -> dict[str, DeviceSplit]:
+    """The three splits where `data.placement` puts them: on the device (a `DeviceSplit`; on the CPU its arrays
+    stay memory-mapped) or streamed from host memory (a `StreamedSplit`, its batches read ahead)."""
     mean, std = input_normalization(recipe, dataset)
     used = {task_target(dataset.meta, t.name)[0] for t in recipe.tasks}  # arrays of tasks not trained stay on disk
-    on_device = images_fit_on(device, dataset, used)
+    streamed = placement(recipe, dataset, device, used) == "stream"
+    if streamed:
+        return {split: _streamed_split(dataset, split, used, mean, std, device) for split in ("train", "val", "test")}
+    try:
+        return {split: _device_split(dataset, split, used, mean, std, device) for split in ("train", "val", "test")}
+    except torch.cuda.OutOfMemoryError:
+        gib = _data_bytes(dataset, used) / 2**30
+        raise MtlError(
+            f"data.placement: device, but the prepared data ({gib:.1f} GiB) does not fit on {device}",
+            hint="set data.placement: stream (or auto) to read the batches from host memory",
+        ) from None
+
+
+def _device_split(
+    dataset: PreparedDataset, split: str, used: set[str], mean: list[float], std: list[float], device: torch.device
+) -> DeviceSplit:
     kinds = dataset.target_kinds
-    splits = {}
-    for split in ("train", "val", "test"):
-        images = torch.from_numpy(dataset.images[split])
-        targets = {}
-        for name, array in dataset.targets[split].items():
-            if name not in used:
-                continue
-            if kinds[name] == "class":  # small: always on the device, as int64
-                targets[name] = torch.from_numpy(array.astype(np.int64)).to(device)
-            else:
-                tensor = torch.from_numpy(array)
-                targets[name] = tensor.to(device) if on_device else tensor
-        splits[split] = DeviceSplit.create(images.to(device) if on_device else images, targets, mean, std, device)
-    return splits
+    targets = {}
+    for name, array in dataset.targets[split].items():
+        if name not in used:
+            continue
+        if kinds[name] == "class":  # small: on the device, as int64
+            targets[name] = torch.from_numpy(array.astype(np.int64)).to(device)
+        else:
+            targets[name] = torch.from_numpy(array).to(device)
+    return DeviceSplit.create(torch.from_numpy(dataset.images[split]).to(device), targets, mean, std, device)
+
+
+def _streamed_split(
+    dataset: PreparedDataset, split: str, used: set[str], mean: list[float], std: list[float], device: torch.device
+) -> StreamedSplit:
+    kinds = dataset.target_kinds
+    targets = {
+        name: torch.from_numpy(array.astype(np.int64) if kinds[name] == "class" else array)
+        for name, array in dataset.targets[split].items()
+        if name in used
+    }
+    streamed = StreamedSplit.create(torch.from_numpy(dataset.images[split]), targets, mean, std, device)
+    streamed.source = f"{dataset.path} ({split})"
+    return streamed
 
 
 def input_shape(dataset: PreparedDataset) -> tuple[int, int, int]:

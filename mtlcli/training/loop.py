@@ -33,6 +33,7 @@ from rich.console import Console
 
 from mtlcli import distributed, methods
 from mtlcli.augment import build_augment
+from mtlcli.data.device import Feed
 from mtlcli.errors import RunError
 from mtlcli.methods.base import LossesOn, Method, Step
 from mtlcli.recipe import Recipe, validate
@@ -243,6 +244,14 @@ class Trainer:
             pos.step_times = []
             pos.epoch_seconds = 0.0
         assert pos.loss_sum is not None and pos.weight_sum is not None
+        with train.feed(pos.perm, batch_size, self.job.shard, start=pos.batch, steps=steps) as feed:
+            return self._train_steps(stop, steps, batch_size, feed)
+
+    def _train_steps(self, stop: StopRequest, steps: int, batch_size: int, feed: Feed) -> bool:
+        """The epoch's steps from the current position on, each on the next batch of `feed` (the split gathers
+        them: on demand, or read ahead when it streams)."""
+        pos = self.position
+        assert pos.perm is not None and pos.loss_sum is not None and pos.weight_sum is not None
         timer = StepTimer(self.device)
         self.callbacks.on_epoch_start(self, steps)
         self.model.train()
@@ -258,7 +267,7 @@ class Trainer:
                 return False
             index = pos.perm[pos.batch * batch_size : (pos.batch + 1) * batch_size]
             mine = self.job.shard(index)  # rows r, r + N, ... of the global batch
-            x, y = train.batch(mine)
+            x, y = next(feed)  # the rows `mine`
             x, y = self.augment(x, y, self.global_step * self.job.world + self.job.rank)
             timer.start()
             self.optimizer.zero_grad(set_to_none=True)
