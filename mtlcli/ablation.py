@@ -32,7 +32,17 @@ from mtlcli.methods._representation import representation_grads
 from mtlcli.methods.base import Step
 from mtlcli.recipe import MethodConfig, Recipe, parse_yaml
 from mtlcli.report.tables import Table
-from mtlcli.training.build import input_normalization, load_dataset, make_model, make_optimizer, resolve_device, tasks_of
+from mtlcli.training.build import (
+    check_execution,
+    input_normalization,
+    load_dataset,
+    make_model,
+    make_optimizer,
+    prepare_model,
+    resolve_device,
+    tasks_of,
+)
+from mtlcli.training.precision import Precision
 
 KIND = "mtl-ablation"
 BLOCK = 5  # timed steps per method before the next method takes its turn
@@ -186,11 +196,17 @@ def run_ablation(
     if steps < 1 or warmup < 0 or block < 1:
         raise MtlError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     device = resolve_device(recipe.train.device)
+    if recipe.train.precision == "fp16":
+        raise MtlError("mtl ablate times fp32 and bf16 steps, not fp16's loss scaler", hint="--set train.precision=bf16")
+    check_execution(recipe, device)
+    precision = Precision(recipe.train.precision, device)
     sync = _synchronize(device)
     cuda = device.type == "cuda"
     dataset, split = ablation_batch(recipe)
     x, y = split.batch(slice(None))
     x, y = x.to(device), {name: t.to(device) for name, t in y.items()}
+    if recipe.train.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     tasks = tasks_of(recipe, dataset)
     contenders = []
     for spec in specs:
@@ -205,22 +221,29 @@ def run_ablation(
         as_trained = recipe.model_copy(update={"method": MethodConfig(name=spec.name, **options)})
         torch.manual_seed(recipe.train.seed)  # the same initial weights for every method
         model = make_model(as_trained, dataset).to(device).train()  # the method's own architecture, if any
+        model = prepare_model(model, recipe)  # channels_last, compile
         optimizer = make_optimizer(recipe, list(model.parameters()), method.parameters())
         contenders.append(_Contender(spec, method, model, optimizer))
 
     def losses_of(outputs: dict[str, torch.Tensor], rows: slice | None = None) -> list[torch.Tensor]:
         """The task losses of the batch, or of some of its rows (`Step.samples`)."""
-        if rows is None:
-            return [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in tasks]
-        return [t.loss_scale * t.compute_loss(outputs[t.name][rows], t.target_of(y)[rows]) for t in tasks]
+        with precision.autocast():
+            if rows is None:
+                losses = [t.loss_scale * t.compute_loss(outputs[t.name], t.target_of(y)) for t in tasks]
+            else:
+                losses = [t.loss_scale * t.compute_loss(outputs[t.name][rows], t.target_of(y)[rows]) for t in tasks]
+        return precision.losses(losses, None)
 
     @torch.no_grad()
     def losses_after(c: _Contender) -> torch.Tensor:
-        return torch.stack(losses_of(c.model(x)[1]))
+        with precision.autocast():
+            outputs = c.model(x)[1]
+        return torch.stack(losses_of(outputs))
 
     def step(c: _Contender) -> None:
         c.optimizer.zero_grad(set_to_none=True)
-        z, outputs = c.model(x)
+        with precision.autocast():
+            z, outputs = c.model(x)
         c.method.backward(Step.of(c.model, z, losses_of(outputs), lambda rows: losses_of(outputs, rows)))
         c.optimizer.step()
         c.method.after_update(lambda: losses_after(c))  # as the trainer: FAMO re-evaluates the batch here
@@ -282,6 +305,7 @@ def run_ablation(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
         "batch_size": recipe.train.batch_size,
+        "precision": recipe.train.precision,
         "tasks": [t.name for t in tasks],
         "warmup": warmup,
         "steps": steps,

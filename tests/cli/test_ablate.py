@@ -102,3 +102,15 @@ def test_methods_with_list_options_and_bad_yaml(tiny_recipe, write_recipe) -> No
     assert specs[1].options == {"weights": [0.3, 0.7]}
     result = runner.invoke(app, ["ablate", str(write_recipe(tiny_recipe)), "--methods", "static:weights=[0.5", "--synthetic"])
     assert result.exit_code == 1 and "broken YAML" in result.output and "Traceback" not in result.output
+
+
+def test_ablate_times_bf16_steps_and_refuses_fp16(tiny_recipe, write_recipe, tmp_path: Path) -> None:
+    """`train.precision` applies to the timed steps (autocast around the forward and the losses) and is recorded."""
+    recipe = write_recipe(tiny_recipe)
+    args = ["ablate", str(recipe), "--synthetic", *FAST, "--methods", "uniform,mgda-ub", "--out", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--set", "train.precision=bf16"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "ablation-multifashion-cpu.json").read_text())
+    assert payload["precision"] == "bf16" and all(m["median_ms"] > 0 for m in payload["methods"])
+    result = runner.invoke(app, [*args, "--set", "train.precision=fp16"])
+    assert result.exit_code == 1 and "fp32 and bf16" in result.output and "Traceback" not in result.output
