@@ -112,7 +112,7 @@ class ReleaseFormat:
     def layout_text(self) -> str:
         return (
             f"train/ and val/, each with {self.folders()} folders of <i>.npy files "
-            f"(in DIR, in DIR/{self.folder}/ or in the unopened {self.zip_names[0]})"
+            f"(in DIR, in DIR/{self.folder}/ or in the unopened {self.zip_names[0]}; a zip of another name as --source FILE)"
         )
 
     def how_to_get(self) -> str:
