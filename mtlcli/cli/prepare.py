@@ -28,7 +28,7 @@ def prepare(
             "--source",
             help=(
                 "Directory with the raw files (MNIST family: IDX files, NAME=DIR when two sources; "
-                "celeba, cityscapes: the official release; nyuv2: MTAN's preprocessed release)."
+                "celeba, cityscapes: the official release; cityscapes-mtan, nyuv2: MTAN's preprocessed release)."
             ),
         ),
     ] = None,
@@ -41,7 +41,7 @@ def prepare(
         int | None,
         typer.Option(
             help="Image side, or height where images are not square [default: the dataset's: 28 for the MNIST family, "
-            "64 for celeba, 256 (256x512) for cityscapes, 288 (288x384) for nyuv2]."
+            "64 for celeba, 256 (256x512) for cityscapes, 128 (128x256) for cityscapes-mtan, 288 (288x384) for nyuv2]."
         ),
     ] = None,
     workers: Annotated[

@@ -223,6 +223,35 @@ CITYSCAPES = DatasetSpec(
     default_tasks=("semantic", "instance", "disparity"),
 )
 
+CITYSCAPES_MTAN = DatasetSpec(
+    name="cityscapes-mtan",
+    description=(
+        "Cityscapes as MTAN preprocessed it (128x256 .npy): 7-class segmentation, inverse depth; 19 classes optional "
+        "(Liu et al. 2019; Nash-MTL, FAMO)"
+    ),
+    tasks=(
+        TaskSpec("segmentation", len(CITYSCAPES_CATEGORIES), "pixel_cross_entropy", SEGMENTATION_METRICS, target="segmentation"),
+        TaskSpec("depth", 1, "masked_l1", ("abs_error", "rel_error"), target="depth"),
+        TaskSpec("segmentation_19", len(CITYSCAPES_CLASSES), "pixel_cross_entropy", SEGMENTATION_METRICS, "segmentation_19"),
+    ),
+    channels=3,
+    default_size=128,
+    min_size=32,
+    max_size=256,  # MTAN also released a 256x512 version in the same layout
+    # the references feed images in [0, 1] without normalisation
+    mean=(0.0, 0.0, 0.0),
+    std=(1.0, 1.0, 1.0),
+    default_encoder="segnet-split",
+    how_to_get=(
+        "the preprocessed Cityscapes of MTAN (https://github.com/lorenmt/mtan: the 128x256 version, 2,975 train / "
+        "500 val samples as .npy), then `mtl prepare cityscapes-mtan --source DIR`"
+    ),
+    aspect=(2, 1),
+    target_kinds={"segmentation": "segmentation", "depth": "depth", "segmentation_19": "segmentation"},
+    default_tasks=("segmentation", "depth"),
+    augment="scale-crop-flip",
+)
+
 NYUV2 = DatasetSpec(
     name="nyuv2",
     description="NYUv2 (MTAN preprocessing): 13-class segmentation, depth, surface normals (Liu et al. 2019)",
@@ -277,6 +306,7 @@ DATASETS: dict[str, DatasetSpec] = {
         _paired("multi-fashion-mnist"),
         CELEBA,
         CITYSCAPES,
+        CITYSCAPES_MTAN,
         NYUV2,
         TABLE,
     )

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from rich.console import Console
 
 from mtlcli.recipe import validate
-from mtlcli.training import Trainer, load_checkpoint
+from mtlcli.training import Trainer, TrainingInterrupted, load_checkpoint
 from tests.conftest import ROOT, load_shipped_recipe
 
 TIMING_KEYS = {"epoch_seconds", "eval_seconds", "step_seconds_mean", "step_seconds_median"}
@@ -43,6 +44,18 @@ def signal_at_step(t: Trainer, step: int, signum: int = signal.SIGINT) -> None:
             signal.raise_signal(signum)
 
     t.model.register_forward_hook(hook)
+
+
+def interrupted_then_resumed(raw: dict[str, Any], step: int, signum: int = signal.SIGINT) -> tuple[Trainer, str]:
+    """Train `raw`, stopped by `signum` at step `step`, then resumed to the end: the resumed trainer and the stop's message."""
+    first = trainer(raw)
+    signal_at_step(first, step, signum)
+    with pytest.raises(TrainingInterrupted) as info:
+        first.run()
+    assert first.run_dir is not None
+    resumed = Trainer.resume(first.run_dir, show_progress=False)
+    resumed.run()
+    return resumed, info.value.message
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from mtlcli.data.registry import NORMAL_METRICS
 from mtlcli.methods import REGISTRY
 from tests.cityscapes_fixture import make_cityscapes_source
 from tests.conftest import load_shipped_recipe
-from tests.integration._reliability import assert_same_run, signal_at_step, trainer
+from tests.integration._reliability import assert_same_run, interrupted_then_resumed, trainer
 from tests.nyuv2_fixture import make_nyuv2_source
 
 runner = CliRunner()
@@ -170,13 +170,7 @@ def test_an_augmented_dense_run_resumes_bitwise(nyuv2_dir: Path, tmp_path: Path)
     raw["train"]["epochs"] = 2
     assert raw["data"]["augment"] == "scale-crop-flip"
     reference = trainer(raw).run()
-    first = trainer(raw)
-    signal_at_step(first, 4, signal.SIGTERM)  # epoch 2 (3 steps of 4 from 11 samples), batch 1
-    with pytest.raises(Exception, match="SIGTERM"):
-        first.run()
-    assert first.run_dir is not None
-    resumed = type(first).resume(first.run_dir, show_progress=False)
-    resumed.run()
+    resumed, _ = interrupted_then_resumed(raw, 4, signal.SIGTERM)  # epoch 2 (3 steps of 4 from 11 samples), batch 1
     assert_same_run(reference, resumed.run_dir)
 
 

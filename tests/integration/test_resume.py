@@ -13,20 +13,9 @@ from mtlcli.errors import RunError
 from mtlcli.runs import RunLock
 from mtlcli.training import Trainer, TrainingInterrupted, load_checkpoint
 from mtlcli.training import loop as loop_module
-from tests.integration._reliability import assert_same_run, metrics, recipe, signal_at_step, trainer
+from tests.integration._reliability import assert_same_run, interrupted_then_resumed, metrics, recipe, signal_at_step, trainer
 
 STEPS = 4  # 108 tiny training images in batches of 32
-
-
-def interrupted_then_resumed(raw: dict, step: int, signum: int = signal.SIGINT) -> tuple[Trainer, str]:
-    first = trainer(raw)
-    signal_at_step(first, step, signum)
-    with pytest.raises(TrainingInterrupted) as info:
-        first.run()
-    assert first.run_dir is not None
-    resumed = Trainer.resume(first.run_dir, show_progress=False)
-    resumed.run()
-    return resumed, info.value.message
 
 
 @pytest.mark.parametrize("method", ["uniform", "mgda-ub"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +13,21 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from mtlcli.cli import app
-from mtlcli.data import nyuv2
+from mtlcli.data import npy_release, nyuv2
 from mtlcli.data.chunked import channel_stats
 from mtlcli.data.registry import NYUV2, Prepared, PrepareRequest
 from mtlcli.data.store import SPLITS, load_prepared
 from mtlcli.errors import DataError
+from tests.npy_release_fixture import assert_splits_equal, loaded_splits, replace_file, set_at
 from tests.nyuv2_fixture import FakeNYUv2, make_nyuv2_source, npy_bytes
 
 SIZE = 48
 WIDTH = 64
-KEYS = ("images", "segmentation", "depth", "normal")
 
 
 def build(data_dir: Path, source: Path | None, **kwargs: object) -> Prepared:
     options = {"data_dir": data_dir, "size": SIZE, "seed": 0, **kwargs}
     return nyuv2.prepare_nyuv2(NYUV2, PrepareRequest(**options), source)  # type: ignore[arg-type]
-
-
-def assert_splits_equal(data: dict[str, dict[str, np.ndarray]], expected: dict[str, dict[str, np.ndarray]]) -> None:
-    for split in SPLITS:
-        for key in KEYS:
-            np.testing.assert_array_equal(data[split][key], expected[split][key], err_msg=f"{split} {key}")
-
-
-def loaded(data_dir: Path) -> dict[str, dict[str, np.ndarray]]:
-    data = load_prepared(data_dir, "nyuv2")
-    return {split: {"images": data.images[split], **data.targets[split]} for split in SPLITS}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +53,7 @@ def test_arrays_follow_the_release_conventions(fake: FakeNYUv2, prepared: Prepar
     assert data.task_names == ["segmentation", "depth", "normal"]
     assert data.num_classes == {"segmentation": 13, "depth": 1, "normal": 3}
     assert data.target_kinds == {"segmentation": "segmentation", "depth": "depth", "normal": "normal"}
-    assert_splits_equal(loaded(prepared.path.parent), fake.expected(seed=0))
+    assert_splits_equal(loaded_splits(prepared.path.parent, "nyuv2"), fake.expected(seed=0))
     train = data.targets["train"]
     assert data.images["train"].dtype == np.uint8 and data.images["train"].shape == (9, SIZE, WIDTH, 3)
     assert train["segmentation"].dtype == np.uint8 and train["segmentation"].shape == (9, SIZE, WIDTH)
@@ -86,7 +74,7 @@ def test_arrays_follow_the_release_conventions(fake: FakeNYUv2, prepared: Prepar
 def test_test_is_the_release_val_and_the_validation_split_is_seeded(fake: FakeNYUv2, prepared: Prepared) -> None:
     validation = prepared.meta["validation"]
     assert validation == {"from": "train", "seed": 0, "fraction": 0.1, "samples": [int(s) for s in fake.held_out(0)]}
-    data = loaded(prepared.path.parent)
+    data = loaded_splits(prepared.path.parent, "nyuv2")
     test = [fake.samples["val"][s]["label"] for s in fake.stems("val")]
     np.testing.assert_array_equal(data["test"]["segmentation"], np.where(np.stack(test) == -1, 255, np.stack(test)))
     stems = fake.split_stems(0)
@@ -99,7 +87,7 @@ def test_another_seed_holds_out_other_samples(tmp_path: Path) -> None:
     splits = {seed: build(tmp_path / f"data{seed}", src.path, seed=seed).meta["validation"]["samples"] for seed in (0, 1)}
     assert splits[0] == [int(s) for s in src.held_out(0)] and splits[1] == [int(s) for s in src.held_out(1)]
     assert len(splits[0]) == 2 and splits[0] != splits[1]
-    assert_splits_equal(loaded(tmp_path / "data1"), src.expected(seed=1))
+    assert_splits_equal(loaded_splits(tmp_path / "data1", "nyuv2"), src.expected(seed=1))
 
 
 @pytest.mark.parametrize("size", [48, 51])
@@ -108,7 +96,7 @@ def test_resize_is_nearest_for_targets_and_antialiased_for_images(size: int, tmp
     result = build(tmp_path / "data", src.path, size=size)
     width = size * 4 // 3
     assert (result.meta["size"], result.meta["width"], result.meta["source_size"]) == (size, width, [96, 128])
-    data, expected = loaded(tmp_path / "data"), src.expected(seed=0, hw=(size, width))
+    data, expected = loaded_splits(tmp_path / "data", "nyuv2"), src.expected(seed=0, hw=(size, width))
     for split in SPLITS:
         for key in ("segmentation", "depth", "normal"):  # torch's nearest-exact, an independent computation
             np.testing.assert_array_equal(data[split][key], expected[split][key])
@@ -121,7 +109,7 @@ def test_resize_is_nearest_for_targets_and_antialiased_for_images(size: int, tmp
 
 def test_nearest_indices_match_torch_nearest_exact() -> None:
     for source, target in (((288, 384), (48, 64)), ((288, 384), (201, 268)), ((96, 128), (51, 68))):
-        rows, cols = nyuv2.Resize(source, target).nearest()
+        rows, cols = npy_release.Resize(source, target).nearest()
         grid = torch.arange(source[0] * source[1], dtype=torch.float64).reshape(1, 1, *source)
         reference = F.interpolate(grid, size=target, mode="nearest-exact")[0, 0].long().numpy()
         np.testing.assert_array_equal(rows[:, None] * source[1] + cols[None, :], reference)
@@ -139,7 +127,7 @@ def test_other_layouts_give_identical_arrays(layout: str, prepared: Prepared, tm
     if layout == "zip":
         source = {"dir": str(src.path), "layout": "zip", "zip": "nyuv2.zip", "prefix": "nyuv2/"}
     assert result.meta["source"] == source
-    assert_splits_equal(loaded(tmp_path / "data"), src.expected(seed=0))
+    assert_splits_equal(loaded_splits(tmp_path / "data", "nyuv2"), src.expected(seed=0))
 
 
 def test_the_default_source_is_data_dir_raw_nyuv2(tmp_path: Path) -> None:
@@ -156,12 +144,13 @@ def test_non_contiguous_and_non_numeric_names_pair_up_in_numeric_order(own: Fake
     release = nyuv2.locate_source(own.path, tmp_path)
     assert release.stems["train"] == ["03", "4", "5", "7", "10", "x"]
     result = build(tmp_path / "data", own.path, seed=3)
-    held = [release.stems["train"][i] for i in nyuv2.validation_rows(6, 3)]
-    assert result.meta["validation"]["samples"] == [nyuv2._sample_id(s) for s in held]
+    held = [release.stems["train"][i] for i in npy_release.validation_rows(6, 3)]
+    assert result.meta["validation"]["samples"] == [npy_release.sample_id(s) for s in held]
     first_kept = next(s for s in release.stems["train"] if s not in held)
     old = {new: old for old, new in renames.items()}.get(first_kept, first_kept)
     expected = own.samples["train"][old]["label"]
-    np.testing.assert_array_equal(loaded(tmp_path / "data")["train"]["segmentation"][0], np.where(expected == -1, 255, expected))
+    first = loaded_splits(tmp_path / "data", "nyuv2")["train"]["segmentation"][0]
+    np.testing.assert_array_equal(first, np.where(expected == -1, 255, expected))
 
 
 # ----------------------------------------------------------------------------- already prepared, bounds
@@ -214,25 +203,6 @@ def test_a_missing_sample_file_is_named(own: FakeNYUv2, tmp_path: Path) -> None:
     assert info.value.message.startswith(f"{own.file('train', 'depth', 3)} is missing")
 
 
-def _replace(own: FakeNYUv2, split: str, kind: str, stem: int, change: object) -> Path:
-    """Overwrite one file: with bytes as they are, or with the changed copy of its array."""
-    path = own.file(split, kind, stem)
-    if isinstance(change, bytes):
-        path.write_bytes(change)
-    else:
-        array = own.samples[split][str(stem)][kind].copy()
-        path.write_bytes(npy_bytes(change(array), allow_pickle=True))  # type: ignore[operator]
-    return path
-
-
-def _set(index: tuple[int, ...], value: float) -> Callable[[np.ndarray], np.ndarray]:
-    def change(array: np.ndarray) -> np.ndarray:
-        array[index] = value
-        return array
-
-    return change
-
-
 BAD_FILES = {
     "garbage": ("train", "label", 2, b"not a numpy file", "not a readable .npy file"),
     "truncated": ("val", "depth", 1, npy_bytes(np.zeros((48, 64, 1)))[:200], "not a readable .npy file"),
@@ -242,22 +212,22 @@ BAD_FILES = {
     "image size": ("train", "image", 5, lambda a: a[:40], r"image has shape \[40, 64, 3\].*like the first image"),
     "uint8 image": ("train", "image", 3, lambda a: (a * 255).astype(np.uint8), "dtype uint8, expected a float"),
     "bool label": ("val", "label", 2, lambda a: a > 0, "dtype bool"),
-    "label 13": ("train", "label", 2, _set((5, 6), 13), r"label 13.0 at pixel \(row 5, column 6\) is not a class"),
-    "label 2.5": ("val", "label", 1, _set((7, 1), 2.5), "label 2.5 at pixel"),
-    "label -2": ("train", "label", 0, _set((0, 0), -2), "label -2.0 at pixel"),
+    "label 13": ("train", "label", 2, set_at((5, 6), 13), r"label 13.0 at pixel \(row 5, column 6\) is not a class"),
+    "label 2.5": ("val", "label", 1, set_at((7, 1), 2.5), "label 2.5 at pixel"),
+    "label -2": ("train", "label", 0, set_at((0, 0), -2), "label -2.0 at pixel"),
     "image above 1": (
         "val",
         "image",
         0,
-        _set((3, 4, 1), 1.5),
+        set_at((3, 4, 1), 1.5),
         r"image value 1.5 at pixel \(row 3, column 4\) is outside \[0, 1\]",
     ),
-    "image below 0": ("train", "image", 1, _set((0, 0, 0), -0.1), "outside"),
-    "depth NaN": ("train", "depth", 4, _set((9, 9, 0), np.nan), r"depth holds nan at pixel \(row 9, column 9\)"),
-    "normal inf": ("val", "normal", 1, _set((2, 3, 2), np.inf), "normal holds inf at pixel"),
-    "image NaN": ("train", "image", 2, _set((1, 1, 0), np.nan), "NaN or infinite"),
-    "negative depth": ("val", "depth", 2, _set((4, 4, 0), -0.5), r"depth -0.5 at pixel \(row 4, column 4\) is negative"),
-    "short normal": ("train", "normal", 5, _set((6, 7), 0.3), r"at pixel \(row 6, column 7\) has length 0.5196"),
+    "image below 0": ("train", "image", 1, set_at((0, 0, 0), -0.1), "outside"),
+    "depth NaN": ("train", "depth", 4, set_at((9, 9, 0), np.nan), r"depth holds nan at pixel \(row 9, column 9\)"),
+    "normal inf": ("val", "normal", 1, set_at((2, 3, 2), np.inf), "normal holds inf at pixel"),
+    "image NaN": ("train", "image", 2, set_at((1, 1, 0), np.nan), "NaN or infinite"),
+    "negative depth": ("val", "depth", 2, set_at((4, 4, 0), -0.5), r"depth -0.5 at pixel \(row 4, column 4\) is negative"),
+    "short normal": ("train", "normal", 5, set_at((6, 7), 0.3), r"at pixel \(row 6, column 7\) has length 0.5196"),
     "normal shape": ("train", "normal", 0, lambda a: a[..., :2], r"normal has shape \[48, 64, 2\]"),
 }
 
@@ -265,7 +235,7 @@ BAD_FILES = {
 @pytest.mark.parametrize("case", list(BAD_FILES))
 def test_each_bad_file_is_one_error_naming_it(case: str, own: FakeNYUv2, tmp_path: Path) -> None:
     split, kind, stem, change, pattern = BAD_FILES[case]
-    path = _replace(own, split, kind, stem, change)
+    path = replace_file(own, split, kind, stem, change)
     with pytest.raises(DataError, match=pattern) as info:
         build(tmp_path / "data", own.path)
     assert info.value.message.startswith(f"{path}: "), info.value.message
@@ -299,7 +269,7 @@ def test_an_interrupted_build_leaves_nothing_and_keeps_the_old_dataset(
 ) -> None:
     data = tmp_path / "data"
     calls = []
-    original = nyuv2.convert_sample
+    original = npy_release.convert_sample
 
     def interrupt(*args: object) -> dict[str, np.ndarray]:
         calls.append(1)
@@ -307,13 +277,13 @@ def test_an_interrupted_build_leaves_nothing_and_keeps_the_old_dataset(
             raise KeyboardInterrupt
         return original(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(nyuv2, "convert_sample", interrupt)
+    monkeypatch.setattr(npy_release, "convert_sample", interrupt)
     with pytest.raises(KeyboardInterrupt):
         build(data, own.path)
     assert not (data / "nyuv2").exists() and not list(data.glob(".nyuv2.tmp-*"))
-    monkeypatch.setattr(nyuv2, "convert_sample", original)
+    monkeypatch.setattr(npy_release, "convert_sample", original)
     first = build(data, own.path)
-    _replace(own, "val", "label", 2, _set((0, 0), 99))  # in the last sample read
+    replace_file(own, "val", "label", 2, set_at((0, 0), 99))  # in the last sample read
     with pytest.raises(DataError, match=r"label 99\.0"):
         build(data, own.path, force=True)
     assert load_prepared(data, "nyuv2").meta["files"] == first.meta["files"]
@@ -336,7 +306,7 @@ def test_cli_prepares_and_reports_one_clear_line_on_errors(own: FakeNYUv2, tmp_p
     assert f"prepared nyuv2 in {data / 'nyuv2'} (train 5, val 1, test 3" in text
     code, text = cli("--source", str(own.path), "--size", "48", "--data-dir", str(data))
     assert code == 0 and "nyuv2 is already prepared" in text
-    _replace(own, "train", "depth", 1, _set((2, 2, 0), -3.0))
+    replace_file(own, "train", "depth", 1, set_at((2, 2, 0), -3.0))
     code, text = cli("--source", str(own.path), "--size", "48", "--data-dir", str(tmp_path / "other"))
     assert code == 1 and text.count("Error:") == 1 and "Traceback" not in text
     assert f"Error: {own.file('train', 'depth', 1)}: depth -3.0 at pixel (row 2, column 2) is negative" in text
@@ -353,4 +323,4 @@ def test_source_may_name_the_zip_itself(tmp_path: Path) -> None:
     src = make_nyuv2_source(tmp_path / "src", n_train=3, n_val=1, zipped=True)
     result = build(tmp_path / "data", src.root)
     assert result.meta["source"]["layout"] == "zip"
-    assert_splits_equal(loaded(tmp_path / "data"), src.expected(seed=0))
+    assert_splits_equal(loaded_splits(tmp_path / "data", "nyuv2"), src.expected(seed=0))
