@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mtlcli.data import celeba, cityscapes, nyuv2, table
+from mtlcli.data import celeba, cityscapes, nyuv2, qm9, table
 from mtlcli.data.prepare import prepare_paired
 from mtlcli.data.registry import DATASETS, DatasetSpec, Prepared, PrepareRequest
 
@@ -21,6 +21,7 @@ PREPARERS: dict[str, Preparer] = {
     "celeba": celeba.prepare,
     "cityscapes": cityscapes.prepare,
     "nyuv2": nyuv2.prepare,
+    "qm9": qm9.prepare,
     "table": table.prepare_table,
 }
 
