@@ -25,6 +25,7 @@ import torch
 
 from mtlcli import __version__, methods
 from mtlcli.data.device import DeviceSplit
+from mtlcli.data.graphs import GraphSplit, first_molecules
 from mtlcli.data.store import PreparedDataset
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError
@@ -147,7 +148,7 @@ def _synchronize(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit]:
+def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit | GraphSplit]:
     """The dataset (for the model's shapes) and a one-batch train split: real data, or random tensors."""
     batch = recipe.train.batch_size
     if recipe.data.synthetic:
@@ -155,6 +156,10 @@ def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit]:
         dataset = synthetic_dataset(recipe.data.name, size=recipe.data.size, seed=recipe.train.seed, counts=counts)
     else:
         dataset = load_dataset(recipe)
+    if dataset.is_graph:
+        graphs = {key: torch.from_numpy(np.ascontiguousarray(a)) for key, a in dataset.graphs["train"].items()}
+        values = {name: torch.from_numpy(np.ascontiguousarray(a[:batch])) for name, a in dataset.targets["train"].items()}
+        return dataset, GraphSplit.create(first_molecules(graphs, batch), values, torch.device("cpu"))
     images = torch.from_numpy(np.ascontiguousarray(dataset.images["train"][:batch]))
     kinds = dataset.target_kinds
     targets = {

@@ -362,6 +362,8 @@ def _data_problems(raw: dict[str, Any]) -> list[str]:
     size = data.get("size")
     if isinstance(size, int) and not isinstance(size, bool) and not spec.min_size <= size <= spec.max_size:
         problems.append(f"data.size: {spec.name} images are {spec.min_size}..{spec.max_size} pixels {spec.side_word}, got {size}")
+    if spec.graph and data.get("augment") not in (None, "none", "default"):
+        problems.append(f"data.augment: {spec.name} holds molecular graphs, which take no image augmentation; leave it out")
     for key in ("mean", "std"):
         value = data.get(key)
         if isinstance(value, list) and len(value) not in (1, spec.channels):
@@ -388,6 +390,10 @@ def _model_problems(raw: dict[str, Any]) -> list[str]:
     if not isinstance(encoder, str) or encoder not in ENCODERS:
         plug_in = "; or a plug-in's import path, package.module:factory"
         return [f"model.encoder: {unknown_name('encoder', encoder, ENCODERS)}{plug_in}"]
+    if spec is not None and spec.graph != ENCODERS[encoder].graph:
+        takes, holds = ("molecular graphs", "images") if ENCODERS[encoder].graph else ("images", "molecular graphs")
+        fitting = [name for name, e in ENCODERS.items() if e.graph == spec.graph]
+        return [f"model.encoder: {encoder} takes {takes}, {spec.name} holds {holds} (choose {' or '.join(fitting)})"]
     options = {k: v for k, v in model.items() if k != "encoder"}
     not_names = non_string_keys("model", options)
     if not_names:

@@ -28,7 +28,8 @@ def prepare(
             "--source",
             help=(
                 "Directory with the raw files (MNIST family: IDX files, NAME=DIR when two sources; "
-                "celeba, cityscapes: the official release; cityscapes-mtan, nyuv2: MTAN's preprocessed release)."
+                "celeba, cityscapes: the official release; cityscapes-mtan, nyuv2: MTAN's preprocessed release; qm9: "
+                "gdb9.sdf, gdb9.sdf.csv and uncharacterized.txt)."
             ),
         ),
     ] = None,

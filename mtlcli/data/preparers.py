@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mtlcli.data import celeba, cityscapes, cityscapes_mtan, nyuv2, table
+from mtlcli.data import celeba, cityscapes, cityscapes_mtan, nyuv2, qm9, table
 from mtlcli.data.prepare import prepare_paired
 from mtlcli.data.registry import DATASETS, DatasetSpec, Prepared, PrepareRequest
 
@@ -22,6 +22,7 @@ PREPARERS: dict[str, Preparer] = {
     "cityscapes": cityscapes.prepare,
     "cityscapes-mtan": cityscapes_mtan.prepare,
     "nyuv2": nyuv2.prepare,
+    "qm9": qm9.prepare,
     "table": table.prepare_table,
 }
 

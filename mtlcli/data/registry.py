@@ -103,6 +103,7 @@ class DatasetSpec:
     augment: str = "none"  # the training augmentation its references use (`data.augment: default`)
     from_table: bool = False  # the user's own table: its tasks and input are read from the prepared meta.json (`resolve`)
     features: bool = False  # a prepared table whose input is its numeric columns (float32 [N, 1, 1, F]), not images
+    graph: bool = False  # molecules as graphs (store.GRAPH_ARRAYS), not images: `channels` are the node features
 
     @property
     def task_names(self) -> list[str]:
@@ -277,6 +278,58 @@ NYUV2 = DatasetSpec(
     augment="scale-crop-flip",
 )
 
+# ----------------------------------------------------------------------------- molecules
+@dataclass(frozen=True)
+class QM9Target:
+    """A QM9 task: its gdb9.sdf.csv column and the unit Nash-MTL's and FAMO's tables print its MAE in."""
+
+    name: str
+    column: str
+    unit: str
+    description: str
+
+
+# Nash-MTL / FAMO (experiments/quantum_chemistry/utils.py): PyG's targets [0, 1, 2, 3, 5, 6, 12, 13, 14, 15, 11], the
+# energies in meV (`multiply_indx`); U0, U, H and G are the atomization energies (PyG's 12-15).
+QM9_TARGETS: tuple[QM9Target, ...] = (
+    QM9Target("mu", "mu", "D", "dipole moment"),
+    QM9Target("alpha", "alpha", "a0^3", "isotropic polarizability"),
+    QM9Target("homo", "homo", "meV", "HOMO energy"),
+    QM9Target("lumo", "lumo", "meV", "LUMO energy"),
+    QM9Target("r2", "r2", "a0^2", "electronic spatial extent"),
+    QM9Target("zpve", "zpve", "meV", "zero point vibrational energy"),
+    QM9Target("u0", "u0_atom", "meV", "atomization energy at 0 K"),
+    QM9Target("u", "u298_atom", "meV", "atomization energy at 298.15 K"),
+    QM9Target("h", "h298_atom", "meV", "atomization enthalpy at 298.15 K"),
+    QM9Target("g", "g298_atom", "meV", "atomization free energy at 298.15 K"),
+    QM9Target("cv", "cv", "cal/mol K", "heat capacity at 298.15 K"),
+)
+QM9_NODE_FEATURES = 11
+
+QM9_TASKS = tuple(
+    TaskSpec(t.name, 1, "masked_mse", ("abs_error",), target=t.name, losses=("masked_mse", "masked_l1")) for t in QM9_TARGETS
+)
+
+QM9 = DatasetSpec(
+    name="qm9",
+    description="QM9 molecules as graphs: 11 regression targets, MAE in the units of Nash-MTL's and FAMO's tables",
+    tasks=QM9_TASKS,
+    channels=QM9_NODE_FEATURES,
+    default_size=1,
+    min_size=1,
+    max_size=1,
+    mean=(0.0,) * QM9_NODE_FEATURES,  # node features are taken as they are
+    std=(1.0,) * QM9_NODE_FEATURES,
+    default_encoder="mpnn",
+    how_to_get=(
+        "the raw files PyTorch Geometric's QM9 reads (https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/"
+        "molnet_publish/qm9.zip: gdb9.sdf, gdb9.sdf.csv; https://ndownloader.figshare.com/files/3195404 saved as "
+        "uncharacterized.txt) in one directory, then `mtl prepare qm9 --source DIR`"
+    ),
+    target_kinds={t.name: "value" for t in QM9_TARGETS},
+    graph=True,
+)
+
 # ----------------------------------------------------------------------------- the user's own table
 TABLE_IMAGE_ENCODER = "resnet18-cifar"
 TABLE_FEATURE_ENCODER = "mlp"
@@ -308,6 +361,7 @@ DATASETS: dict[str, DatasetSpec] = {
         CITYSCAPES,
         CITYSCAPES_MTAN,
         NYUV2,
+        QM9,
         TABLE,
     )
 }

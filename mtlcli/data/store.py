@@ -9,7 +9,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,11 @@ META = "meta.json"
 #   value         float32 [N]: one task's regression target per sample in the table's units, NaN where missing (tables)
 TARGET_KINDS = ("class", "segmentation", "offset", "disparity", "depth", "normal", "label", "value")
 MISSING_LABEL = -1
+# A graph dataset (meta.json "input": "graph") holds molecules instead of images, per split: node features uint8 [V, F],
+# positions float32 [V, 3], atoms per molecule int64 [N], bonds uint8 [E, 3] (source, target, bond type; indices
+# local to their molecule, both directions) and bonds per molecule int64 [N]; molecule i's nodes follow molecule
+# i - 1's. Its targets are per molecule (kind "value", [N]).
+GRAPH_ARRAYS = ("nodes", "positions", "atoms", "bonds", "bond_counts")
 IGNORE_INDEX = 255
 LEGACY_TARGETS = {"labels": {"kind": "class"}}
 
@@ -65,6 +70,15 @@ class PreparedDataset:
     meta: dict[str, Any]
     images: dict[str, np.ndarray]
     targets: dict[str, dict[str, np.ndarray]]
+    graphs: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # a graph dataset's arrays (GRAPH_ARRAYS)
+
+    @property
+    def is_graph(self) -> bool:
+        return bool(self.graphs)
+
+    def count(self, split: str) -> int:
+        """Samples (images or molecules) of a split."""
+        return len(self.graphs[split]["atoms"]) if self.graphs else len(self.images[split])
 
     @property
     def labels(self) -> dict[str, np.ndarray]:
@@ -223,6 +237,13 @@ def load_prepared(data_dir: Path, name: str, *, verify: bool = True, hint: str |
     specs = target_specs(meta)
     images: dict[str, np.ndarray] = {}
     targets: dict[str, dict[str, np.ndarray]] = {}
+    if meta.get("input") == "graph":
+        graphs: dict[str, dict[str, np.ndarray]] = {}
+        for split in SPLITS:
+            graphs[split] = {key: _load_array(path, meta, f"{split}_{key}.npy", verify, prepare_hint) for key in GRAPH_ARRAYS}
+            targets[split] = {key: _load_array(path, meta, f"{split}_{key}.npy", verify, prepare_hint) for key in specs}
+            _check_graph_shapes(path, meta, split, graphs[split], targets[split], f"{prepare_hint}, with --force")
+        return PreparedDataset(path=path, meta=meta, images=images, targets=targets, graphs=graphs)
     for split in SPLITS:
         images[split] = _load_array(path, meta, f"{split}_images.npy", verify, prepare_hint)
         targets[split] = {key: _load_array(path, meta, f"{split}_{key}.npy", verify, prepare_hint) for key in specs}
@@ -281,3 +302,24 @@ def _check_shapes(
                 f"({kind} targets for {n} images of {hw[0]}x{hw[1]})",
                 hint=hint,
             )
+
+
+def _check_graph_shapes(
+    path: Path, meta: dict[str, Any], split: str, graph: dict[str, np.ndarray], targets: dict[str, np.ndarray], hint: str
+) -> None:
+    """A graph split's arrays agree: as many nodes as atoms counted, bonds as counted, a target value per molecule."""
+    nodes, positions, atoms, bonds, bond_counts = (graph[key] for key in GRAPH_ARRAYS)
+    features = meta.get("node_features")
+    n = len(atoms)
+    problems = [
+        (nodes.ndim != 2 or nodes.shape[1] != features, f"nodes have shape {nodes.shape}, expected [V, {features}]"),
+        (positions.shape != (len(nodes), 3), f"positions have shape {positions.shape}, expected [{len(nodes)}, 3]"),
+        (atoms.ndim != 1 or int(atoms.sum()) != len(nodes) or (n and int(atoms.min()) < 1),
+         f"atoms per molecule do not add up to the {len(nodes)} nodes (or a molecule has none)"),
+        (bonds.ndim != 2 or bonds.shape[1] != 3, f"bonds have shape {bonds.shape}, expected [E, 3]"),
+        (bond_counts.shape != (n,) or int(bond_counts.sum()) != len(bonds), f"bonds per molecule do not add up to {len(bonds)}"),
+        *((array.shape != (n,), f"target {key} has shape {array.shape}, expected [{n}]") for key, array in targets.items()),
+    ]  # fmt: skip
+    for bad, what in problems:
+        if bad:
+            raise DataError(f"{path}: {split} {what}", hint=hint)

@@ -13,6 +13,9 @@ import numpy as np
 from mtlcli.data import registry
 from mtlcli.data.store import IGNORE_INDEX, PreparedDataset
 
+MIN_ATOMS, MAX_ATOMS = 3, 29  # QM9's smallest and largest molecules (about 18 atoms on average)
+ELEMENTS = 5  # QM9's node features: one-hot element (5), atomic number, aromatic, sp, sp2, sp3, hydrogens
+
 COUNTS = {"train": 2048, "val": 256, "test": 256}
 BUDGET_BYTES = 256 * 2**20  # dense datasets get fewer samples: at most this much per split
 
@@ -41,6 +44,8 @@ def synthetic_dataset(
 ) -> PreparedDataset:
     """A `PreparedDataset` of uniform random uint8 images ([N, H, W] or [N, H, W, C]) and targets, seeded."""
     spec = registry.get(name)
+    if spec.graph:
+        return _synthetic_graphs(spec, seed, counts or COUNTS)
     size = size or spec.default_size
     width = spec.width_of(size) or size
     rng = np.random.default_rng(seed)
@@ -70,3 +75,42 @@ def synthetic_dataset(
         "counts": dict(counts),
     }
     return PreparedDataset(path=Path(f"<synthetic {spec.name}>"), meta=meta, images=images, targets=targets)
+
+
+def _synthetic_graphs(spec: registry.DatasetSpec, seed: int, counts: dict[str, int]) -> PreparedDataset:
+    """Random molecules of QM9's sizes (3..29 atoms, a random tree of bonds, random positions) and normal targets."""
+    rng = np.random.default_rng(seed)
+    graphs: dict[str, dict[str, np.ndarray]] = {}
+    targets: dict[str, dict[str, np.ndarray]] = {}
+    for split, n in counts.items():
+        atoms = rng.integers(MIN_ATOMS, MAX_ATOMS + 1, size=n)
+        nodes = np.zeros((int(atoms.sum()), spec.channels), dtype=np.uint8)
+        element = rng.integers(0, ELEMENTS, size=len(nodes))
+        nodes[np.arange(len(nodes)), element] = 1
+        nodes[:, ELEMENTS] = np.array([1, 6, 7, 8, 9])[element]
+        bonds = []
+        for count in atoms:  # a random tree: atom i > 0 bonds to an earlier atom
+            child = np.arange(1, count)
+            parent = (rng.random(count - 1) * child).astype(np.int64)
+            kind = rng.integers(0, 3, size=count - 1)
+            bonds.append(np.concatenate([np.stack([parent, child, kind], 1), np.stack([child, parent, kind], 1)]))
+        graphs[split] = {
+            "nodes": nodes,
+            "positions": (rng.standard_normal((len(nodes), 3)) * 1.5).astype(np.float32),
+            "atoms": atoms.astype(np.int64),
+            "bonds": np.concatenate(bonds).astype(np.uint8),
+            "bond_counts": (2 * (atoms - 1)).astype(np.int64),
+        }
+        targets[split] = {t.target or t.name: rng.standard_normal(n).astype(np.float32) for t in spec.tasks}
+    meta = {
+        "dataset": spec.name,
+        "description": f"synthetic stand-in for {spec.description}: random molecules",
+        **spec.meta_schema(),
+        "input": "graph",
+        "node_features": spec.channels,
+        "seed": seed,
+        "size": spec.default_size,
+        "synthetic": True,
+        "counts": dict(counts),
+    }
+    return PreparedDataset(path=Path(f"<synthetic {spec.name}>"), meta=meta, images={}, targets=targets, graphs=graphs)

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from mtlcli.models import dilated_resnet, lenet, mlp, psp, resnet, segnet
+from mtlcli.models import dilated_resnet, lenet, mlp, mpnn, psp, resnet, segnet
 from mtlcli.models.registry import InputShape
 
 EncoderBuilder = Callable[[InputShape, Any], nn.Module]  # (input shape, options) -> encoder
@@ -23,4 +23,5 @@ BUILDERS: dict[str, tuple[EncoderBuilder, HeadBuilder]] = {
     "resnet50-dilated": (dilated_resnet.build_encoder, psp.build_head),
     "segnet-split": (segnet.build_encoder, segnet.build_head),
     "mlp": (mlp.build_encoder, mlp.build_head),
+    "mpnn": (mpnn.build_encoder, mpnn.build_head),
 }

@@ -59,7 +59,16 @@ class MLPOptions(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")
 
 
-InputShape = tuple[int, int, int]  # (channels, height, width)
+class MPNNOptions(BaseModel):
+    """Options of `mpnn` (the QM9 network of Nash-MTL and FAMO)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dim: int = Field(64, gt=0, description="width of the node states and of z (64: the reference)")
+    steps: int = Field(3, ge=1, description="message-passing rounds (NNConv + GRU)")
+    set2set_steps: int = Field(3, ge=1, description="processing steps of the Set2Set readout")
+
+
+InputShape = tuple[int, int, int]  # (channels, height, width); a graph dataset's is (node features, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class EncoderSpec:
     options: type[BaseModel]
     input_problem: Callable[[InputShape], str | None] = lambda _shape: None  # why it cannot take this input, if so
     channels_last: bool = False  # wide convolutions on images: `train.channels_last` (NHWC, Tensor Core kernels) applies
+    graph: bool = False  # takes molecular graphs (a graph dataset's batches), not images
 
 
 ENCODERS: dict[str, EncoderSpec] = {
@@ -107,6 +117,13 @@ ENCODERS: dict[str, EncoderSpec] = {
             "multilayer perceptron on the flattened input (feature tables): `layers` x Linear-ReLU, z is `hidden`-d; "
             "heads Linear(z, outputs)",
             MLPOptions,
+        ),
+        EncoderSpec(
+            "mpnn",
+            "message passing on molecular graphs (Nash-MTL / FAMO on QM9): NNConv + GRU x3, Set2Set; z is `dim`-d; "
+            "heads Linear(z, 1); needs the graph extra",
+            MPNNOptions,
+            graph=True,
         ),
     )
 }

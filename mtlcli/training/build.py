@@ -20,6 +20,7 @@ import torch
 from mtlcli import distributed, methods
 from mtlcli.data import registry
 from mtlcli.data.device import DeviceSplit
+from mtlcli.data.graphs import GraphSplit
 from mtlcli.data.registry import resolve_data_dir
 from mtlcli.data.store import PreparedDataset, load_prepared, task_target
 from mtlcli.data.stream import StreamedSplit
@@ -182,7 +183,7 @@ def load_dataset(recipe: Recipe, data_dir: Path | None = None) -> PreparedDatase
     hint = registry.prepare_table_hint(prepared) if spec.from_table else None
     dataset = load_prepared(resolve_data_dir(data_dir or recipe.data.dir), prepared, hint=hint)
     size = int(dataset.meta["size"])
-    if recipe.data.size is not None and recipe.data.size != size:
+    if recipe.data.size is not None and recipe.data.size != size and not dataset.is_graph:
         height, width = dataset.images["train"].shape[1:3]
         raise MtlError(
             f"the recipe wants images {recipe.data.size} pixels high, {dataset.path} holds {height}x{width}",
@@ -227,9 +228,29 @@ def placement(recipe: Recipe, dataset: PreparedDataset, device: torch.device, ta
     return "device" if images_fit_on(device, dataset, targets) else "stream"
 
 
-def device_splits(recipe: Recipe, dataset: PreparedDataset, device: torch.device) -> dict[str, DeviceSplit]:
+def graph_splits(recipe: Recipe, dataset: PreparedDataset, device: torch.device) -> dict[str, GraphSplit]:
+    """A graph dataset's splits on the device (molecules are small: QM9 takes about 0.2 GB)."""
+    used = {task_target(dataset.meta, t.name)[0] for t in recipe.tasks}
+
+    def tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {key: torch.from_numpy(np.ascontiguousarray(a)) for key, a in arrays.items()}
+
+    return {
+        split: GraphSplit.create(
+            tensors(dataset.graphs[split]), tensors({k: a for k, a in dataset.targets[split].items() if k in used}), device
+        )
+        for split in ("train", "val", "test")
+    }
+
+
+def device_splits(
+    recipe: Recipe, dataset: PreparedDataset, device: torch.device
+) -> dict[str, DeviceSplit | StreamedSplit | GraphSplit]:
     """The three splits where `data.placement` puts them: on the device (a `DeviceSplit`; on the CPU its arrays
-    stay memory-mapped) or streamed from host memory (a `StreamedSplit`, its batches read ahead)."""
+    stay memory-mapped) or streamed from host memory (a `StreamedSplit`, its batches read ahead); a graph
+    dataset's on the device (`GraphSplit`)."""
+    if dataset.is_graph:
+        return dict(graph_splits(recipe, dataset, device))
     mean, std = input_normalization(recipe, dataset)
     used = {task_target(dataset.meta, t.name)[0] for t in recipe.tasks}  # arrays of tasks not trained stay on disk
     streamed = placement(recipe, dataset, device, used) == "stream"
@@ -275,7 +296,9 @@ def _streamed_split(
 
 
 def input_shape(dataset: PreparedDataset) -> tuple[int, int, int]:
-    """(channels, height, width) of the dataset's images."""
+    """(channels, height, width) of the dataset's images; (node features, 1, 1) of a graph dataset's."""
+    if dataset.is_graph:
+        return (int(dataset.graphs["train"]["nodes"].shape[1]), 1, 1)
     shape = dataset.images["train"].shape[1:]
     return (1, *shape) if len(shape) == 2 else (shape[2], shape[0], shape[1])
 

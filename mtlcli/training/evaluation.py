@@ -9,13 +9,16 @@ import torch
 
 from mtlcli import distributed
 from mtlcli.data.device import DeviceSplit
+from mtlcli.data.graphs import GraphSplit
 from mtlcli.errors import MtlError
 from mtlcli.models import MultiTaskModel
 from mtlcli.tasks import METRICS, Task
 
 
 @torch.no_grad()
-def evaluate(model: MultiTaskModel, tasks: list[Task], split: DeviceSplit, *, batch_size: int) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: MultiTaskModel, tasks: list[Task], split: DeviceSplit | GraphSplit, *, batch_size: int
+) -> dict[str, dict[str, float]]:
     """{task: {metric: value, 'loss': mean loss}}: metric states summed over the split on the device, one sync."""
     was_training = model.training
     model.eval()

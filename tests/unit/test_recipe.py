@@ -31,6 +31,10 @@ def test_shipped_recipes_are_valid_and_say_how_to_run(path: Path) -> None:
         assert recipe.optim.scheduler.step_size == 100 and recipe.optim.scheduler.gamma == 0.5
         assert recipe.data.augment == "scale-crop-flip" and [t.name for t in recipe.tasks] == ["segmentation", "depth"]
         assert recipe.data.size == 128 and recipe.model.encoder == "segnet-split"
+    elif name == "qm9":  # Nash-MTL / FAMO trainer.py: Adam 1e-3, 300 epochs, batch 120, the 11 targets, the 64-wide network
+        assert (recipe.optim.name, recipe.optim.lr, recipe.train.batch_size, recipe.train.epochs) == ("adam", 1e-3, 120, 300)
+        assert recipe.optim.scheduler.name == "none" and recipe.model.encoder == "mpnn" and recipe.model.options["dim"] == 64
+        assert [t.name for t in recipe.tasks] == ["mu", "alpha", "homo", "lumo", "r2", "zpve", "u0", "u", "h", "g", "cv"]
     else:
         if name == "celeba":  # the authors' CelebA setting: Adam 5e-4, loss+ normalisation
             assert recipe.optim.name == "adam" and recipe.optim.lr == 5e-4
@@ -77,7 +81,7 @@ def test_unknown_dataset_task_and_method() -> None:
     with pytest.raises(RecipeError) as info:
         recipes.load(raw=raw)
     text = "\n".join(info.value.problems)
-    names = "multimnist, multifashion, multi-fashion-mnist, celeba, cityscapes, cityscapes-mtan, nyuv2 or table"
+    names = "multimnist, multifashion, multi-fashion-mnist, celeba, cityscapes, cityscapes-mtan, nyuv2, qm9 or table"
     assert f"data.name: must be one of {names}, got 'cifar'" in text
     assert "method.name: unknown method 'mgda_ub' (did you mean 'mgda-ub'?); choose one of:" in text
     raw = load_shipped_recipe()

@@ -53,6 +53,13 @@ def test_every_dataset_entry_is_consistent(spec: registry.DatasetSpec) -> None:
 def test_synthetic_data_has_the_registered_shapes(name: str) -> None:
     spec = registry.get(name)
     data = synthetic_dataset(name, seed=3, counts={"train": 5, "val": 2, "test": 2})
+    if spec.graph:  # molecules: node features [V, channels], a target value per molecule and task
+        graph = data.graphs["train"]
+        assert graph["nodes"].shape == (graph["atoms"].sum(), spec.channels) and data.count("train") == 5
+        assert all(data.targets["train"][t.target].shape == (5,) for t in spec.tasks) and data.task_names == spec.task_names
+        again = synthetic_dataset(name, seed=3, counts={"train": 5, "val": 2, "test": 2})
+        assert np.array_equal(again.graphs["train"]["positions"], graph["positions"])
+        return
     hw = (spec.default_size, spec.width_of(spec.default_size))
     shape = hw + ((spec.channels,) if spec.channels > 1 else ())
     assert data.images["train"].shape == (5, *shape) and data.images["train"].dtype == np.uint8
