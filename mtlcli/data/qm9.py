@@ -259,8 +259,8 @@ def prepare_qm9(spec: DatasetSpec, request: PrepareRequest, source: Path | None)
         try:
             for split, chosen in rows.items():
                 for key, array in split_arrays(molecules, chosen).items():
-                    with open(partial / f"{split}_{key}.npy", "wb") as handle:
-                        np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+                    # inside the temporary directory that install_prepared renames into place when complete
+                    np.save(partial / f"{split}_{key}.npy", np.ascontiguousarray(array), allow_pickle=False)
             meta = _meta(spec, source, molecules, rows, mean, std, seed)
             meta["prepare_seconds"] = round(time.monotonic() - started, 3)
             install_prepared(partial, target, meta)
