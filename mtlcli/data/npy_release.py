@@ -29,9 +29,7 @@ import contextlib
 import io
 import os
 import re
-import shutil
 import time
-import uuid
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -53,6 +51,7 @@ from mtlcli.data.registry import DatasetSpec, Prepared, PrepareRequest
 from mtlcli.data.store import (
     IGNORE_INDEX,
     SPLITS,
+    building,
     exclusive_prepare,
     existing_meta,
     install_prepared,
@@ -562,16 +561,11 @@ def prepare_release(fmt: ReleaseFormat, spec: DatasetSpec, request: PrepareReque
     data_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_prepare(data_dir, spec.name), contextlib.closing(release):
         remove_stale_temps(data_dir, spec.name)
-        partial = data_dir / f".{spec.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        partial.mkdir()
-        try:
+        with building(data_dir, spec.name) as partial:
             meta = {
                 **_base_meta(spec, release, size, width, seed),
                 **_build(partial, release, spec, size, width, seed, request.console),
             }
             meta["prepare_seconds"] = round(time.monotonic() - started, 3)
             install_prepared(partial, target, meta)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
     return Prepared(path=target, built=True, meta=read_meta(target) or meta)

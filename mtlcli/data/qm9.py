@@ -23,10 +23,7 @@ and the molecule. The arrays are written into a temporary directory renamed into
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from mtlcli.data import molfile
 from mtlcli.data.registry import QM9_TARGETS, DatasetSpec, Prepared, PrepareRequest, one_source
 from mtlcli.data.store import (
     GRAPH_ARRAYS,
+    building,
     exclusive_prepare,
     existing_meta,
     install_prepared,
@@ -254,9 +252,7 @@ def prepare_qm9(spec: DatasetSpec, request: PrepareRequest, source: Path | None)
     data_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_prepare(data_dir, NAME):
         remove_stale_temps(data_dir, NAME)
-        partial = data_dir / f".{NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        partial.mkdir()
-        try:
+        with building(data_dir, NAME) as partial:
             for split, chosen in rows.items():
                 for key, array in split_arrays(molecules, chosen).items():
                     # inside the temporary directory that install_prepared renames into place when complete
@@ -264,9 +260,6 @@ def prepare_qm9(spec: DatasetSpec, request: PrepareRequest, source: Path | None)
             meta = _meta(spec, source, molecules, rows, mean, std, seed)
             meta["prepare_seconds"] = round(time.monotonic() - started, 3)
             install_prepared(partial, target, meta)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
     return Prepared(path=target, built=True, meta=read_meta(target) or meta)
 
 

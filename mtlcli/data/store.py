@@ -109,17 +109,25 @@ def write_prepared(
     `splits[split]` is (images, labels) or {"images": ..., target: ...}; each array goes to `<split>_<key>.npy`.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = data_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with building(data_dir, name) as tmp:
         for split, arrays in splits.items():
             named = arrays if isinstance(arrays, dict) else dict(zip(("images", "labels"), arrays, strict=True))
             for key, array in named.items():
                 with open(tmp / f"{split}_{key}.npy", "wb") as handle:
                     np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
         return install_prepared(tmp, data_dir / name, meta)
+
+
+@contextlib.contextmanager
+def building(data_dir: Path, name: str) -> Iterator[Path]:
+    """A fresh temporary directory `data_dir/.NAME.tmp-...` to build a prepared dataset in (then renamed into
+    place by `install_prepared`), removed if the block raises: nothing half-written is left that `train` reads."""
+    partial = data_dir / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
+    try:
+        yield partial
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
         raise
 
 
