@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mtlcli.data import celeba, cityscapes, cityscapes_mtan, nyuv2, qm9, table
+from mtlcli.data import celeba, cityscapes, cityscapes_mtan, nyuv2, office, qm9, table
 from mtlcli.data.prepare import prepare_paired
 from mtlcli.data.registry import DATASETS, DatasetSpec, Prepared, PrepareRequest
 
@@ -23,6 +23,8 @@ PREPARERS: dict[str, Preparer] = {
     "cityscapes-mtan": cityscapes_mtan.prepare,
     "nyuv2": nyuv2.prepare,
     "qm9": qm9.prepare,
+    "office-31": office.prepare,
+    "office-home": office.prepare,
     "table": table.prepare_table,
 }
 

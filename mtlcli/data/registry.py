@@ -104,6 +104,7 @@ class DatasetSpec:
     from_table: bool = False  # the user's own table: its tasks and input are read from the prepared meta.json (`resolve`)
     features: bool = False  # a prepared table whose input is its numeric columns (float32 [N, 1, 1, F]), not images
     graph: bool = False  # molecules as graphs (store.GRAPH_ARRAYS), not images: `channels` are the node features
+    multi_input: bool = False  # each task has its own images: a row is labelled for one task (mtlcli.training.multi_input)
 
     @property
     def task_names(self) -> list[str]:
@@ -330,6 +331,46 @@ QM9 = DatasetSpec(
     graph=True,
 )
 
+# ----------------------------------------------------------------------------- multi-input: a task per domain
+MASKED_CE = "masked_cross_entropy"  # a row's other tasks are MISSING_LABEL: each task's loss sees its own rows
+
+
+def _office(name: str, description: str, domains: tuple[str, ...], classes: int, layout: str, url: str) -> DatasetSpec:
+    """Office-31 / Office-Home as LibMTL trains them (examples/office): each domain a task with its own images,
+    `classes`-way classification, ImageNet-normalised 224x224 inputs, a pretrained ResNet-18 and a linear head each."""
+    return DatasetSpec(
+        name=name,
+        description=description,
+        tasks=tuple(TaskSpec(d, classes, MASKED_CE, ("accuracy",), losses=(MASKED_CE,)) for d in domains),
+        channels=3,
+        default_size=224,
+        min_size=16,
+        max_size=512,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        default_encoder="resnet18",
+        how_to_get=f"the official release ({url}: {layout}), then `mtl prepare {name} --source DIR`",
+        multi_input=True,
+    )
+
+
+OFFICE_31 = _office(
+    "office-31",
+    "Office-31: 31 classes in 3 domains (amazon, dslr, webcam), a task each with its own images (multi-input; LibMTL)",
+    ("amazon", "dslr", "webcam"),
+    31,
+    "amazon/images/<class>/*.jpg, dslr/images/..., webcam/images/...",
+    "https://faculty.cc.gatech.edu/~judy/domainadapt/",
+)
+OFFICE_HOME = _office(
+    "office-home",
+    "Office-Home: 65 classes in 4 domains (Art, Clipart, Product, Real_World), a task each (multi-input; LibMTL)",
+    ("art", "clipart", "product", "real_world"),
+    65,
+    "Art/<class>/*.jpg, Clipart/..., Product/..., Real_World/...",
+    "https://www.hemanthdv.org/officeHomeDataset.html",
+)
+
 # ----------------------------------------------------------------------------- the user's own table
 TABLE_IMAGE_ENCODER = "resnet18-cifar"
 TABLE_FEATURE_ENCODER = "mlp"
@@ -362,6 +403,8 @@ DATASETS: dict[str, DatasetSpec] = {
         CITYSCAPES_MTAN,
         NYUV2,
         QM9,
+        OFFICE_31,
+        OFFICE_HOME,
         TABLE,
     )
 }

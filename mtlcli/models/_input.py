@@ -44,3 +44,13 @@ def segnet_input_problem(shape: tuple[int, int, int]) -> str | None:
     """Why the split SegNet cannot take (channels, height, width) inputs, or None when it can."""
     why = f"its {SEGNET_STAGES} max-pool/unpool stages must divide them exactly"
     return sides_problem("segnet-split", shape, 2**SEGNET_STAGES, why)
+
+
+def resnet18_input_problem(shape: tuple[int, int, int]) -> str | None:
+    """Why torchvision's ResNet-18 cannot take (channels, height, width) inputs, or None: RGB, sides >= 32."""
+    channels, height, width = shape
+    if channels != 3:
+        return f"resnet18 takes RGB images (3 channels), got {channels}"
+    if min(height, width) < 32:
+        return f"resnet18 takes images at least 32 pixels a side (it reduces them 32-fold), got {height}x{width}"
+    return None

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from mtlcli.models import dilated_resnet, lenet, mlp, mpnn, psp, resnet, segnet
+from mtlcli.models import dilated_resnet, lenet, mlp, mpnn, psp, resnet, resnet18, segnet
 from mtlcli.models.registry import InputShape
 
 EncoderBuilder = Callable[[InputShape, Any], nn.Module]  # (input shape, options) -> encoder
@@ -20,6 +20,7 @@ HeadBuilder = Callable[[int, int, InputShape, Any], nn.Module]  # (z features or
 BUILDERS: dict[str, tuple[EncoderBuilder, HeadBuilder]] = {
     "multilenet": (lenet.build_encoder, lenet.build_head),
     "resnet18-cifar": (resnet.build_encoder, resnet.build_head),
+    "resnet18": (resnet18.build_encoder, resnet18.build_head),
     "resnet50-dilated": (dilated_resnet.build_encoder, psp.build_head),
     "segnet-split": (segnet.build_encoder, segnet.build_head),
     "mlp": (mlp.build_encoder, mlp.build_head),

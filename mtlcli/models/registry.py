@@ -13,7 +13,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mtlcli.models._input import dilated_resnet_input_problem, resnet_cifar_input_problem, segnet_input_problem
+from mtlcli.models._input import (
+    dilated_resnet_input_problem,
+    resnet18_input_problem,
+    resnet_cifar_input_problem,
+    segnet_input_problem,
+)
 from mtlcli.schema import Problem, option_problems
 
 __all__ = ["ENCODERS", "EncoderSpec", "InputShape", "encoder_option_problems"]
@@ -32,6 +37,13 @@ class ResNetOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     width: int = Field(64, gt=0, description="channels of the first stage (64: the authors'; stages are x1, x2, x4, x8)")
+
+
+class ResNet18Options(BaseModel):
+    """Options of `resnet18` (torchvision's ResNet-18: LibMTL's Office-31 / Office-Home encoder)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    pretrained: bool = Field(True, description="start from torchvision's ImageNet weights (the torch.hub cache)")
 
 
 class DilatedResNetOptions(BaseModel):
@@ -96,6 +108,14 @@ ENCODERS: dict[str, EncoderSpec] = {
             "CIFAR-style ResNet-18 (3x3 stem, no max-pool, avg-pool 4): z is 2048-d at 64x64; heads Linear(z, classes)",
             ResNetOptions,
             resnet_cifar_input_problem,
+            channels_last=True,
+        ),
+        EncoderSpec(
+            "resnet18",
+            "torchvision's ResNet-18 (ImageNet weights with pretrained: true; LibMTL's Office encoder): z is 512-d; "
+            "heads Linear(z, classes)",
+            ResNet18Options,
+            resnet18_input_problem,
             channels_last=True,
         ),
         EncoderSpec(

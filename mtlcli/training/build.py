@@ -26,9 +26,11 @@ from mtlcli.data.store import PreparedDataset, load_prepared, task_target
 from mtlcli.data.stream import StreamedSplit
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.errors import MtlError
+from mtlcli.methods.registry import default_level
 from mtlcli.models import ENCODERS, MultiTaskModel, build_model
 from mtlcli.recipe import Recipe
 from mtlcli.tasks import Task
+from mtlcli.training.multi_input import TaskStreams
 
 DEVICE_DATA_FRACTION = 0.5  # data.placement auto: the data goes to the GPU when it takes at most this share of its free memory
 
@@ -344,3 +346,49 @@ def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> torch.op
     if s.name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def check_multi_input(recipe: Recipe) -> None:
+    """A multi-input dataset refuses methods that take the task gradients w.r.t. z (`representation` level):
+    each task's loss depends on its own rows of z only, so the gradients lie on disjoint rows, their Gram matrix
+    is diagonal and the min-norm / projection rules built on it see no conflict between the tasks at all (MGDA-UB
+    would become inverse-squared-norm weighting, GradDrop the plain sum). The shared-parameter level applies
+    unchanged: there the gradients of all tasks are over the same parameters."""
+    if recipe.data.synthetic or not registry.get(recipe.data.name).multi_input:
+        return
+    name = recipe.method.name
+    if name not in methods.REGISTRY:
+        return
+    level = recipe.method.options.get("level", default_level(name))
+    if level != "representation":
+        return
+    info = methods.REGISTRY[name]
+    fix = (
+        f"use method {info.fixed_level_of[0]} (level shared)"
+        if info.fixed_level_of
+        else "set method.options.level: shared"
+        if info.published_level() is not None
+        else "choose a method at the shared-parameter level or a loss weighting"
+    )
+    raise MtlError(
+        f"method {name} works at level representation, which has no meaning on multi-input dataset {recipe.data.name}: "
+        "each task's gradient w.r.t. z lies on its own rows (a diagonal Gram matrix)",
+        hint=fix,
+    )
+
+
+def multi_input_streams(recipe: Recipe, dataset: PreparedDataset, tasks: list[Task], train: Any) -> TaskStreams | None:
+    """Each task's rows of the training split when the dataset is multi-input (`DatasetSpec.multi_input`), else None."""
+    if recipe.data.synthetic or not registry.get(recipe.data.name).multi_input:
+        return None
+    if not isinstance(train, DeviceSplit):
+        raise MtlError("a multi-input dataset is trained from data.placement device", hint="set data.placement: device")
+    streams = TaskStreams.of([t.target_of(train.targets) for t in tasks])
+    batch = recipe.train.batch_size
+    for t, rows in zip(tasks, streams.rows, strict=True):
+        if len(rows) < batch:
+            raise MtlError(
+                f"task {t.name} of {dataset.path} has {len(rows)} training images, fewer than train.batch_size {batch}",
+                hint=f"set train.batch_size to at most {len(rows)} (every step takes a full batch of every task)",
+            )
+    return streams

@@ -37,6 +37,7 @@ class Position:
     step_times: list[float] = field(default_factory=list)
     epoch_seconds: float = 0.0
     skipped: int = 0
+    bounds: list[int] | None = None  # multi-input: where each step's rows start in `perm` (its steps' sizes vary)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class Position:
             "step_times": list(self.step_times),
             "epoch_seconds": self.epoch_seconds,
             "skipped": self.skipped,
+            "bounds": self.bounds,
         }
 
     @classmethod
@@ -61,6 +63,7 @@ class Position:
             step_times=list(pos["step_times"]),
             epoch_seconds=float(pos["epoch_seconds"]),
             skipped=int(pos.get("skipped", 0)),
+            bounds=[int(b) for b in pos["bounds"]] if pos.get("bounds") is not None else None,
         )
 
 
@@ -112,6 +115,7 @@ def training_state(t: Trainer) -> dict[str, Any]:
         "rng": rng_state(t.shuffle, t.device),
         "precision": t.precision.state_dict(),  # fp16's loss scaler ({} otherwise)
         "position": t.position.state_dict(),
+        **({"streams": t.streams.state_dict()} if t.streams is not None else {}),  # multi-input: each task's place
         "best_score": t.best_score,
         "best_epoch": t.best_epoch,
         "global_step": t.global_step,
@@ -130,6 +134,8 @@ def restore_training_state(t: Trainer, state: dict[str, Any]) -> None:
     t.precision.load_state_dict(state.get("precision", {}))
     set_rng_state(state["rng"], t.shuffle, t.device)
     t.position = Position.from_state_dict(state["position"], t.device)
+    if t.streams is not None:
+        t.streams.load_state_dict(state["streams"])
     t.best_score = float(state["best_score"])
     t.best_epoch = int(state["best_epoch"])
     t.global_step = int(state["global_step"])

@@ -43,12 +43,14 @@ from mtlcli.training.build import (
     check_batches,
     check_distributable,
     check_execution,
+    check_multi_input,
     device_splits,
     enable_determinism,
     load_dataset,
     make_model,
     make_optimizer,
     make_scheduler,
+    multi_input_streams,
     prepare_model,
     resolve_device,
     seed_everything,
@@ -59,6 +61,8 @@ from mtlcli.training.callbacks import Callback, CallbackList, default_callbacks
 from mtlcli.training.checkpoint import Position, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from mtlcli.training.evaluation import evaluate, selection_score
 from mtlcli.training.guard import NonFiniteError, NonFiniteGuard
+from mtlcli.training.multi_input import TaskStreams
+from mtlcli.training.multi_input import feed as multi_input_feed
 from mtlcli.training.precision import Precision
 from mtlcli.training.signals import StopRequest, TrainingInterrupted
 from mtlcli.training.summary import build_summary
@@ -88,6 +92,7 @@ class Trainer:
         self.job, device_spec = distributed.setup_from_environment(r.train.device)
         self.device = resolve_device(device_spec)
         check_execution(r, self.device)  # fp16 without CUDA, compile without a compiler: before anything is loaded
+        check_multi_input(r)  # a representation-level method on a multi-input dataset: refused before loading
         if self.job.active:
             check_distributable(r, self.job)
         extra = [*trackers, *self.extra_callbacks]
@@ -108,6 +113,7 @@ class Trainer:
             [t.name for t in self.tasks], named, self.device, r.train.on_nonfinite, scaled=self.precision.scaled
         )
         self.splits = device_splits(r, self.dataset, self.device)
+        self.streams: TaskStreams | None = multi_input_streams(r, self.dataset, self.tasks, self.splits["train"])
         if self.job.active:
             check_batches(len(self.splits["train"]), r.train.batch_size, self.job)
         self.augment = build_augment(augmentation_of(r), self.dataset.target_kinds, r.train.seed, self.device)
@@ -236,14 +242,21 @@ class Trainer:
         """Train from the current position to the epoch's end (True), or until a signal stops it (False)."""
         r, pos, train = self.recipe, self.position, self.splits["train"]
         n, batch_size = len(train), r.train.batch_size
-        steps = training_steps(n, batch_size)
+        steps = training_steps(n, batch_size) if self.streams is None else self.streams.steps(batch_size)
         if pos.perm is None:  # a fresh epoch (one resumed mid-way has its order and sums)
-            pos.perm = torch.randperm(n, generator=self.shuffle, device=self.device)
+            if self.streams is None:
+                pos.perm = torch.randperm(n, generator=self.shuffle, device=self.device)
+            else:  # multi-input: every task's batches of the epoch, each task on from where it was
+                pos.perm, pos.bounds = self.streams.plan(batch_size, steps, self.shuffle)
             pos.loss_sum = torch.zeros(len(self.tasks), device=self.device)
             pos.weight_sum = torch.zeros(len(self.tasks), device=self.device)
             pos.step_times = []
             pos.epoch_seconds = 0.0
         assert pos.loss_sum is not None and pos.weight_sum is not None
+        if pos.bounds is not None:
+            return self._train_steps(
+                stop, steps, batch_size, multi_input_feed(train, pos.perm, pos.bounds, self.job.shard, pos.batch, steps)
+            )
         with train.feed(pos.perm, batch_size, self.job.shard, start=pos.batch, steps=steps) as feed:
             return self._train_steps(stop, steps, batch_size, feed)
 
@@ -265,7 +278,10 @@ class Trainer:
                 pos.epoch_seconds += time.perf_counter() - started
                 self.elapsed += time.perf_counter() - started
                 return False
-            index = pos.perm[pos.batch * batch_size : (pos.batch + 1) * batch_size]
+            if pos.bounds is None:
+                index = pos.perm[pos.batch * batch_size : (pos.batch + 1) * batch_size]
+            else:  # multi-input: the tasks' batches of this step
+                index = pos.perm[pos.bounds[pos.batch] : pos.bounds[pos.batch + 1]]
             mine = self.job.shard(index)  # rows r, r + N, ... of the global batch
             x, y = next(feed)  # the rows `mine`
             x, y = self.augment(x, y, self.global_step * self.job.world + self.job.rank)

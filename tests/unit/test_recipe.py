@@ -35,6 +35,11 @@ def test_shipped_recipes_are_valid_and_say_how_to_run(path: Path) -> None:
         assert (recipe.optim.name, recipe.optim.lr, recipe.train.batch_size, recipe.train.epochs) == ("adam", 1e-3, 120, 300)
         assert recipe.optim.scheduler.name == "none" and recipe.model.encoder == "mpnn" and recipe.model.options["dim"] == 64
         assert [t.name for t in recipe.tasks] == ["mu", "alpha", "homo", "lumo", "r2", "zpve", "u0", "u", "h", "g", "cv"]
+    elif name in ("office-31", "office-home"):  # LibMTL: Adam 1e-4, wd 1e-5, no scheduler, 100 epochs, bs 64
+        assert (recipe.optim.name, recipe.optim.lr, recipe.optim.weight_decay) == ("adam", 1e-4, 1e-5)
+        assert (recipe.optim.scheduler.name, recipe.train.batch_size, recipe.train.epochs) == ("none", 64, 100)
+        assert recipe.model.encoder == "resnet18" and recipe.model.options["pretrained"] and recipe.data.size == 224
+        assert recipe.method.name == "uniform" and all(t.loss == "masked_cross_entropy" for t in recipe.tasks)
     else:
         if name == "celeba":  # the authors' CelebA setting: Adam 5e-4, loss+ normalisation
             assert recipe.optim.name == "adam" and recipe.optim.lr == 5e-4
@@ -81,7 +86,10 @@ def test_unknown_dataset_task_and_method() -> None:
     with pytest.raises(RecipeError) as info:
         recipes.load(raw=raw)
     text = "\n".join(info.value.problems)
-    names = "multimnist, multifashion, multi-fashion-mnist, celeba, cityscapes, cityscapes-mtan, nyuv2, qm9 or table"
+    names = (
+        "multimnist, multifashion, multi-fashion-mnist, celeba, cityscapes, cityscapes-mtan, nyuv2, qm9, office-31, "
+        "office-home or table"
+    )
     assert f"data.name: must be one of {names}, got 'cifar'" in text
     assert "method.name: unknown method 'mgda_ub' (did you mean 'mgda-ub'?); choose one of:" in text
     raw = load_shipped_recipe()

@@ -133,10 +133,10 @@ def test_registry_driven_recipe_problems_are_reported_together() -> None:
 
 def test_unknown_encoder_suggests_one() -> None:
     raw = celeba_recipe()
-    raw["model"] = {"encoder": "resnet18"}
+    raw["model"] = {"encoder": "resnet18-cifr"}
     with pytest.raises(RecipeError) as info:
         recipes.load(raw=raw)
-    assert "model.encoder: unknown encoder 'resnet18' (did you mean 'resnet18-cifar'?)" in info.value.problems[0]
+    assert "model.encoder: unknown encoder 'resnet18-cifr' (did you mean 'resnet18-cifar'?)" in info.value.problems[0]
 
 
 def _dataset(meta: dict, channels: int = 3) -> PreparedDataset:

@@ -1,0 +1,101 @@
+"""torchvision's ResNet-18 as an encoder (`resnet18`): LibMTL's Office-31 / Office-Home network
+(median-research-group/LibMTL, examples/office/main_office.py: `resnet18(pretrained=True)` without its fc, z the
+512-d average-pooled features, a Linear(512, classes) head per task).
+
+`pretrained: true` loads torchvision's ImageNet weights (ResNet18_Weights.IMAGENET1K_V1) from the torch.hub cache,
+downloading them there when they are absent; offline, one error names the URL and the exact file to put it in.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import cast
+from urllib.parse import urlparse
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models.resnet import BasicBlock
+
+from mtlcli.errors import DataError
+from mtlcli.models._input import resnet18_input_problem
+from mtlcli.models.registry import ResNet18Options
+
+IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
+FEATURES = 512
+
+
+class ResNet18Encoder(nn.Module):
+    """[B, 3, H, W] -> [B, 512]: torchvision's ResNet-18 up to its average pool (no fc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        net = resnet18(weights=None)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_features = FEATURES
+
+    @property
+    def last_layer(self) -> nn.Module:
+        """The last shared layer with weights: the second conv of the last block."""
+        return cast(BasicBlock, self.layer4[-1]).conv2
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1)
+
+
+def imagenet_weights_path() -> Path:
+    """Where torch.hub caches the weights: torch.hub.get_dir()/checkpoints/<file name of the URL>."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(IMAGENET_WEIGHTS.url).path)
+
+
+def _torchvision_names(key: str) -> str:
+    """Our key -> torchvision's (the stem's Sequential indices name conv1, bn1)."""
+    for index, name in (("stem.0.", "conv1."), ("stem.1.", "bn1.")):
+        if key.startswith(index):
+            return name + key[len(index) :]
+    return key
+
+
+def load_imagenet_weights(encoder: ResNet18Encoder) -> None:
+    """Load torchvision's ResNet-18 ImageNet weights (without fc) into `encoder`, strictly; DataError when they
+    can be neither downloaded nor read (the hint says where to put the file for offline use)."""
+    url, path = IMAGENET_WEIGHTS.url, imagenet_weights_path()
+    cached = path.is_file()
+    try:
+        state = IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True, map_location="cpu", weights_only=True)
+    except Exception as exc:  # downloading raises URLError/OSError/RuntimeError; unpickling a bad file, nearly anything
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        if cached or path.is_file():
+            raise DataError(
+                f"cannot read the ResNet-18 ImageNet weights file {path}: {first}",
+                hint=f"delete it to download it again, or replace it with a good copy of {url}",
+            ) from None
+        raise DataError(
+            f"cannot download the ResNet-18 ImageNet weights from {url}: {first}",
+            hint=f"without internet, download {url} elsewhere and put it at {path} (or set pretrained: false)",
+        ) from None
+    ours = {key: _torchvision_names(key) for key in encoder.state_dict()}
+    try:
+        encoder.load_state_dict({key: state[name] for key, name in ours.items()}, strict=True)
+    except (KeyError, RuntimeError) as exc:
+        raise DataError(f"{path} does not hold torchvision's ResNet-18 weights ({type(exc).__name__})",
+                        hint=f"replace it with {url}") from None  # fmt: skip
+
+
+def build_encoder(shape: tuple[int, int, int], o: ResNet18Options) -> nn.Module:
+    """The registry's `resnet18` encoder, with torchvision's ImageNet weights when `pretrained`."""
+    problem = resnet18_input_problem(shape)
+    if problem is not None:
+        raise ValueError(problem)
+    encoder = ResNet18Encoder()
+    if o.pretrained:
+        load_imagenet_weights(encoder)
+    return encoder
+
+
+def build_head(features: int, classes: int, _shape: tuple[int, int, int], _o: ResNet18Options) -> nn.Module:
+    """LibMTL's Office head: Linear(512, classes)."""
+    return nn.Linear(features, classes)
