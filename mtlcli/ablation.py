@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from mtlcli import __version__, methods
+from mtlcli.data import registry
 from mtlcli.data.device import DeviceSplit
 from mtlcli.data.graphs import GraphSplit, first_molecules
 from mtlcli.data.store import PreparedDataset
@@ -40,9 +41,11 @@ from mtlcli.training.build import (
     make_model,
     make_optimizer,
     prepare_model,
+    representation_refusal,
     resolve_device,
     tasks_of,
 )
+from mtlcli.training.multi_input import TaskStreams
 from mtlcli.training.precision import Precision
 
 KIND = "mtl-ablation"
@@ -138,6 +141,20 @@ def parse_methods(items: list[str] | None) -> tuple[list[MethodSpec], list[str]]
     return specs, []
 
 
+def refused_on(recipe: Recipe, specs: list[MethodSpec]) -> tuple[list[MethodSpec], list[str]]:
+    """The methods that run on the recipe's dataset, and a note for each refused there (`representation_refusal`:
+    the representation level on a multi-input dataset)."""
+    kept, notes = [], []
+    for spec in specs:
+        options = {**(recipe.method.options if spec.name == recipe.method.name else {}), **spec.options}
+        refusal = representation_refusal(recipe.data.name, spec.name, options)
+        if refusal is None:
+            kept.append(spec)
+        else:
+            notes.append(f"{spec.label}: skipped, {refusal.message.split(': ', 1)[0]} ({refusal.hint})")
+    return kept, notes
+
+
 def _valid(spec: MethodSpec) -> bool:
     return not methods.option_problems(spec.name, spec.options)
 
@@ -151,8 +168,9 @@ def _synchronize(device: torch.device) -> Callable[[], None]:
 def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit | GraphSplit]:
     """The dataset (for the model's shapes) and a one-batch train split: real data, or random tensors."""
     batch = recipe.train.batch_size
+    multi = registry.get(recipe.data.name).multi_input  # a batch of every task (mtlcli.training.multi_input)
     if recipe.data.synthetic:
-        counts = {"train": batch, "val": 1, "test": 1}
+        counts = {"train": batch * (len(recipe.tasks) if multi else 1), "val": 1, "test": 1}
         dataset = synthetic_dataset(recipe.data.name, size=recipe.data.size, seed=recipe.train.seed, counts=counts)
     else:
         dataset = load_dataset(recipe)
@@ -160,10 +178,15 @@ def ablation_batch(recipe: Recipe) -> tuple[PreparedDataset, DeviceSplit | Graph
         graphs = {key: torch.from_numpy(np.ascontiguousarray(a)) for key, a in dataset.graphs["train"].items()}
         values = {name: torch.from_numpy(np.ascontiguousarray(a[:batch])) for name, a in dataset.targets["train"].items()}
         return dataset, GraphSplit.create(first_molecules(graphs, batch), values, torch.device("cpu"))
-    images = torch.from_numpy(np.ascontiguousarray(dataset.images["train"][:batch]))
+    rows: slice | np.ndarray = slice(0, batch)
+    if multi:  # the first batch of every task, interleaved as the trainer's steps are
+        labels = torch.from_numpy(dataset.targets["train"]["labels"].astype(np.int64))
+        streams = TaskStreams.of([t.target_of({"labels": labels}) for t in tasks_of(recipe, dataset)])
+        rows = streams.plan(batch, 1, torch.Generator().manual_seed(recipe.train.seed))[0].numpy()
+    images = torch.from_numpy(np.ascontiguousarray(dataset.images["train"][rows]))
     kinds = dataset.target_kinds
     targets = {
-        name: torch.from_numpy(np.ascontiguousarray(array[:batch]).astype("int64" if kinds[name] == "class" else array.dtype))
+        name: torch.from_numpy(np.ascontiguousarray(array[rows]).astype("int64" if kinds[name] == "class" else array.dtype))
         for name, array in dataset.targets["train"].items()
     }
     mean, std = input_normalization(recipe, dataset)

@@ -53,11 +53,13 @@ def ablate(
     if batch_size is not None:
         sets.append(f"train.batch_size={batch_size}")
     resolved = recipes.load(recipe, device=device, data_dir=data_dir, sets=sets)
-    from mtlcli.ablation import ablation_table, parse_methods, run_ablation
+    from mtlcli.ablation import ablation_table, parse_methods, refused_on, run_ablation
     from mtlcli.io import write_json_atomic, write_text_atomic
     from mtlcli.report.render import render_one
 
     specs, notes = parse_methods(methods)
+    specs, refused = refused_on(resolved, specs)  # the representation level on a multi-input dataset
+    notes += refused
     for note in notes:
         err_console.print(f"note: {note}", highlight=False)
     payload = run_ablation(

@@ -18,6 +18,7 @@ ELEMENTS = 5  # QM9's node features: one-hot element (5), atomic number, aromati
 
 COUNTS = {"train": 2048, "val": 256, "test": 256}
 BUDGET_BYTES = 256 * 2**20  # dense datasets get fewer samples: at most this much per split
+MISSING_LABEL = -1  # a multi-input row's label for the other tasks (mtlcli.partial.MISSING_LABEL)
 
 
 def _target(kind: str, classes: int, n: int, hw: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -60,6 +61,11 @@ def synthetic_dataset(
         high = np.array([t.num_classes for t in label_tasks])
         for s, n in counts.items():
             targets[s]["labels"] = (rng.random((n, len(high))) * high).astype(np.uint8)
+            if spec.multi_input:  # each row an image of one task (row i: task i mod T), MISSING_LABEL elsewhere
+                labels = np.full((n, len(high)), MISSING_LABEL, dtype=np.int16)
+                own = np.arange(n) % len(high)
+                labels[np.arange(n), own] = targets[s]["labels"][np.arange(n), own]
+                targets[s]["labels"] = labels
     classes = {t.target: t.num_classes for t in spec.tasks if t.target is not None}
     for target, kind in spec.target_kinds.items():
         for s, n in counts.items():

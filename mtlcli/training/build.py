@@ -348,21 +348,19 @@ def make_scheduler(recipe: Recipe, optimizer: torch.optim.Optimizer) -> torch.op
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def check_multi_input(recipe: Recipe) -> None:
-    """A multi-input dataset refuses methods that take the task gradients w.r.t. z (`representation` level):
-    each task's loss depends on its own rows of z only, so the gradients lie on disjoint rows, their Gram matrix
-    is diagonal and the min-norm / projection rules built on it see no conflict between the tasks at all (MGDA-UB
-    would become inverse-squared-norm weighting, GradDrop the plain sum). The shared-parameter level applies
-    unchanged: there the gradients of all tasks are over the same parameters."""
-    if recipe.data.synthetic or not registry.get(recipe.data.name).multi_input:
-        return
-    name = recipe.method.name
-    if name not in methods.REGISTRY:
-        return
-    level = recipe.method.options.get("level", default_level(name))
-    if level != "representation":
-        return
-    info = methods.REGISTRY[name]
+def representation_refusal(dataset: str, method: str, options: dict[str, Any]) -> MtlError | None:
+    """Why `method` with `options` does not run on dataset `dataset` when it is multi-input, or None.
+
+    Methods that take the task gradients w.r.t. z (`representation` level) are refused there: each task's loss
+    depends on its own rows of z only, so the gradients lie on disjoint rows, their Gram matrix is diagonal and
+    the min-norm / projection rules built on it see no conflict between the tasks at all (MGDA-UB would become
+    inverse-squared-norm weighting, GradDrop the plain sum). The shared-parameter level applies unchanged: there
+    every task's gradient is over the same parameters."""
+    if not registry.get(dataset).multi_input or method not in methods.REGISTRY:
+        return None
+    if options.get("level", default_level(method)) != "representation":
+        return None
+    info = methods.REGISTRY[method]
     fix = (
         f"use method {info.fixed_level_of[0]} (level shared)"
         if info.fixed_level_of
@@ -370,16 +368,23 @@ def check_multi_input(recipe: Recipe) -> None:
         if info.published_level() is not None
         else "choose a method at the shared-parameter level or a loss weighting"
     )
-    raise MtlError(
-        f"method {name} works at level representation, which has no meaning on multi-input dataset {recipe.data.name}: "
+    return MtlError(
+        f"method {method} works at level representation, which has no meaning on multi-input dataset {dataset}: "
         "each task's gradient w.r.t. z lies on its own rows (a diagonal Gram matrix)",
         hint=fix,
     )
 
 
+def check_multi_input(recipe: Recipe) -> None:
+    """The recipe's method refused on a multi-input dataset (`representation_refusal`): one error, before loading."""
+    refusal = representation_refusal(recipe.data.name, recipe.method.name, recipe.method.options)
+    if refusal is not None:
+        raise refusal
+
+
 def multi_input_streams(recipe: Recipe, dataset: PreparedDataset, tasks: list[Task], train: Any) -> TaskStreams | None:
     """Each task's rows of the training split when the dataset is multi-input (`DatasetSpec.multi_input`), else None."""
-    if recipe.data.synthetic or not registry.get(recipe.data.name).multi_input:
+    if not registry.get(recipe.data.name).multi_input:
         return None
     if not isinstance(train, DeviceSplit):
         raise MtlError("a multi-input dataset is trained from data.placement device", hint="set data.placement: device")

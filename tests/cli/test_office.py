@@ -120,21 +120,36 @@ def test_task_streams_take_a_full_batch_of_every_task_and_restart_each_on_its_ow
     assert torch.equal(a[0], b[0]) and a[1] == b[1]
 
 
-@pytest.mark.parametrize(("method", "options"), [("uniform", {}), ("mgda", {"level": "shared"})])
-def test_one_epoch_trains_each_task_on_its_own_images(tmp_path: Path, method: str, options: dict[str, Any]) -> None:
+def test_one_epoch_trains_each_task_on_its_own_images_and_compares(tmp_path: Path) -> None:
     data_dir = prepare(tmp_path)
-    code, output = invoke("train", str(write(tmp_path, tiny(tmp_path, data_dir, method=method, **options))), "-q")
-    assert code == 0, output
-    (run,) = (tmp_path / "results").iterdir()
-    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     meta = json.loads((data_dir / "office-31" / "meta.json").read_text())
-    assert record["steps"] == max(c["train"] for c in meta["domain_counts"].values()) // BATCH
-    for split in ("val", "test"):
-        for task in ("amazon", "dslr", "webcam"):
-            accuracy = record[split][task]["accuracy"]
-            assert 0 <= accuracy <= 100
-    code, output = invoke("eval", str(run), "--split", "test")
+    for method, options in (("uniform", {}), ("mgda", {"level": "shared"})):  # mgda: the shared-parameter level
+        code, output = invoke("train", str(write(tmp_path, tiny(tmp_path, data_dir, method=method, **options))), "-q")
+        assert code == 0, output
+    runs = sorted((tmp_path / "results").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert record["steps"] == max(c["train"] for c in meta["domain_counts"].values()) // BATCH
+        accuracies = [record[split][task]["accuracy"] for split in ("val", "test") for task in ("amazon", "dslr", "webcam")]
+        assert all(0 <= a <= 100 for a in accuracies)
+    code, output = invoke("eval", str(runs[0]), "--split", "test")
     assert code == 0 and "webcam" in output, output
+    code, output = invoke("compare", str(tmp_path / "results"))
+    assert code == 0 and "mgda" in output and "uniform" in output and "dslr" in output, output
+
+
+def test_ablate_synthetic_times_a_batch_of_every_task_and_skips_the_representation_level(tmp_path: Path) -> None:
+    raw = tiny(tmp_path, tmp_path / "none")
+    raw["data"] = {"name": "office-31", "size": SIZE}
+    code, output = invoke("ablate", str(write(tmp_path, raw)), "--synthetic", "--methods", "uniform,mgda-ub,mgda",
+                          "--steps", "1", "--warmup", "0", "--out", str(tmp_path / "ablation"), "--batch-size", "2")  # fmt: skip
+    assert code == 0, output
+    (payload,) = [json.loads(p.read_text()) for p in (tmp_path / "ablation").glob("*.json")]
+    assert [row["method"] for row in payload["methods"]] == ["uniform", "mgda"]
+    assert payload["tasks"] == ["amazon", "dslr", "webcam"]
+    (skipped,) = payload["skipped"]
+    assert skipped.startswith("mgda-ub: skipped, method mgda-ub works at level representation")
 
 
 @pytest.mark.parametrize(
