@@ -375,11 +375,19 @@ def representation_refusal(dataset: str, method: str, options: dict[str, Any]) -
     )
 
 
-def check_multi_input(recipe: Recipe) -> None:
-    """The recipe's method refused on a multi-input dataset (`representation_refusal`): one error, before loading."""
+def check_multi_input(recipe: Recipe, processes: int = 1) -> None:
+    """The recipe's method refused on a multi-input dataset (`representation_refusal`), and several processes
+    (a rank's share of a task's rows is not its share of the batch, which the ranks' loss sums assume): one error,
+    before loading."""
     refusal = representation_refusal(recipe.data.name, recipe.method.name, recipe.method.options)
     if refusal is not None:
         raise refusal
+    if processes > 1 and registry.get(recipe.data.name).multi_input:
+        raise MtlError(
+            f"multi-input dataset {recipe.data.name} trains on one process, not {processes}: a rank's share of each "
+            "task's rows would differ from its share of the batch, which the ranks' summed losses assume",
+            hint="train it without torchrun / --nproc",
+        )
 
 
 def multi_input_streams(recipe: Recipe, dataset: PreparedDataset, tasks: list[Task], train: Any) -> TaskStreams | None:

@@ -92,7 +92,7 @@ class Trainer:
         self.job, device_spec = distributed.setup_from_environment(r.train.device)
         self.device = resolve_device(device_spec)
         check_execution(r, self.device)  # fp16 without CUDA, compile without a compiler: before anything is loaded
-        check_multi_input(r)  # a representation-level method on a multi-input dataset: refused before loading
+        check_multi_input(r, self.job.world if self.job.active else 1)  # refused before loading (representation level)
         if self.job.active:
             check_distributable(r, self.job)
         extra = [*trackers, *self.extra_callbacks]

@@ -245,3 +245,17 @@ def test_mid_epoch_interruption_resumes_each_tasks_position_bitwise(tmp_path: Pa
     resumed, message = interrupted_then_resumed(raw, 5 + 3, signal.SIGTERM)
     assert "SIGTERM at epoch 2, batch 3" in message
     assert_same_run(reference, resumed.run_dir)
+
+
+def test_several_processes_are_refused_in_one_line(tmp_path: Path) -> None:
+    from mtlcli.errors import MtlError
+    from mtlcli.recipe import validate
+    from mtlcli.training.build import check_multi_input
+
+    recipe = validate(tiny(tmp_path, tmp_path / "data"))
+    check_multi_input(recipe, 1)  # one process: fine
+    with pytest.raises(MtlError) as info:
+        check_multi_input(recipe, 2)
+    assert "multi-input dataset office-31 trains on one process, not 2" in info.value.message
+    single = validate({**tiny(tmp_path, tmp_path / "data"), "data": {"name": "multimnist"}, "model": {"encoder": "multilenet"}})
+    check_multi_input(single, 2)  # single-input datasets are not concerned
