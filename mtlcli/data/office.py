@@ -3,10 +3,11 @@ domain a task with its own images (LibMTL, examples/office).
 
 Layouts read: Office-31 `<domain>/images/<class>/*.jpg` (amazon, dslr, webcam), Office-Home `<domain>/<class>/*.jpg`
 (Art, Clipart, Product, Real_World). Every domain must hold the same class folders, none of them empty; every
-image must decode. Split: each domain's images 60/20/20 into train/val/test, per class, by a permutation seeded by
-`--seed` (LibMTL ships fixed lists of the same proportions, examples/office/data_txt; they name files of its own
-copy of the release, so the split is drawn here in the same proportions). Images are resized to SxS (224:
-LibMTL's `transforms.Resize((224, 224))`), bilinear with antialias, and normalised with the ImageNet mean/std.
+image must decode. Split: LibMTL's own 60/20/20 train/val/test lists (examples/office/data_txt, shipped here as
+`office_splits/<dataset>.tsv.gz`: path and split) when the release holds exactly the files they name; otherwise
+(another copy of the release) each domain's images 60/20/20 per class by a permutation seeded by `--seed`, said
+in a note and in meta.json's `split`. Images are resized to SxS (224: LibMTL's `transforms.Resize((224, 224))`),
+bilinear with antialias, and normalised with the ImageNet mean/std.
 
 Stored as one prepared dataset: images [N, S, S, 3] and labels [N, T] (int16) where row i holds its class in its
 domain's column and `MISSING_LABEL` (-1) in the others: the rows of task t are its domain's images
@@ -15,6 +16,7 @@ domain's column and `MISSING_LABEL` (-1) in the others: the rows of task t are i
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,13 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from mtlcli import __version__
+from mtlcli.data.feedback import note
 from mtlcli.data.registry import DatasetSpec, Prepared, PrepareRequest, one_source
 from mtlcli.data.store import exclusive_prepare, existing_meta, write_prepared
 from mtlcli.errors import DataError
 
+LIBMTL_LISTS = "median-research-group/LibMTL, examples/office/data_txt (commit 4336804847eaa5e0b924b743d76beec7ac3fdc97)"
+SPLIT_LISTS = Path(__file__).parent / "office_splits"  # package data (pyproject.toml)
 SPLIT_FRACTIONS = (0.6, 0.2)  # train, val; the rest is test (LibMTL's data_txt lists)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 RESIZE = "bilinear, antialias, torchvision.transforms.v2.functional.resize to SxS (LibMTL: Resize((224, 224)))"
@@ -100,6 +105,35 @@ def split_rows(labels: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return {split: np.sort(np.concatenate(chunks)) for split, chunks in parts.items()}
 
 
+def libmtl_split(name: str) -> dict[str, str]:
+    """LibMTL's split of dataset `name`: image path (relative to the release, as its lists write it) -> split."""
+    packed = (SPLIT_LISTS / f"{name}.tsv.gz").read_bytes()
+    lines = gzip.decompress(packed).decode("utf-8").splitlines()
+    return dict(line.split("\t") for line in lines if line.strip())
+
+
+def choose_split(
+    name: str, root: Path, found: dict[str, list[tuple[Path, int]]], seed: int
+) -> tuple[dict[str, dict[str, np.ndarray]], str]:
+    """Each domain's row indices per split, and how they were chosen: LibMTL's lists when the release holds exactly
+    their files, else 60/20/20 per class seeded by `seed` (`split_rows`)."""
+    listed = libmtl_split(name)
+    paths = {domain: [p.relative_to(root).as_posix() for p, _ in rows] for domain, rows in found.items()}
+    have = {p for ps in paths.values() for p in ps}
+    if have == set(listed):
+        names = ("train", "val", "test")
+        splits = {
+            domain: {s: np.array([i for i, p in enumerate(ps) if listed[p] == s], dtype=np.int64) for s in names}
+            for domain, ps in paths.items()
+        }
+        return splits, f"LibMTL's lists ({LIBMTL_LISTS})"
+    missing, extra = sorted(set(listed) - have), sorted(have - set(listed))
+    differs = f"{len(missing)} listed file(s) missing" + (f" (first: {missing[0]})" if missing else "")
+    differs += f", {len(extra)} not listed" + (f" (first: {extra[0]})" if extra else "")
+    splits = {domain: split_rows(np.array([c for _, c in found[domain]]), seed + t) for t, domain in enumerate(found)}
+    return splits, f"60/20/20 per class, seeded by --seed {seed}: the release differs from LibMTL's lists ({differs})"
+
+
 def decode(path: Path, size: int) -> np.ndarray:
     """One image, RGB, resized to size x size: uint8 [size, size, 3]; DataError naming it when it does not decode."""
     try:
@@ -128,11 +162,13 @@ def prepare(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
             return Prepared(path=target, built=False, meta=existing)
         classes, found = scan(spec.name, source)  # every folder checked before any image is decoded
         tasks = list(DOMAINS[spec.name])
+        chosen, how = choose_split(spec.name, source, found, request.seed)
+        note(request.console, f"split: {how}")
         splits: dict[str, dict[str, list[np.ndarray]]] = {s: {"images": [], "labels": []} for s in ("train", "val", "test")}
         counts: dict[str, dict[str, int]] = {}
         for t, domain in enumerate(tasks):
             classes_of = np.array([c for _, c in found[domain]], dtype=np.int64)
-            for split, rows in split_rows(classes_of, request.seed + t).items():
+            for split, rows in chosen[domain].items():
                 labels = np.full((len(rows), len(tasks)), MISSING_LABEL, dtype=np.int16)
                 labels[:, t] = classes_of[rows]
                 images = np.zeros((len(rows), size, size, 3), dtype=np.uint8)
@@ -155,6 +191,7 @@ def prepare(spec: DatasetSpec, request: PrepareRequest) -> Prepared:
             "classes": classes,
             "counts": {split: len(parts["labels"]) for split, parts in arrays.items()},
             "domain_counts": counts,  # task -> split -> images
+            "split": how,
             "resize": RESIZE,
             "mean": list(spec.mean),
             "std": list(spec.std),

@@ -20,6 +20,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mtlcli.cli import app
+from mtlcli.data import office
 from mtlcli.data.office import MISSING_LABEL
 from mtlcli.errors import DataError
 from mtlcli.models import resnet18 as resnet18_module
@@ -259,3 +260,38 @@ def test_several_processes_are_refused_in_one_line(tmp_path: Path) -> None:
     assert "multi-input dataset office-31 trains on one process, not 2" in info.value.message
     single = validate({**tiny(tmp_path, tmp_path / "data"), "data": {"name": "multimnist"}, "model": {"encoder": "multilenet"}})
     check_multi_input(single, 2)  # single-input datasets are not concerned
+
+
+@pytest.mark.parametrize(("dataset", "images"), [("office-31", 4110), ("office-home", 15588)])
+def test_libmtls_lists_are_shipped_whole(dataset: str, images: int) -> None:
+    listed = office.libmtl_split(dataset)
+    assert len(listed) == images  # the releases' image counts
+    folders = {path.split("/")[0] for path in listed}
+    assert folders == set(LAYOUT[dataset][0])
+    if dataset == "office-31":
+        assert all(path.split("/")[1] == "images" for path in listed)
+    shares = np.array([sum(s == split for s in listed.values()) for split in ("train", "val", "test")]) / images
+    assert np.allclose(shares, [0.6, 0.2, 0.2], atol=0.02)
+
+
+def test_a_release_holding_exactly_libmtls_files_gets_libmtls_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = write_office(tmp_path / "office-31")
+    files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*.jpg"))
+    listed = {path: ("train", "train", "val", "test", "train")[i % 5] for i, path in enumerate(files)}
+    monkeypatch.setattr(office, "libmtl_split", lambda _name: listed)
+    data_dir = tmp_path / "data"
+    code, output = invoke("prepare", "office-31", "--source", str(source), "--data-dir", str(data_dir), "--size", str(SIZE))
+    assert code == 0, output
+    meta = json.loads((data_dir / "office-31" / "meta.json").read_text())
+    assert meta["split"].startswith("LibMTL's lists") and "split: LibMTL's lists" in " ".join(output.split())
+    for domain in LAYOUT["office-31"][0]:
+        mine = [p for p in files if p.startswith(domain + "/")]
+        assert meta["domain_counts"][domain] == {s: sum(listed[p] == s for p in mine) for s in ("train", "val", "test")}
+
+
+def test_another_copy_of_the_release_gets_the_seeded_split_with_a_note(tmp_path: Path) -> None:
+    source = write_office(tmp_path / "office-31")
+    code, output = invoke("prepare", "office-31", "--source", str(source), "--data-dir", str(tmp_path / "data"), "--size", "32")
+    text = " ".join(output.split())
+    assert code == 0 and "the release differs from LibMTL's lists" in text, output
+    assert re.search(r"\(\d+ listed file\(s\) missing \(first: \S+\), \d+ not listed", text), output
