@@ -44,6 +44,8 @@ class ResNet18Options(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     pretrained: bool = Field(True, description="start from torchvision's ImageNet weights (the torch.hub cache)")
+    hidden: int = Field(0, ge=0, description="a shared Linear-BatchNorm-ReLU-dropout(0.5) of this width after the pool "
+                        "(LibMTL's Office encoder: 512), z its output; 0: none, z the 512 pooled features")  # fmt: skip
 
 
 class DilatedResNetOptions(BaseModel):

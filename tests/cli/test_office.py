@@ -57,7 +57,7 @@ def tiny(tmp_path: Path, data_dir: Path, dataset: str = "office-31", method: str
     """The shipped recipe at 32x32, no ImageNet download, batches of 4 per task, one epoch on the CPU."""
     raw = yaml.safe_load((ROOT / "recipes" / f"{dataset}.yaml").read_text())
     raw["data"].update({"dir": str(data_dir), "size": SIZE})
-    raw["model"]["pretrained"] = False
+    raw["model"].update({"pretrained": False, "hidden": 8})
     raw["method"] = {"name": method, **options}
     raw["train"].update({"epochs": 1, "batch_size": BATCH, "eval_batch_size": 16, "device": "cpu"})
     raw["output"]["dir"] = str(tmp_path / "results")
@@ -232,6 +232,11 @@ def test_pretrained_loads_torchvisions_weights_strictly(tmp_path: Path, monkeypa
     encoder = resnet18_module.build_encoder((3, SIZE, SIZE), ResNet18Options(pretrained=True))
     assert torch.equal(encoder.state_dict()["stem.0.weight"], reference["conv1.weight"])
     assert torch.equal(encoder.state_dict()["layer4.1.bn2.running_var"], reference["layer4.1.bn2.running_var"])
+    with_hidden = resnet18_module.build_encoder((3, SIZE, SIZE), ResNet18Options(pretrained=True, hidden=16))
+    assert torch.equal(with_hidden.state_dict()["stem.0.weight"], reference["conv1.weight"])
+    assert with_hidden.out_features == 16 and with_hidden.last_layer is with_hidden.hidden[0]
+    assert with_hidden.hidden[0].bias.eq(0.1).all()  # LibMTL's init of its hidden layer
+    assert with_hidden.eval()(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 16)
 
 
 def test_mid_epoch_interruption_resumes_each_tasks_position_bitwise(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ def test_shipped_recipes_are_valid_and_say_how_to_run(path: Path) -> None:
         assert (recipe.optim.name, recipe.optim.lr, recipe.optim.weight_decay) == ("adam", 1e-4, 1e-5)
         assert (recipe.optim.scheduler.name, recipe.train.batch_size, recipe.train.epochs) == ("none", 64, 100)
         assert recipe.model.encoder == "resnet18" and recipe.model.options["pretrained"] and recipe.data.size == 224
+        assert recipe.model.options["hidden"] == 512  # LibMTL's shared layer after the pool
         assert recipe.method.name == "uniform" and all(t.loss == "masked_cross_entropy" for t in recipe.tasks)
     else:
         if name == "celeba":  # the authors' CelebA setting: Adam 5e-4, loss+ normalisation
