@@ -146,7 +146,7 @@ def test_channels_last_on_multilenet_is_one_recipe_problem(tiny_recipe) -> None:
     assert len(info.value.problems) == 1
     assert info.value.problems[0].startswith("train.channels_last: encoder multilenet has no wide convolutions")
     wide = [name for name, spec in ENCODERS.items() if spec.channels_last]
-    assert wide == ["resnet18-cifar", "resnet50-dilated", "segnet-split"]
+    assert wide == ["resnet18-cifar", "resnet18", "resnet50-dilated", "segnet-split"]
 
 
 def test_compile_with_batched_gradients_is_one_recipe_problem(tiny_recipe) -> None:
