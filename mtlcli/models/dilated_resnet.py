@@ -17,18 +17,16 @@ needs a batch of at least 2.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import cast
-from urllib.parse import urlparse
 
-import torch
 from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.resnet import Bottleneck
 
 from mtlcli.errors import DataError
 from mtlcli.models._input import DILATED_OUTPUT_STRIDE, dilated_resnet_input_problem
+from mtlcli.models._pretrained import fetch_state, hub_path
 from mtlcli.models.registry import DilatedResNetOptions
 
 __all__ = [
@@ -105,14 +103,7 @@ class DilatedResNet50Encoder(nn.Module):
 
 def imagenet_weights_path() -> Path:
     """Where torch.hub caches the ImageNet weights: torch.hub.get_dir()/checkpoints/<file name of the URL>."""
-    filename = os.path.basename(urlparse(IMAGENET_WEIGHTS.url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
-
-
-def _reason(exc: BaseException) -> str:
-    """The exception's type and first line (torch's messages can run over many lines)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return hub_path(IMAGENET_WEIGHTS)
 
 
 def load_imagenet_weights(encoder: DilatedResNet50Encoder) -> None:
@@ -129,24 +120,8 @@ def load_imagenet_weights(encoder: DilatedResNet50Encoder) -> None:
             f"{encoder.in_channels} input channel(s)",
             hint=f"use width {_PRETRAINED_WIDTH} and RGB inputs, or train from scratch (no pretrained weights)",
         )
-    url = IMAGENET_WEIGHTS.url
-    path = imagenet_weights_path()
-    cached = path.is_file()
-    try:
-        state = IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True, map_location="cpu", weights_only=True)
-    except Exception as exc:  # downloading raises URLError/OSError/RuntimeError; unpickling a bad file, nearly anything
-        if cached or path.is_file():
-            raise DataError(
-                f"cannot read the ResNet-50 ImageNet weights file {path}: {_reason(exc)}",
-                hint=f"delete it to download it again, or replace it with a good copy of {url}",
-            ) from exc
-        raise DataError(
-            f"cannot download the ResNet-50 ImageNet weights from {url}: {_reason(exc)}",
-            hint=(
-                f"without internet, download {url} elsewhere and put it at {path} "
-                "(torch.hub.get_dir()/checkpoints; set TORCH_HOME to change it: $TORCH_HOME/hub/checkpoints)"
-            ),
-        ) from exc
+    url, path = IMAGENET_WEIGHTS.url, imagenet_weights_path()
+    state = fetch_state(IMAGENET_WEIGHTS, path, "ResNet-50")
     if not isinstance(state, dict):
         raise DataError(f"{path} does not hold a state dict but a {type(state).__name__}", hint=f"replace it with {url}")
     state = {key: value for key, value in state.items() if not str(key).startswith("fc.")}

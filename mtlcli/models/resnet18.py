@@ -9,10 +9,8 @@ downloading them there when they are absent; offline, one error names the URL an
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import cast
-from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +19,7 @@ from torchvision.models.resnet import BasicBlock
 
 from mtlcli.errors import DataError
 from mtlcli.models._input import resnet18_input_problem
+from mtlcli.models._pretrained import fetch_state, hub_path
 from mtlcli.models.registry import ResNet18Options
 
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
@@ -56,8 +55,8 @@ class ResNet18Encoder(nn.Module):
 
 
 def imagenet_weights_path() -> Path:
-    """Where torch.hub caches the weights: torch.hub.get_dir()/checkpoints/<file name of the URL>."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(IMAGENET_WEIGHTS.url).path)
+    """Where torch.hub caches the ImageNet weights (`$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth`)."""
+    return hub_path(IMAGENET_WEIGHTS)
 
 
 def _torchvision_names(key: str) -> str:
@@ -72,20 +71,7 @@ def load_imagenet_weights(encoder: ResNet18Encoder) -> None:
     """Load torchvision's ResNet-18 ImageNet weights (without fc) into `encoder`, strictly; DataError when they
     can be neither downloaded nor read (the hint says where to put the file for offline use)."""
     url, path = IMAGENET_WEIGHTS.url, imagenet_weights_path()
-    cached = path.is_file()
-    try:
-        state = IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True, map_location="cpu", weights_only=True)
-    except Exception as exc:  # downloading raises URLError/OSError/RuntimeError; unpickling a bad file, nearly anything
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        if cached or path.is_file():
-            raise DataError(
-                f"cannot read the ResNet-18 ImageNet weights file {path}: {first}",
-                hint=f"delete it to download it again, or replace it with a good copy of {url}",
-            ) from None
-        raise DataError(
-            f"cannot download the ResNet-18 ImageNet weights from {url}: {first}",
-            hint=f"without internet, download {url} elsewhere and put it at {path} (or set pretrained: false)",
-        ) from None
+    state = fetch_state(IMAGENET_WEIGHTS, path, "ResNet-18", offline_hint=", or set pretrained: false")
     ours = {key: _torchvision_names(key) for key in encoder.state_dict() if not key.startswith("hidden.")}
     try:
         missing, unexpected = encoder.load_state_dict({key: state[name] for key, name in ours.items()}, strict=False)
