@@ -311,8 +311,8 @@ def _expand_tasks(raw: dict[str, Any]) -> dict[str, Any]:
     if tasks != ALL_TASKS:
         return raw
     spec = _dataset_of(raw)
-    if spec is None:
-        return raw  # `tasks: all` of an unknown dataset: the dataset problem is reported
+    if spec is None:  # an unknown dataset or an unprepared table: its problem is reported, not `all` as a list
+        return {**raw, "tasks": [{"name": ALL_TASKS}]}
     return {**raw, "tasks": [{"name": name} for name in spec.all_task_names]}
 
 

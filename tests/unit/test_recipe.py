@@ -235,3 +235,13 @@ def test_output_trackers_problems_are_one_line_each(value, problem) -> None:
         recipes.load(raw=raw)
     [reported] = info.value.problems
     assert reported.startswith(problem)
+
+
+def test_tasks_all_of_an_unknown_dataset_is_not_a_second_problem() -> None:
+    raw = load_shipped_recipe()
+    raw["data"]["name"] = "cifar"
+    raw["tasks"] = "all"
+    with pytest.raises(RecipeError) as info:
+        recipes.load(raw=raw)
+    assert [p for p in info.value.problems if p.startswith("tasks")] == []
+    assert any(p.startswith("data.name: must be one of") for p in info.value.problems)
