@@ -13,10 +13,25 @@ Batch = tuple[Tensor, dict[str, Tensor]]  # normalised float images [B, C, H, W]
 Feed = Iterator[Batch]
 
 
-def batch_indices(perm: Tensor, batch_size: int, shard: Callable[[Tensor], Tensor], start: int, steps: int) -> Iterator[Tensor]:
-    """The rows of batches `start` .. `steps - 1` of an epoch: slices of `perm`, this rank's share of each (`shard`)."""
+def step_rows(perm: Tensor, step: int, batch_size: int, bounds: list[int] | None = None) -> Tensor:
+    """The rows of batch `step` of an epoch ordered by `perm`: `batch_size` of them, or those between its `bounds`
+    (a multi-input epoch, whose steps hold a batch of every task: mtlcli.training.multi_input)."""
+    if bounds is None:
+        return perm[step * batch_size : (step + 1) * batch_size]
+    return perm[bounds[step] : bounds[step + 1]]
+
+
+def batch_indices(
+    perm: Tensor,
+    batch_size: int,
+    shard: Callable[[Tensor], Tensor],
+    start: int,
+    steps: int,
+    bounds: list[int] | None = None,
+) -> Iterator[Tensor]:
+    """The rows of batches `start` .. `steps - 1` of an epoch (`step_rows`), this rank's share of each (`shard`)."""
     for b in range(start, steps):
-        yield shard(perm[b * batch_size : (b + 1) * batch_size])
+        yield shard(step_rows(perm, b, batch_size, bounds))
 
 
 @dataclass
@@ -66,7 +81,15 @@ class DeviceSplit:
 
     @contextlib.contextmanager
     def feed(
-        self, perm: Tensor, batch_size: int, shard: Callable[[Tensor], Tensor], *, start: int, steps: int
+        self,
+        perm: Tensor,
+        batch_size: int,
+        shard: Callable[[Tensor], Tensor],
+        *,
+        start: int,
+        steps: int,
+        bounds: list[int] | None = None,
     ) -> Iterator[Feed]:
-        """The batches `start` .. `steps - 1` of the epoch ordered by `perm` (this rank's rows: `shard`), in order."""
-        yield (self.batch(index) for index in batch_indices(perm, batch_size, shard, start, steps))
+        """The batches `start` .. `steps - 1` of the epoch ordered by `perm` (`step_rows`; this rank's rows: `shard`),
+        in order."""
+        yield (self.batch(index) for index in batch_indices(perm, batch_size, shard, start, steps, bounds))

@@ -85,11 +85,18 @@ class GraphSplit:
 
     @contextlib.contextmanager
     def feed(
-        self, perm: Tensor, batch_size: int, shard: Callable[[Tensor], Tensor], *, start: int, steps: int
+        self,
+        perm: Tensor,
+        batch_size: int,
+        shard: Callable[[Tensor], Tensor],
+        *,
+        start: int,
+        steps: int,
+        bounds: list[int] | None = None,
     ) -> Iterator[Iterator[tuple[GraphBatch, dict[str, Tensor]]]]:
         """The batches `start` .. `steps - 1` of the epoch ordered by `perm` (this rank's rows: `shard`), in order,
         as `DeviceSplit.feed` gives them (molecules live on the device: nothing to read ahead)."""
-        yield (self.batch(index) for index in batch_indices(perm, batch_size, shard, start, steps))
+        yield (self.batch(index) for index in batch_indices(perm, batch_size, shard, start, steps, bounds))
 
     def batch(self, index: Tensor | slice) -> tuple[GraphBatch, dict[str, Tensor]]:
         """The molecules `index` (rows of the split) as one graph batch, and their targets by name."""

@@ -49,12 +49,19 @@ class StreamedSplit(DeviceSplit):
 
     @contextlib.contextmanager
     def feed(
-        self, perm: Tensor, batch_size: int, shard: Callable[[Tensor], Tensor], *, start: int, steps: int
+        self,
+        perm: Tensor,
+        batch_size: int,
+        shard: Callable[[Tensor], Tensor],
+        *,
+        start: int,
+        steps: int,
+        bounds: list[int] | None = None,
     ) -> Iterator[Feed]:
-        """The batches `start` .. `steps - 1` of the epoch ordered by `perm`, read ahead; the reader stops when the
-        block ends, however it ends (the epoch done, a signal, an error)."""
+        """The batches `start` .. `steps - 1` of the epoch ordered by `perm` (`step_rows`), read ahead; the reader
+        stops when the block ends, however it ends (the epoch done, a signal, an error)."""
         order = perm.cpu()  # one copy per epoch (or resume): the reader indexes host arrays
-        reader = _Reader(self, batch_indices(order, batch_size, shard, start, steps), first=start)
+        reader = _Reader(self, batch_indices(order, batch_size, shard, start, steps, bounds), first=start)
         try:
             yield reader
         finally:

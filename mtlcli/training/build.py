@@ -375,27 +375,20 @@ def representation_refusal(dataset: str, method: str, options: dict[str, Any]) -
     )
 
 
-def check_multi_input(recipe: Recipe, processes: int = 1) -> None:
-    """The recipe's method refused on a multi-input dataset (`representation_refusal`), and several processes
-    (a rank's share of a task's rows is not its share of the batch, which the ranks' loss sums assume): one error,
-    before loading."""
+def check_multi_input(recipe: Recipe) -> None:
+    """The recipe's method refused on a multi-input dataset (`representation_refusal`): one error, before loading."""
     refusal = representation_refusal(recipe.data.name, recipe.method.name, recipe.method.options)
     if refusal is not None:
         raise refusal
-    if processes > 1 and registry.get(recipe.data.name).multi_input:
-        raise MtlError(
-            f"multi-input dataset {recipe.data.name} trains on one process, not {processes}: a rank's share of each "
-            "task's rows would differ from its share of the batch, which the ranks' summed losses assume",
-            hint="train it without torchrun / --nproc",
-        )
 
 
-def multi_input_streams(recipe: Recipe, dataset: PreparedDataset, tasks: list[Task], train: Any) -> TaskStreams | None:
-    """Each task's rows of the training split when the dataset is multi-input (`DatasetSpec.multi_input`), else None."""
+def multi_input_streams(
+    recipe: Recipe, dataset: PreparedDataset, tasks: list[Task], train: Any, job: distributed.Distributed
+) -> TaskStreams | None:
+    """Each task's rows of the training split when the dataset is multi-input (`DatasetSpec.multi_input`), else None;
+    every task has a full batch, and every rank a row of each task in every step."""
     if not registry.get(recipe.data.name).multi_input:
         return None
-    if not isinstance(train, DeviceSplit):
-        raise MtlError("a multi-input dataset is trained from data.placement device", hint="set data.placement: device")
     streams = TaskStreams.of([t.target_of(train.targets) for t in tasks])
     batch = recipe.train.batch_size
     for t, rows in zip(tasks, streams.rows, strict=True):
@@ -404,4 +397,9 @@ def multi_input_streams(recipe: Recipe, dataset: PreparedDataset, tasks: list[Ta
                 f"task {t.name} of {dataset.path} has {len(rows)} training images, fewer than train.batch_size {batch}",
                 hint=f"set train.batch_size to at most {len(rows)} (every step takes a full batch of every task)",
             )
+    if job.active and batch < job.world:
+        raise MtlError(
+            f"{job.world} processes need at least {job.world} images of every task in a step; train.batch_size is {batch}",
+            hint="raise train.batch_size (images of each task in a step), or use fewer processes",
+        )
     return streams

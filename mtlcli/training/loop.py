@@ -33,7 +33,7 @@ from rich.console import Console
 
 from mtlcli import distributed, methods
 from mtlcli.augment import build_augment
-from mtlcli.data.device import Feed
+from mtlcli.data.device import Feed, step_rows
 from mtlcli.errors import RunError
 from mtlcli.methods.base import LossesOn, Method, Step
 from mtlcli.recipe import Recipe, validate
@@ -61,8 +61,7 @@ from mtlcli.training.callbacks import Callback, CallbackList, default_callbacks
 from mtlcli.training.checkpoint import Position, load_checkpoint, restore_training_state, save_checkpoint, training_state
 from mtlcli.training.evaluation import evaluate, selection_score
 from mtlcli.training.guard import NonFiniteError, NonFiniteGuard
-from mtlcli.training.multi_input import TaskStreams
-from mtlcli.training.multi_input import feed as multi_input_feed
+from mtlcli.training.multi_input import TaskStreams, task_shard
 from mtlcli.training.precision import Precision
 from mtlcli.training.signals import StopRequest, TrainingInterrupted
 from mtlcli.training.summary import build_summary
@@ -92,7 +91,7 @@ class Trainer:
         self.job, device_spec = distributed.setup_from_environment(r.train.device)
         self.device = resolve_device(device_spec)
         check_execution(r, self.device)  # fp16 without CUDA, compile without a compiler: before anything is loaded
-        check_multi_input(r, self.job.world if self.job.active else 1)  # refused before loading (representation level)
+        check_multi_input(r)  # refused before loading (the representation level on a multi-input dataset)
         if self.job.active:
             check_distributable(r, self.job)
         extra = [*trackers, *self.extra_callbacks]
@@ -113,9 +112,11 @@ class Trainer:
             [t.name for t in self.tasks], named, self.device, r.train.on_nonfinite, scaled=self.precision.scaled
         )
         self.splits = device_splits(r, self.dataset, self.device)
-        self.streams: TaskStreams | None = multi_input_streams(r, self.dataset, self.tasks, self.splits["train"])
-        if self.job.active:
+        self.streams: TaskStreams | None = multi_input_streams(r, self.dataset, self.tasks, self.splits["train"], self.job)
+        if self.job.active and self.streams is None:
             check_batches(len(self.splits["train"]), r.train.batch_size, self.job)
+        # this rank's rows of a step: rows r, r + N, ... (multi-input: samples r, r + N, ... of every task)
+        self.shard = self.job.shard if self.streams is None else task_shard(self.job, len(self.tasks))
         self.augment = build_augment(augmentation_of(r), self.dataset.target_kinds, r.train.seed, self.device)
         self.shuffle = torch.Generator(device=self.device)
         self.shuffle.manual_seed(r.train.seed)
@@ -253,11 +254,7 @@ class Trainer:
             pos.step_times = []
             pos.epoch_seconds = 0.0
         assert pos.loss_sum is not None and pos.weight_sum is not None
-        if pos.bounds is not None:
-            return self._train_steps(
-                stop, steps, batch_size, multi_input_feed(train, pos.perm, pos.bounds, self.job.shard, pos.batch, steps)
-            )
-        with train.feed(pos.perm, batch_size, self.job.shard, start=pos.batch, steps=steps) as feed:
+        with train.feed(pos.perm, batch_size, self.shard, start=pos.batch, steps=steps, bounds=pos.bounds) as feed:
             return self._train_steps(stop, steps, batch_size, feed)
 
     def _train_steps(self, stop: StopRequest, steps: int, batch_size: int, feed: Feed) -> bool:
@@ -278,11 +275,8 @@ class Trainer:
                 pos.epoch_seconds += time.perf_counter() - started
                 self.elapsed += time.perf_counter() - started
                 return False
-            if pos.bounds is None:
-                index = pos.perm[pos.batch * batch_size : (pos.batch + 1) * batch_size]
-            else:  # multi-input: the tasks' batches of this step
-                index = pos.perm[pos.bounds[pos.batch] : pos.bounds[pos.batch + 1]]
-            mine = self.job.shard(index)  # rows r, r + N, ... of the global batch
+            index = step_rows(pos.perm, pos.batch, batch_size, pos.bounds)  # multi-input: a batch of every task
+            mine = self.shard(index)  # this rank's rows of the global batch
             x, y = next(feed)  # the rows `mine`
             x, y = self.augment(x, y, self.global_step * self.job.world + self.job.rank)
             timer.start()

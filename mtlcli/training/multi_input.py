@@ -8,20 +8,21 @@ task's loader restarting when exhausted; examples/office/create_dataset.py: `dro
 epoch is therefore the steps of the largest task, max_t floor(n_t / B); every batch holds B rows of every task.
 
 The step's batch is the tasks' batches together, their rows interleaved (task 0's first row, task 1's first row,
-...), so halves of the batch (`Step.samples`) and the ranks' shards hold every task in proportion. The encoder
-sees the batch at once (batch-norm statistics over all tasks' rows; LibMTL runs one forward per task); each task's
-loss and metrics see only its rows (the masked losses), so its head learns only from its own representation.
+...), so halves of the batch (`Step.samples`) and the ranks' shards (`task_shard`) hold every task in proportion.
+The encoder sees the batch at once (batch-norm statistics over all tasks' rows; LibMTL runs one forward per task);
+each task's loss and metrics see only its rows (the masked losses), so its head learns only from its own
+representation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mtlcli.data.device import Batch
+from mtlcli.distributed import Distributed
 
 
 class TaskStreams:
@@ -74,7 +75,15 @@ class TaskStreams:
         self.cursors = [int(c) for c in state["cursors"]]
 
 
-def feed(split: Any, perm: Tensor, bounds: list[int], shard: Any, start: int, steps: int) -> Iterator[Batch]:
-    """The batches `start` .. `steps - 1` of a planned multi-input epoch (this rank's rows: `shard`)."""
-    for b in range(start, steps):
-        yield split.batch(shard(perm[bounds[b] : bounds[b + 1]]))
+def task_shard(job: Distributed, tasks: int) -> Callable[[Tensor], Tensor]:
+    """This rank's rows of a planned step: samples r, r + N, ... of every task.
+
+    A step's rows come in groups of T, one row of each task (`TaskStreams.plan`); rank r takes groups r, r + N, ...
+    So every rank holds the same number of rows of every task (B // N or B // N + 1, B % N != 0 included), its
+    share of each task's rows is its share of the batch, and the ranks' masked per-task mean losses, each weighted
+    by its share of the batch (the trainer), add up to the batch's. The plan does not depend on N: a run resumes
+    mid-epoch on any number of processes. One process: the step's rows as they are."""
+    if not job.active:
+        return job.shard
+    rank, world = job.rank, job.world
+    return lambda index: index.view(-1, tasks)[rank::world].reshape(-1)

@@ -145,6 +145,39 @@ MANY = {
 }
 
 
+# multi-input (an Office-31 miniature, real JPEGs; multilenet without dropout, which has no BatchNorm): each rank takes
+# samples r, r + N, ... of every task's batch (mtlcli.training.multi_input.task_shard); 5 images of each task a step,
+# so the ranks hold 3 and 2 of each
+MULTI_INPUT = {
+    "office-uniform": ("uniform", [], 1),
+    "office-mgda": ("mgda", [], 1),
+    "office-pcgrad": ("pcgrad", [], 1),
+    "office-nash-mtl": ("nash-mtl", [], 1),
+    "office-famo": ("famo", ["method.w_lr=0.001"], 1),
+    "office-dwa": ("dwa", [], 3),
+}
+MULTI_INPUT_BATCH = 5
+
+
+def write_office_recipe(where: Path) -> tuple[Path, int]:
+    """The shipped office-31 recipe on a prepared miniature at 32x32: its path and the steps of an epoch."""
+    from tests.office_fixture import write_office
+
+    data_dir = where / "data"
+    source = write_office(where / "office-31-release")
+    result = runner.invoke(app, ["prepare", "office-31", "--source", str(source), "--data-dir", str(data_dir), "--size", "32"])
+    assert result.exit_code == 0, result.output
+    raw = yaml.safe_load((ROOT / "recipes" / "office-31.yaml").read_text())
+    raw["data"].update(dir=str(data_dir), size=32)
+    raw["model"] = {"encoder": "multilenet", "dropout": 0.0}
+    raw["train"].update(epochs=1, batch_size=MULTI_INPUT_BATCH, eval_batch_size=16, device="cpu")
+    raw["output"]["dir"] = str(where / "results")
+    path = where / "office.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    meta = json.loads((data_dir / "office-31" / "meta.json").read_text())
+    return path, max(counts["train"] for counts in meta["domain_counts"].values()) // MULTI_INPUT_BATCH
+
+
 def test_every_registered_method_runs_on_several_processes_or_says_why_not() -> None:
     assert set(distributed.SUPPORTED) | set(distributed.REFUSED) == set(REGISTRY)
     assert not set(distributed.SUPPORTED) & set(distributed.REFUSED)
@@ -153,19 +186,22 @@ def test_every_registered_method_runs_on_several_processes_or_says_why_not() -> 
 
 
 @pytest.fixture(scope="module")
-def many(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
-    """Every case of MANY on 2 processes (one torchrun launch) and on 1 (in this process): {id: (one, two)},
-    each the directory of the case's run and trace."""
+def many(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path, int]]:
+    """Every case of MANY and MULTI_INPUT on 2 processes (one torchrun launch) and on 1 (in this process):
+    {id: (one, two, steps)}, the directories of the case's run and trace and the steps of its epochs."""
     root = tmp_path_factory.mktemp("many")
     recipe = write_tiny_recipe(data_dir, root)
+    office, office_steps = write_office_recipe(root / "office")
+    table = {name: (recipe, 4, case) for name, case in MANY.items()}
+    table.update({name: (office, office_steps, case) for name, case in MULTI_INPUT.items()})
     cases = {nproc: [] for nproc in (1, 2)}
-    for name, (method, sets, epochs) in MANY.items():
+    for name, (path, _, (method, sets, epochs)) in table.items():
         for nproc, out in cases.items():
             where = root / f"{name}-{nproc}"
             where.mkdir()
             out.append(
                 {
-                    "recipe": str(recipe), "method": method, "sets": sets, "epochs": epochs, "out": str(where / "results"),
+                    "recipe": str(path), "method": method, "sets": sets, "epochs": epochs, "out": str(where / "results"),
                     "trace": str(where / "trace.jsonl"), "run_file": str(where / "run.txt"),
                 }
             )  # fmt: skip
@@ -181,14 +217,14 @@ def many(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         if launched.poll() is None:
             launched.kill()
     assert launched.returncode == 0, stderr[-5000:]
-    return {name: (root / f"{name}-1", root / f"{name}-2") for name in MANY}
+    return {name: (root / f"{name}-1", root / f"{name}-2", steps * case[2]) for name, (_, steps, case) in table.items()}
 
 
-@pytest.mark.parametrize("name", list(MANY))
-def test_every_method_on_two_processes_equals_one(many: dict[str, tuple[Path, Path]], name: str) -> None:
-    one, two = many[name]
+@pytest.mark.parametrize("name", [*MANY, *MULTI_INPUT])
+def test_every_method_on_two_processes_equals_one(many: dict[str, tuple[Path, Path, int]], name: str) -> None:
+    one, two, steps = many[name]
     expected, got = weights(one / "trace.jsonl"), weights(two / "trace.jsonl")
-    assert len(expected) == len(got) == 4 * MANY[name][2]
+    assert len(expected) == len(got) == steps
     torch.testing.assert_close(torch.tensor(got), torch.tensor(expected), rtol=0, atol=1e-6)
     run_one, run_two = (Path((d / "run.txt").read_text()) for d in (one, two))
     assert_same_parameters(run_two, run_one, atol=1e-5)
@@ -198,6 +234,11 @@ def test_every_method_on_two_processes_equals_one(many: dict[str, tuple[Path, Pa
     for key in state_one:
         if isinstance(state_one[key], torch.Tensor):
             torch.testing.assert_close(state_two[key], state_one[key], rtol=0, atol=1e-5, msg=key)
+    if name in MULTI_INPUT:  # evaluation too: each task's accuracy on its own images, summed over the ranks' batches
+        rec_one, rec_two = (json.loads((r / "metrics.jsonl").read_text().splitlines()[-1]) for r in (run_one, run_two))
+        for split in ("val", "test"):
+            for task, values in rec_one[split].items():
+                assert abs(rec_two[split][task]["accuracy"] - values["accuracy"]) < 1e-9, (split, task)
 
 
 def test_a_stopped_two_process_run_resumes_on_two_or_on_one(recipe_path: Path, tmp_path: Path, monkeypatch) -> None:
@@ -219,6 +260,20 @@ def test_a_stopped_two_process_run_resumes_on_two_or_on_one(recipe_path: Path, t
     assert result.exit_code == 0, result.output
     assert_same_parameters(other, reference, atol=1e-5)
     assert [json.loads(line)["epoch"] for line in (other / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_multi_input_run_stopped_mid_epoch_on_two_processes_resumes_on_one(tmp_path: Path, monkeypatch) -> None:
+    """Each task's order and place are one process's (the plan does not depend on N): the run goes on elsewhere."""
+    office, steps = write_office_recipe(tmp_path)
+    args = [str(office), "--method", "mgda", "--epochs", "2"]
+    reference = one_process(args, monkeypatch)
+    stopped = torchrun(2, [*args, "-q"], MTL_SIGNAL_AT_STEP=str(steps + 2))
+    assert stopped.returncode != 0
+    assert "training stopped by SIGTERM at epoch 2, batch 1" in stopped.stderr, stopped.stderr[-3000:]
+    run = next(p for p in (tmp_path / "results").glob("mgda-*") if p != reference)
+    result = runner.invoke(app, ["train", "--resume", str(run), "-q"])
+    assert result.exit_code == 0, result.output
+    assert_same_parameters(run, reference, atol=1e-5)
 
 
 def test_a_method_that_does_not_run_across_processes_is_refused(recipe_path: Path) -> None:
