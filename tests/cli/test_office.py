@@ -143,6 +143,17 @@ def test_one_epoch_trains_each_task_on_its_own_images_and_compares(tmp_path: Pat
     assert code == 0 and "dslr" in output and all(method in output for method, _ in methods), output
 
 
+def test_office_home_trains_its_four_domains(tmp_path: Path) -> None:
+    data_dir = prepare(tmp_path, "office-home")
+    code, output = invoke("train", str(write(tmp_path, tiny(tmp_path, data_dir, "office-home", "mgda", level="shared"))), "-q")
+    assert code == 0, output
+    (run,) = (tmp_path / "results").iterdir()
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(record["test"]) == ["art", "clipart", "product", "real_world"]
+    assert sorted(record["alphas"]) == ["art", "clipart", "product", "real_world"]
+    assert record["steps"] == (3 * round(0.6 * 13)) // BATCH  # Real_World, the largest domain: 13 images a class
+
+
 def test_ablate_synthetic_times_a_batch_of_every_task_and_skips_the_representation_level(tmp_path: Path) -> None:
     raw = tiny(tmp_path, tmp_path / "none")
     raw["data"] = {"name": "office-31", "size": SIZE}
