@@ -39,8 +39,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
+# Two workers (pytest-xdist), a test file each at a time: module fixtures (the torchrun launches) run once.
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # Prints the surviving mutants and the score; JOBS=N workers (default: every core); the module's tests: tools/mutate.py.
 mutate: $(STAMP)
