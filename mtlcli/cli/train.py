@@ -62,7 +62,7 @@ def train(
         args = [str(recipe)] if recipe is not None else []
         args += [f"{k}={v}" for k, v in options.items() if v is not None]
         args += [f"--set={s}" for s in set_ or []] + (["--quiet"] if quiet else [])
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        launcher = [sys.executable, "-m", "mtlcli.cli.launch", "--standalone", f"--nproc-per-node={nproc}"]  # torchrun
         code = subprocess.call([*launcher, "-m", "mtlcli", "train", *args])
         raise typer.Exit(code)
     from mtlcli import recipe as recipes  # validation imports no torch: a recipe error prints at once

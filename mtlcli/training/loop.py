@@ -210,8 +210,8 @@ class Trainer:
         where = f"epoch {pos.epoch}, batch {pos.batch}" if pos.batch else f"the end of epoch {pos.epoch - 1}"
         name = signal.Signals(stop.signal).name if stop.signal is not None else "a signal"
         how = (
-            f"torchrun --nproc-per-node N -m mtlcli train --resume {self.run_dir}` (any N; or `mtl train --resume "
-            f"{self.run_dir} --nproc N`"
+            f"torchrun --nproc-per-node N -m mtlcli train --resume {self.run_dir}` (any N), or `mtl train --resume "
+            f"{self.run_dir} --nproc N"
             if self.job.active
             else f"mtl train --resume {self.run_dir}"
         )
