@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from mtlcli.ablation import MethodSpec, run_ablation
-from mtlcli.data.device import DeviceSplit
+from mtlcli.data.device import DeviceSplit, EpochPlan
 from mtlcli.data.store import write_prepared
 from mtlcli.data.synthetic import synthetic_dataset
 from mtlcli.recipe import validate
@@ -36,7 +36,7 @@ def images_per_second(split: DeviceSplit, batch: int) -> float:
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     seen = 0
-    with split.feed(perm, batch, lambda i: i, start=0, steps=training_steps(n, batch)) as feed:
+    with split.feed(EpochPlan(perm, batch, training_steps(n, batch))) as feed:
         for x, _y in feed:
             seen += len(x)
     return seen / (time.perf_counter() - start)

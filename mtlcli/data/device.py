@@ -13,25 +13,36 @@ Batch = tuple[Tensor, dict[str, Tensor]]  # normalised float images [B, C, H, W]
 Feed = Iterator[Batch]
 
 
-def step_rows(perm: Tensor, step: int, batch_size: int, bounds: list[int] | None = None) -> Tensor:
-    """The rows of batch `step` of an epoch ordered by `perm`: `batch_size` of them, or those between its `bounds`
-    (a multi-input epoch, whose steps hold a batch of every task: mtlcli.training.multi_input)."""
-    if bounds is None:
-        return perm[step * batch_size : (step + 1) * batch_size]
-    return perm[bounds[step] : bounds[step + 1]]
+def whole(index: Tensor) -> Tensor:
+    """One process's share of a batch: all of it (`EpochPlan.shard` without torchrun)."""
+    return index
 
 
-def batch_indices(
-    perm: Tensor,
-    batch_size: int,
-    shard: Callable[[Tensor], Tensor],
-    start: int,
-    steps: int,
-    bounds: list[int] | None = None,
-) -> Iterator[Tensor]:
-    """The rows of batches `start` .. `steps - 1` of an epoch (`step_rows`), this rank's share of each (`shard`)."""
-    for b in range(start, steps):
-        yield shard(step_rows(perm, b, batch_size, bounds))
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which rows each step of an epoch takes, for this rank: every split's `feed` reads it, the loop too.
+
+    Step b takes rows `perm[b * batch_size : (b + 1) * batch_size]`, or, in a multi-input epoch (whose steps hold a
+    batch of every task: mtlcli.training.multi_input), those between `bounds[b]` and `bounds[b + 1]`; `shard` picks
+    this rank's rows of them. The plan covers steps `start` .. `steps - 1` (a resumed epoch starts part-way)."""
+
+    perm: Tensor
+    batch_size: int
+    steps: int
+    start: int = 0
+    shard: Callable[[Tensor], Tensor] = whole
+    bounds: list[int] | None = None
+
+    def rows(self, step: int) -> Tensor:
+        """The global batch of step `step` (every rank's rows)."""
+        if self.bounds is None:
+            return self.perm[step * self.batch_size : (step + 1) * self.batch_size]
+        return self.perm[self.bounds[step] : self.bounds[step + 1]]
+
+    def indices(self) -> Iterator[Tensor]:
+        """This rank's rows of steps `start` .. `steps - 1`, in order."""
+        for step in range(self.start, self.steps):
+            yield self.shard(self.rows(step))
 
 
 @dataclass
@@ -80,16 +91,6 @@ class DeviceSplit:
         return x, targets
 
     @contextlib.contextmanager
-    def feed(
-        self,
-        perm: Tensor,
-        batch_size: int,
-        shard: Callable[[Tensor], Tensor],
-        *,
-        start: int,
-        steps: int,
-        bounds: list[int] | None = None,
-    ) -> Iterator[Feed]:
-        """The batches `start` .. `steps - 1` of the epoch ordered by `perm` (`step_rows`; this rank's rows: `shard`),
-        in order."""
-        yield (self.batch(index) for index in batch_indices(perm, batch_size, shard, start, steps, bounds))
+    def feed(self, plan: EpochPlan) -> Iterator[Feed]:
+        """The batches of `plan` (this rank's rows of each step), in order, gathered when asked for."""
+        yield (self.batch(index) for index in plan.indices())

@@ -11,13 +11,13 @@ batch's sizes (nodes, edges, bonds) are read once per batch, since variable-size
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from mtlcli.data.device import batch_indices
+from mtlcli.data.device import EpochPlan
 
 BOND_TYPES = 4
 
@@ -84,19 +84,10 @@ class GraphSplit:
         return int(self.atoms.shape[0])
 
     @contextlib.contextmanager
-    def feed(
-        self,
-        perm: Tensor,
-        batch_size: int,
-        shard: Callable[[Tensor], Tensor],
-        *,
-        start: int,
-        steps: int,
-        bounds: list[int] | None = None,
-    ) -> Iterator[Iterator[tuple[GraphBatch, dict[str, Tensor]]]]:
-        """The batches `start` .. `steps - 1` of the epoch ordered by `perm` (this rank's rows: `shard`), in order,
-        as `DeviceSplit.feed` gives them (molecules live on the device: nothing to read ahead)."""
-        yield (self.batch(index) for index in batch_indices(perm, batch_size, shard, start, steps, bounds))
+    def feed(self, plan: EpochPlan) -> Iterator[Iterator[tuple[GraphBatch, dict[str, Tensor]]]]:
+        """The batches of `plan` (this rank's rows of each step), in order, as `DeviceSplit.feed` gives them
+        (molecules live on the device: nothing to read ahead)."""
+        yield (self.batch(index) for index in plan.indices())
 
     def batch(self, index: Tensor | slice) -> tuple[GraphBatch, dict[str, Tensor]]:
         """The molecules `index` (rows of the split) as one graph batch, and their targets by name."""

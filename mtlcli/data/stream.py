@@ -18,14 +18,14 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from mtlcli.data.device import Batch, DeviceSplit, Feed, batch_indices
+from mtlcli.data.device import Batch, DeviceSplit, EpochPlan, Feed
 from mtlcli.errors import DataError
 
 DEPTH = 2  # batches read ahead of the step
@@ -48,20 +48,11 @@ class StreamedSplit(DeviceSplit):
     source: str = "the prepared data"
 
     @contextlib.contextmanager
-    def feed(
-        self,
-        perm: Tensor,
-        batch_size: int,
-        shard: Callable[[Tensor], Tensor],
-        *,
-        start: int,
-        steps: int,
-        bounds: list[int] | None = None,
-    ) -> Iterator[Feed]:
-        """The batches `start` .. `steps - 1` of the epoch ordered by `perm` (`step_rows`), read ahead; the reader
-        stops when the block ends, however it ends (the epoch done, a signal, an error)."""
-        order = perm.cpu()  # one copy per epoch (or resume): the reader indexes host arrays
-        reader = _Reader(self, batch_indices(order, batch_size, shard, start, steps, bounds), first=start)
+    def feed(self, plan: EpochPlan) -> Iterator[Feed]:
+        """The batches of `plan`, read ahead; the reader stops when the block ends, however it ends (the epoch done, a
+        signal, an error)."""
+        on_host = replace(plan, perm=plan.perm.cpu())  # one copy per epoch (or resume): the reader indexes host arrays
+        reader = _Reader(self, on_host.indices(), first=plan.start)
         try:
             yield reader
         finally:

@@ -33,7 +33,7 @@ from rich.console import Console
 
 from mtlcli import distributed, methods
 from mtlcli.augment import build_augment
-from mtlcli.data.device import Feed, step_rows
+from mtlcli.data.device import EpochPlan, Feed
 from mtlcli.errors import RunError
 from mtlcli.methods.base import LossesOn, Method, Step
 from mtlcli.recipe import Recipe, validate
@@ -254,13 +254,14 @@ class Trainer:
             pos.step_times = []
             pos.epoch_seconds = 0.0
         assert pos.loss_sum is not None and pos.weight_sum is not None
-        with train.feed(pos.perm, batch_size, self.shard, start=pos.batch, steps=steps, bounds=pos.bounds) as feed:
-            return self._train_steps(stop, steps, batch_size, feed)
+        plan = EpochPlan(pos.perm, batch_size, steps, start=pos.batch, shard=self.shard, bounds=pos.bounds)
+        with train.feed(plan) as feed:
+            return self._train_steps(stop, plan, feed)
 
-    def _train_steps(self, stop: StopRequest, steps: int, batch_size: int, feed: Feed) -> bool:
-        """The epoch's steps from the current position on, each on the next batch of `feed` (the split gathers
-        them: on demand, or read ahead when it streams)."""
-        pos = self.position
+    def _train_steps(self, stop: StopRequest, plan: EpochPlan, feed: Feed) -> bool:
+        """The epoch's steps from the current position on (`plan`), each on the next batch of `feed` (the split
+        gathers them: on demand, or read ahead when it streams)."""
+        pos, steps = self.position, plan.steps
         assert pos.perm is not None and pos.loss_sum is not None and pos.weight_sum is not None
         timer = StepTimer(self.device)
         self.callbacks.on_epoch_start(self, steps)
@@ -275,7 +276,7 @@ class Trainer:
                 pos.epoch_seconds += time.perf_counter() - started
                 self.elapsed += time.perf_counter() - started
                 return False
-            index = step_rows(pos.perm, pos.batch, batch_size, pos.bounds)  # multi-input: a batch of every task
+            index = plan.rows(pos.batch)  # the global batch (multi-input: a batch of every task)
             mine = self.shard(index)  # this rank's rows of the global batch
             x, y = next(feed)  # the rows `mine`
             x, y = self.augment(x, y, self.global_step * self.job.world + self.job.rank)

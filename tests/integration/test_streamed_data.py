@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from mtlcli.cli import app
 from mtlcli.data import stream
-from mtlcli.data.device import DeviceSplit
+from mtlcli.data.device import DeviceSplit, EpochPlan
 from mtlcli.data.store import load_prepared, write_prepared
 from mtlcli.data.stream import StreamedSplit
 from mtlcli.data.synthetic import synthetic_dataset
@@ -80,9 +80,9 @@ def test_streamed_batches_are_the_in_memory_ones_for_several_epochs(prepared: Pa
     for _epoch in range(3):
         perm = torch.randperm(n, generator=generator)
         for shard, start in ((lambda i: i, 0), (lambda i: i, 2), (lambda i: i[1::2], 1)):  # a mid-epoch start, rank 1 of 2
-            with device.feed(perm, batch, shard, start=start, steps=steps) as feed:
+            with device.feed(EpochPlan(perm, batch, steps, start=start, shard=shard)) as feed:
                 expected = list(feed)
-            with streamed.feed(perm, batch, shard, start=start, steps=steps) as feed:
+            with streamed.feed(EpochPlan(perm, batch, steps, start=start, shard=shard)) as feed:
                 got = list(feed)
             assert len(got) == steps - start
             assert_same_batches(got, expected)
@@ -95,7 +95,7 @@ def test_streamed_batches_are_the_in_memory_ones_for_several_epochs(prepared: Pa
 def test_the_reader_stops_when_the_epoch_is_left_early(prepared: Path) -> None:
     split = placed("celeba", prepared, "stream")["train"]
     perm = torch.randperm(len(split))
-    with split.feed(perm, 2, lambda i: i, start=0, steps=training_steps(len(split), 2)) as feed:
+    with split.feed(EpochPlan(perm, 2, training_steps(len(split), 2))) as feed:
         next(feed)
         assert len(readers()) == 1  # reading ahead, blocked on the full queue
     assert not readers()
@@ -177,7 +177,7 @@ def test_streamed_to_cuda_equals_device_and_pins(prepared: Path) -> None:
         perm = torch.randperm(n, device=cuda)
         batches = {}
         for placement, split in splits.items():
-            with split.feed(perm, 2, lambda i: i, start=0, steps=training_steps(n, 2)) as feed:
+            with split.feed(EpochPlan(perm, 2, training_steps(n, 2))) as feed:
                 batches[placement] = [(x.cpu(), {k: v.cpu() for k, v in y.items()}) for x, y in feed]
         assert_same_batches(batches["stream"], batches["device"])
     assert stream.gather(torch.zeros(4, 2), torch.tensor([1, 0]), True).is_pinned()
